@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# install-deps.sh: install the Debian packages calmflow needs, only those missing.
+# Does nothing (and needs no network) when everything is already present.
+# Usage: ./scripts/install-deps.sh [--torch]   (--torch adds python3-torch, used only
+# to regenerate tests/reference dumps; neither the build nor the tests need it)
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake pkg-config
+  openmpi-bin libopenmpi-dev
+  libhdf5-openmpi-dev hdf5-tools
+  petsc-dev
+  libscalapack-openmpi-dev
+  libopenblas-dev liblapacke-dev
+  python3-numpy python3-h5py python3-matplotlib
+)
+[ "${1:-}" = "--torch" ] && pkgs+=(python3-torch python3-scipy)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
