@@ -40,7 +40,7 @@
  * logstd])
  *
  * Dropout (training only, when cfg.dropout > 0 and a key is given): element e of site `site`
- * for global sequence g is dropped iff cf_rng_uniform1-style draw
+ * for global sequence g is dropped iff the float draw
  *   u = cf_rng_uniform({seed, CF_RNG_DROPOUT + site, step, g}, e) < dropout,
  * kept elements scaled by 1/(1-dropout). Sites: 0 encoder, 1 mu mlp, 2 lv mlp, 3 dec after fc1,
  * 4 dec after fc2; e = row-within-sequence * width + column. The transformer has no dropout.

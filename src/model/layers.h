@@ -1,0 +1,185 @@
+/* layers.h: private to src/model (and its tests). The model's kernels (linear, LayerNorm,
+ * GELU, the LayerNorm+ReLU+dropout unit of the encoder / head / decoder MLPs, rotary causal
+ * attention), each with its backward; the parameter and activation layout behind
+ * struct cf_model.impl; and test hooks.
+ *
+ * Conventions: row-major float buffers, weights (out, in), y = x W^T + b. Backward functions
+ * ADD into weight / bias gradients; an input gradient is overwritten or added (argument
+ * says which). All functions are Local and allocate nothing.
+ */
+#ifndef CALMFLOW_MODEL_LAYERS_H
+#define CALMFLOW_MODEL_LAYERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "calmflow/mem.h"
+#include "calmflow/model.h"
+
+#define CF_LN_EPS 1e-5
+/* Rows of queries handled per attention block; keys beyond the block's last row are skipped
+ * (causal), so roughly half the score matrix is never computed. */
+#define CF_ATTN_CHUNK 64
+
+/* ---- kernels ---- */
+
+/* y (M, out) = x (M, in) W^T + b, or y += ... when accumulate (b may be NULL). */
+void cf_linear_fwd(const float *x, int64_t M, const float *W, const float *b, int64_t out,
+                   int64_t in, int accumulate, float *y);
+/* gW (out, in) += dy^T x; gb (out) += column sums of dy (either may be NULL);
+ * dx (M, in) = dy W (or += when accumulate; dx may be NULL). */
+void cf_linear_bwd(const float *x, const float *dy, int64_t M, const float *W, int64_t out,
+                   int64_t in, float *gW, float *gb, float *dx, int accumulate);
+
+/* LayerNorm over rows of n (eps 1e-5): xhat (M, n) and rstd (M) are kept for backward
+ * (xhat may alias x); y = xhat*g + b when g != NULL, else y = xhat (y may be NULL). */
+void cf_layernorm_fwd(const float *x, int64_t M, int64_t n, const float *g, const float *b,
+                      float *xhat, float *rstd, float *y);
+/* dx (M, n) = d LN / d x applied to dy (or += when accumulate; dx may alias dy when not
+ * accumulating); gg, gb (n) += affine gradients when g != NULL. */
+void cf_layernorm_bwd(const float *dy, const float *xhat, const float *rstd, int64_t M, int64_t n,
+                      const float *g, float *gg, float *gb, float *dx, int accumulate);
+
+/* Exact GELU y = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2)), over n values (y may alias x);
+ * Phi is kept in cdf for backward unless cdf is NULL. */
+void cf_gelu_fwd(const float *x, float *y, float *cdf, size_t n);
+/* dx = dy * (Phi(x) + x phi(x)) (dx may alias dy); cdf from forward, or NULL to recompute. */
+void cf_gelu_bwd(const float *x, const float *cdf, const float *dy, float *dx, size_t n);
+
+/* LN (no affine) -> ReLU -> dropout unit. a (M, n) holds the pre-activation on entry and the
+ * normalized xhat on return; rstd (M); mask (M, n) holds 0 or 1/(1-p) per element, or NULL
+ * for no dropout; d (M, n) = relu(xhat) * mask. */
+void cf_lnrelu_fwd(float *a, float *rstd, const float *mask, int64_t M, int64_t n, float *d);
+/* da (M, n) = gradient w.r.t. the pre-activation from dd (da may alias dd). */
+void cf_lnrelu_bwd(const float *dd, const float *xhat, const float *rstd, const float *mask,
+                   int64_t M, int64_t n, float *da);
+
+/* Dropout scale mask for B sequences of rows x width elements at site `site`:
+ * mask[b][e] = 0 if u(seed, CF_RNG_DROPOUT + site, step, seq0 + b; e) < p else 1/(1-p). */
+void cf_dropout_mask(float *mask, int64_t B, int64_t rows, int64_t width, float p,
+                     const struct cf_dropkey *dk, int site);
+
+/* Rotary tables for positions [0, npos): cs, sn (npos, rot/2),
+ * angle = pos * base^(-2i/rot). */
+void cf_rotary_tables(float *cs, float *sn, int64_t npos, int64_t rot, double base);
+/* Rotate (or inverse-rotate, for gradients) the first rot dims of every head's q and k in
+ * n rows of a fused qkv buffer (row stride ld, per head [q | k | v] of dh each); row t has
+ * position pos0 + t. */
+void cf_rotary_apply(float *qkv, int64_t n, int64_t ld, int64_t heads, int64_t dh, int64_t rot,
+                     const float *cs, const float *sn, int64_t pos0, int inverse);
+
+/* Softmax of score row r over columns [0, last] in place (sum in double); columns
+ * (last, ncol) are set to 0. */
+void cf_causal_softmax_row(float *r, int64_t last, int64_t ncol);
+
+/* Causal attention for B sequences of T tokens from a rotated fused qkv (B*T, 3H):
+ * probs (B, heads, T, T) (only the causal blocks written), out (B*T, H) = softmax(QK^T/sqrt dh) V
+ * with heads concatenated. */
+void cf_attn_fwd(const float *qkv, int64_t B, int64_t T, int64_t heads, int64_t dh, float *probs,
+                 float *out);
+/* dqkv (B*T, 3H) = gradient w.r.t. the rotated qkv from dout (B*T, H) (overwritten);
+ * scratch holds CF_ATTN_CHUNK*T floats. The caller inverse-rotates dq, dk. */
+void cf_attn_bwd(const float *qkv, const float *probs, const float *dout, int64_t B, int64_t T,
+                 int64_t heads, int64_t dh, float *dqkv, float *scratch);
+
+/* ---- parameter and activation layout (model.c) ---- */
+
+struct cf_lin {
+  float *w, *b, *gw, *gb; /* (out, in), (out) */
+  int64_t out, in;
+};
+struct cf_lnp {
+  float *w, *b, *gw, *gb; /* (n) */
+};
+struct cf_block_p {
+  struct cf_lnp ln1, ln2;
+  struct cf_lin qkv, out, fc1, fc2;
+};
+/* Saved activations of one transformer block for R = B*T rows. */
+struct cf_block_a {
+  float *x;              /* (R, H) block input */
+  float *xh1, *rs1;      /* (R, H), (R) ln1 */
+  float *u1;             /* (R, H) ln1 output */
+  float *qkv;            /* (R, 3H) after rotary */
+  float *probs;          /* (B, heads, T, T) */
+  float *ao;             /* (R, H) attention output before the out projection */
+  float *xh2, *rs2, *u2; /* ln2 */
+  float *f, *g, *cdf;    /* (R, ffn) fc1 output, gelu(f), Phi(f) */
+};
+/* One LN+ReLU+dropout unit's saved state. */
+struct cf_unit_a {
+  float *xh, *rs, *mask, *d;
+};
+
+struct cf_model_impl {
+  int64_t J, T, dh, rot, SH, Idec, Dout; /* Idec = max(S*H, D) */
+  int64_t n_pred_pts;                    /* (N-1)*P points per sequence that carry a loss */
+  int64_t n_pred_tok;                    /* (N-1)*P*S tokens */
+  /* parameters */
+  struct cf_lin enc1, enc2, mu1, mu2, lv1, lv2, dec1, dec2, dec3;
+  struct cf_block_p *blk; /* (layers) */
+  struct cf_lnp lnf;
+  signed char *init_kind; /* (n_tensors) 0 zero, 1 one, 2 normal(0.02), 3 uniform(1/sqrt(in)) */
+  int64_t *fan_in;        /* (n_tensors) */
+  char *names;            /* tensor name storage */
+  /* activations for max_batch sequences */
+  struct cf_arena arena;
+  float *cs, *sn; /* (T, rot/2) rotary tables */
+  float *z;       /* (B*J, D) copy of the input points */
+  struct cf_unit_a enc;
+  struct cf_block_a *ba; /* (layers) */
+  float *xL;             /* (R, H) last residual stream */
+  float *xhf, *rsf, *hf; /* lnf */
+  float *mu, *v;         /* (R, H) vae posterior mean and raw log-variance */
+  struct cf_unit_a umu, ulv;
+  float *zeta, *fac, *gmu_kl, *gv_kl; /* (R, H) */
+  struct cf_unit_a ud1, ud2;          /* decoder units (B*J, I) */
+  float *out, *dout;                  /* (B*J, Dout) decoder output and dloss/dout */
+  /* backward scratch */
+  float *gx, *gt, *gao, *gh; /* (R, H) */
+  float *gqkv;               /* (R, 3H) */
+  float *gf;                 /* (R, ffn) */
+  float *gs;                 /* (CF_ATTN_CHUNK, T) */
+  float *gd1, *gd2;          /* (B*J, I) */
+  float *genc;               /* (B*J, SH) */
+  float *gmu, *gv;           /* (R, H) */
+  int64_t last_B;            /* sequences in the last forward (0: none) */
+  int last_drop;             /* dropout masks valid for the last forward */
+};
+
+/* Sizes and rotary tables a transformer block needs. */
+struct cf_block_dims {
+  int64_t H, heads, dh, rot, ffn;
+  const float *cs, *sn; /* (>= T, rot/2) rotary tables, position = token index */
+};
+/* Backward scratch for R = B*T rows. */
+struct cf_block_ws {
+  float *gt, *gao; /* (R, H) */
+  float *gqkv;     /* (R, 3H) */
+  float *gf;       /* (R, ffn) */
+  float *gs;       /* (CF_ATTN_CHUNK, T) */
+};
+/* One block for B sequences of T tokens: xn (R, H) = a->x + attn(ln1(a->x)) + mlp(ln2(a->x)),
+ * filling every saved activation in a (a->x is the input). */
+void cf_block_fwd(const struct cf_block_p *p, const struct cf_block_a *a, int64_t B, int64_t T,
+                  const struct cf_block_dims *d, float *xn);
+/* Backward of cf_block_fwd: gx (R, H) holds d loss / d xn on entry and d loss / d a->x on
+ * return; parameter gradients are added. */
+void cf_block_bwd(const struct cf_block_p *p, const struct cf_block_a *a, int64_t B, int64_t T,
+                  const struct cf_block_dims *d, float *gx, const struct cf_block_ws *w);
+
+/* Decoder forward on rows (M, SH) through the given units and linears (no allocation):
+ * used by training (masks) and sampling (masks NULL). out (M, Dout). */
+void cf_decoder_fwd(const struct cf_model_impl *im, const float *in, int64_t M,
+                    const struct cf_unit_a *u1, const struct cf_unit_a *u2, float *out);
+/* TwoLayerMLP forward (fc1 -> unit -> fc2) on rows (M, in). out (M, l2->out). */
+void cf_mlp2_fwd(const struct cf_lin *l1, const struct cf_lin *l2, const float *in, int64_t M,
+                 const struct cf_unit_a *u, float *out);
+
+/* ---- test hooks ---- */
+/* Final hidden states (after lnf) of the last cf_model_forward: (B, T, H). */
+const float *cf_model_test_hidden(const struct cf_model *m);
+/* Decoder output of the last cf_model_forward for every point: (B, J, Dout). */
+const float *cf_model_test_output(const struct cf_model *m);
+
+#endif

@@ -1,0 +1,386 @@
+#!/usr/bin/python3
+"""make_reference.py: an independent PyTorch reference of the calmflow network
+(include/calmflow/model.h) and the HDF5 dumps that tests/test_reference.c compares the C
+model against.
+
+The network is written here from the specification in model.h and calmflow-method.md
+(sections 3, 4, Appendix A) only, with plain torch modules (no HF transformers):
+  encoder  TwoLayerMLP D -> S*H (fc1 -> LayerNorm no affine -> ReLU -> fc2), split into S tokens
+  blocks   GPT-NeoX, parallel residual: x += attn(ln1(x)) + mlp(ln2(x))
+  lnf      final LayerNorm
+  heads    vae (mu / log-variance MLPs, reparameterized latent, decoder, recon + beta*KL)
+           gauss (decoder to [mean | logstd], clamped logstd, Gaussian NLL)
+
+Weights and inputs are drawn in float32 (so C reads them exactly); the model then runs in
+float64 and every output and gradient is dumped in float64, so the reference is far more
+accurate than the C float32 code and the test tolerance only has to cover float32 round-off.
+A float32 run of the same model is printed for comparison (what float32 round-off looks like).
+
+Usage: make_reference.py [OUTDIR]   (default: the directory of this script)
+"""
+import math
+import os
+import sys
+
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LN_EPS = 1e-5
+VAR_FLOOR = 1e-4
+
+
+def f32(x):
+    """The float32 value nearest to x, as a Python float (what a C `float` holds)."""
+    return float(np.float32(x))
+
+
+def ln_plain(x):
+    """LayerNorm over the last dimension without gain or bias."""
+    return F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
+
+
+class TwoLayerMLP(nn.Module):
+    """fc1 -> LayerNorm (no affine) -> ReLU -> dropout (0 here) -> fc2."""
+
+    def __init__(self, n_in, n_mid, n_out):
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, n_mid)
+        self.fc2 = nn.Linear(n_mid, n_out)
+
+    def forward(self, x):
+        return self.fc2(F.relu(ln_plain(self.fc1(x))))
+
+
+class Decoder(nn.Module):
+    """fc1 (I x n_in) -> LN -> ReLU -> fc2 (I x I) -> LN -> ReLU -> fc3 (n_out x I)."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        inner = max(n_in, n_out)
+        self.fc1 = nn.Linear(n_in, inner)
+        self.fc2 = nn.Linear(inner, inner)
+        self.fc3 = nn.Linear(inner, n_out)
+
+    def forward(self, x):
+        x = F.relu(ln_plain(self.fc1(x)))
+        x = F.relu(ln_plain(self.fc2(x)))
+        return self.fc3(x)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class Attention(nn.Module):
+    """GPT-NeoX self-attention: fused qkv with per-head [q | k | v] rows, rotary on the
+    first `rot` dims of each head's q and k (rotate-half), causal softmax of q.k / sqrt(dh)."""
+
+    def __init__(self, hidden, heads, rot, base):
+        super().__init__()
+        self.heads, self.dh, self.rot, self.base = heads, hidden // heads, rot, base
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def rotary(self, x):  # x (B, heads, T, dh), position = token index
+        rot = self.rot
+        if rot == 0:
+            return x
+        T = x.shape[2]
+        inv = 1.0 / (self.base ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
+        ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]  # (T, rot/2)
+        cos = torch.cat([ang.cos(), ang.cos()], dim=-1).to(x.dtype)  # (T, rot)
+        sin = torch.cat([ang.sin(), ang.sin()], dim=-1).to(x.dtype)
+        xr = x[..., :rot]
+        return torch.cat([xr * cos + rotate_half(xr) * sin, x[..., rot:]], dim=-1)
+
+    def forward(self, x):  # (B, T, H)
+        B, T, H = x.shape
+        qkv = self.qkv(x).view(B, T, self.heads, 3 * self.dh).transpose(1, 2)
+        q = self.rotary(qkv[..., : self.dh])
+        k = self.rotary(qkv[..., self.dh : 2 * self.dh])
+        v = qkv[..., 2 * self.dh :]
+        s = q @ k.transpose(-1, -2) / math.sqrt(self.dh)  # (B, heads, T, T)
+        mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+        s = s.masked_fill(mask, float("-inf"))
+        a = torch.softmax(s, dim=-1) @ v  # (B, heads, T, dh)
+        return self.out(a.transpose(1, 2).reshape(B, T, H))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden, ffn):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, ffn)
+        self.fc2 = nn.Linear(ffn, hidden)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))  # exact erf GELU
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(c["H"], eps=LN_EPS)
+        self.ln2 = nn.LayerNorm(c["H"], eps=LN_EPS)
+        self.attn = Attention(c["H"], c["heads"], c["rot"], c["rotary_base"])
+        self.mlp = MLP(c["H"], c["ffn"])
+
+    def forward(self, x):
+        return x + self.attn(self.ln1(x)) + self.mlp(self.ln2(x))
+
+
+class CalmFlow(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        D, S, H = c["D"], c["S"], c["H"]
+        self.enc = TwoLayerMLP(D, S * H, S * H)
+        self.layers = nn.ModuleList([Block(c) for _ in range(c["layers"])])
+        self.lnf = nn.LayerNorm(H, eps=LN_EPS)
+        if c["head"] == "vae":
+            self.head = nn.ModuleDict({"mu": TwoLayerMLP(H, H, H), "lv": TwoLayerMLP(H, H, H)})
+            self.dec = Decoder(S * H, D)
+        else:
+            self.dec = Decoder(S * H, 2 * D)
+
+    def hidden(self, z):
+        """z (B, J, D) -> final hidden states (B, T, H) after lnf."""
+        B, J, _ = z.shape
+        S, H = self.c["S"], self.c["H"]
+        x = self.enc(z).reshape(B, J * S, H)  # token k = j*S + s takes e_j[s*H:(s+1)*H]
+        for blk in self.layers:
+            x = blk(x)
+        return self.lnf(x)
+
+    def head_params(self, h):
+        """vae: (mu, var) per token (B, T, H); gauss: (mean, raw logstd) per point (B, J, D)."""
+        c = self.c
+        B, T, H = h.shape
+        if c["head"] == "vae":
+            return self.head["mu"](h), torch.exp(self.head["lv"](h)) + VAR_FLOOR
+        out = self.dec(h.reshape(B, T // c["S"], c["S"] * H))
+        return out[..., : c["D"]], out[..., c["D"] :]
+
+    def loss(self, z, y, eps, n_pts, beta):
+        c = self.c
+        h = self.hidden(z)
+        B, T, H = h.shape
+        Jp = (c["N"] - 1) * c["P"]  # predicted points per sequence
+        yp = y[:, :Jp]
+        if c["head"] == "vae":
+            mu, var = self.head_params(h)
+            zeta = mu + torch.sqrt(var) * eps  # tau = 1 in training
+            xhat = self.dec(zeta.reshape(B, T // c["S"], c["S"] * H))[:, :Jp]
+            recon = ((xhat - yp) ** 2).sum() / n_pts
+            mu_p, var_p = mu[:, : Jp * c["S"]], var[:, : Jp * c["S"]]
+            kl = 0.5 * (mu_p**2 + var_p - 1 - torch.log(var_p)).sum() / (n_pts * c["S"])
+            nll = torch.zeros((), dtype=h.dtype)
+            loss = recon + beta * kl
+        else:
+            m, r = self.head_params(h)
+            m, r = m[:, :Jp], r[:, :Jp]
+            ls = torch.clamp(r, c["logstd_min"], c["logstd_max"])
+            nll = (0.5 * ((yp - m) / torch.exp(ls)) ** 2 + ls + 0.5 * math.log(2 * math.pi)).sum()
+            nll = nll / n_pts
+            recon = ((m - yp) ** 2).sum() / n_pts
+            kl = torch.zeros((), dtype=h.dtype)
+            loss = nll
+        return {"loss": loss, "recon": recon, "kl": kl, "nll": nll, "hidden": h}
+
+    def sample(self, h, eps, tau):
+        """cf_head_sample on all points: h (B, np*S, H) -> y (B, np, D)."""
+        c = self.c
+        B, T, H = h.shape
+        if c["head"] == "vae":
+            mu, var = self.head_params(h)
+            zeta = mu + tau * torch.sqrt(var) * eps
+            return self.dec(zeta.reshape(B, T // c["S"], c["S"] * H))
+        m, r = self.head_params(h)
+        return m + tau * torch.exp(torch.clamp(r, c["logstd_min"], c["logstd_max"])) * eps
+
+
+def spec_tensors(c):
+    """Every tensor model.h names, with its shape, written out from the header's list."""
+    D, S, H, ffn = c["D"], c["S"], c["H"], c["ffn"]
+    I = max(S * H, D)
+    dout = D if c["head"] == "vae" else 2 * D
+    t = [("enc.fc1.weight", (S * H, D)), ("enc.fc1.bias", (S * H,)),
+         ("enc.fc2.weight", (S * H, S * H)), ("enc.fc2.bias", (S * H,))]
+    for L in range(c["layers"]):
+        p = f"layers.{L}."
+        t += [(p + "ln1.weight", (H,)), (p + "ln1.bias", (H,)),
+              (p + "ln2.weight", (H,)), (p + "ln2.bias", (H,)),
+              (p + "attn.qkv.weight", (3 * H, H)), (p + "attn.qkv.bias", (3 * H,)),
+              (p + "attn.out.weight", (H, H)), (p + "attn.out.bias", (H,)),
+              (p + "mlp.fc1.weight", (ffn, H)), (p + "mlp.fc1.bias", (ffn,)),
+              (p + "mlp.fc2.weight", (H, ffn)), (p + "mlp.fc2.bias", (H,))]
+    t += [("lnf.weight", (H,)), ("lnf.bias", (H,))]
+    if c["head"] == "vae":
+        for n in ("mu", "lv"):
+            t += [(f"head.{n}.fc1.weight", (H, H)), (f"head.{n}.fc1.bias", (H,)),
+                  (f"head.{n}.fc2.weight", (H, H)), (f"head.{n}.fc2.bias", (H,))]
+    t += [("dec.fc1.weight", (I, S * H)), ("dec.fc1.bias", (I,)),
+          ("dec.fc2.weight", (I, I)), ("dec.fc2.bias", (I,)),
+          ("dec.fc3.weight", (dout, I)), ("dec.fc3.bias", (dout,))]
+    return t
+
+
+def init_weights(model, gen):
+    """float32 draws: transformer linears N(0, 0.2) with N(0, 0.1) biases (so attention is
+    far from uniform and bias paths matter), LayerNorm gain 1 + N(0, 0.1) and bias N(0, 0.1),
+    encoder / head / decoder linears U(-1/sqrt(in), 1/sqrt(in)) for weight and bias."""
+    for name, p in model.named_parameters():
+        shape = p.shape
+        if name.startswith("layers.") and (".attn." in name or ".mlp." in name):
+            std = 0.2 if name.endswith("weight") else 0.1
+            v = torch.randn(shape, generator=gen, dtype=torch.float32) * std
+        elif ".ln" in name or name.startswith("lnf."):
+            v = torch.randn(shape, generator=gen, dtype=torch.float32) * 0.1
+            if name.endswith("weight"):
+                v = v + 1.0
+        else:
+            mod = model.get_submodule(name.rsplit(".", 1)[0])
+            bound = 1.0 / math.sqrt(mod.in_features)
+            v = (torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) * bound
+        with torch.no_grad():
+            p.copy_(v)
+
+
+def build(c, seed):
+    gen = torch.Generator().manual_seed(seed)
+    model = CalmFlow(c)
+    init_weights(model, gen)
+    B, J, T, D, H = c["B"], c["J"], c["T"], c["D"], c["H"]
+    z = torch.randn(B, J, D, generator=gen)
+    y = torch.randn(B, J, D, generator=gen)
+    eps = torch.randn(B, T, H, generator=gen) if c["head"] == "vae" else None
+    s_eps = torch.randn(*((B, T, H) if c["head"] == "vae" else (B, J, D)), generator=gen)
+    return model, z, y, eps, s_eps
+
+
+def gauss_shift_logstd(model, c, z):
+    """Spread and shift the raw logstd outputs so that, over the predicted points, some lie
+    above logstd_max, some below logstd_min and some inside: the clamp and its zero gradient
+    are exercised. Scale and shifts stay float32-representable."""
+    D = c["D"]
+    with torch.no_grad():
+        model.dec.fc3.weight[D:] *= 8.0
+        r = model.head_params(model.hidden(z))[1].detach()  # (B, J, D)
+        shift = torch.tensor([c["logstd_max"], c["logstd_min"], 0.0][:D], dtype=torch.float32)
+        shift = shift - r.mean(dim=(0, 1))
+        model.dec.fc3.bias[D:] += shift.float()
+
+
+def run(model64, z, y, eps, c):
+    for p in model64.parameters():
+        p.grad = None
+    out = model64.loss(z, y, eps, c["n_pts"], c["beta"])
+    out["loss"].backward()
+    grads = {n: p.grad.detach().clone() for n, p in model64.named_parameters()}
+    return out, grads
+
+
+def make(c, seed, path):
+    c = dict(c)
+    dh = c["H"] // c["heads"]
+    c["rot"] = 2 * int(math.floor(c["rotary_pct"] * dh / 2))
+    c["J"] = c["N"] * c["P"]
+    c["T"] = c["J"] * c["S"]
+    c["n_pts"] = float(c["B"] * (c["N"] - 1) * c["P"])
+
+    model, z, y, eps, s_eps = build(c, seed)
+    names = [n for n, _ in model.named_parameters()]
+    spec = spec_tensors(c)
+    assert names == [n for n, _ in spec], (names, spec)
+    for (n, shp), (_, p) in zip(spec, model.named_parameters()):
+        assert tuple(p.shape) == shp, (n, p.shape, shp)
+    if c["head"] == "gauss":
+        gauss_shift_logstd(model, c, z)
+    with torch.no_grad():  # causal: moving the last point leaves earlier tokens unchanged
+        z2 = z.clone()
+        z2[:, -1] += 1.0
+        h1, h2 = model.hidden(z), model.hidden(z2)
+        assert torch.equal(h1[:, : -c["S"]], h2[:, : -c["S"]]), "reference is not causal"
+        assert not torch.equal(h1[:, -c["S"] :], h2[:, -c["S"] :])
+
+    # float64 model from the float32 weights
+    m64 = CalmFlow(c).double()
+    m64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    d = lambda t: None if t is None else t.double()
+    out, grads = run(m64, d(z), d(y), d(eps), c)
+
+    # the same in float32, only to show the size of float32 round-off
+    m32 = CalmFlow(c)
+    m32.load_state_dict(model.state_dict())
+    out32, grads32 = run(m32, z, y, eps, c)
+    print(f"{path}: head {c['head']} rot {c['rot']} T {c['T']}")
+    for k in ("loss", "recon", "kl", "nll"):
+        a, b = out[k].item(), out32[k].item()
+        print(f"  {k:6s} {a: .10e}  float32 rel diff {abs(a - b) / max(abs(a), 1e-30):.2e}")
+    worst = max(
+        ((grads32[n].double() - g).abs().max().item() / max(1e-3, g.abs().max().item()), n)
+        for n, g in grads.items())
+    print(f"  float32 grads: worst {worst[1]} rel err {worst[0]:.2e}")
+
+    # the gauss setup must exercise the clamp on both sides (and stay clear of the bounds)
+    Jp = (c["N"] - 1) * c["P"]
+    if c["head"] == "gauss":
+        r = m64.head_params(out["hidden"])[1].detach()[:, :Jp]
+        hi = int((r > c["logstd_max"]).sum())
+        lo = int((r < c["logstd_min"]).sum())
+        print(f"  raw logstd over predicted points: {hi} above max, {lo} below min, "
+              f"{r.numel() - hi - lo} inside")
+        assert hi > 0 and lo > 0 and hi + lo < r.numel()
+        gap = min((r - c["logstd_max"]).abs().min().item(), (r - c["logstd_min"]).abs().min().item())
+        assert gap > 1e-3, f"raw logstd within {gap} of a clamp bound: float32 may flip it"
+
+    # head sampling from the float32-rounded hidden states (what the C test feeds in)
+    hs = out["hidden"].detach().float().double()
+    with torch.no_grad():
+        s_y = m64.sample(hs, s_eps.double(), c["tau"])
+
+    def put(f, name, value):  # no object timestamps: regenerating gives identical files
+        f.create_dataset(name, data=value, track_times=False)
+
+    with h5py.File(path, "w") as f:
+        for k in ("D", "S", "P", "N", "H", "layers", "heads", "ffn", "B"):
+            f.attrs[k] = np.int64(c[k])
+        f.attrs["head"] = np.int64(0 if c["head"] == "vae" else 1)  # enum cf_head
+        f.attrs["head_name"] = c["head"]
+        for k in ("rotary_pct", "rotary_base", "dropout", "logstd_min", "logstd_max", "beta",
+                  "n_pts"):
+            f.attrs[k] = np.float64(c[k])
+        f.attrs["seed"] = np.int64(seed)
+        f.attrs["generator"] = "tests/reference/make_reference.py, torch " + torch.__version__
+        put(f, "inputs/z", z.numpy())
+        put(f, "inputs/y", y.numpy())
+        if eps is not None:
+            put(f, "inputs/eps", eps.numpy())
+        for n, p in model.named_parameters():
+            put(f, "params/" + n, p.detach().numpy().astype(np.float32))
+            put(f, "grads/" + n, grads[n].numpy().astype(np.float64))
+        for k in ("loss", "recon", "kl", "nll"):
+            put(f, "out/" + k, np.float64(out[k].item()))
+        put(f, "out/hidden", out["hidden"].detach().numpy())
+        put(f, "sample/eps", s_eps.numpy())
+        put(f, "sample/tau", np.float64(c["tau"]))
+        put(f, "sample/y", s_y.numpy())
+
+
+def main():
+    outdir = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
+    torch.use_deterministic_algorithms(True)
+    base = dict(D=3, S=2, P=2, N=4, H=16, layers=2, heads=2, ffn=64, rotary_pct=0.25,
+                rotary_base=10000.0, dropout=0.0, logstd_min=-7.0, logstd_max=5.0, B=2,
+                beta=f32(0.3), tau=f32(0.7))
+    make(dict(base, head="vae"), 1234, os.path.join(outdir, "ref_vae.h5"))
+    make(dict(base, head="gauss"), 2345, os.path.join(outdir, "ref_gauss.h5"))
+    # rot = 4 of dh = 8: rotary on half of each head's dims
+    make(dict(base, head="vae", rotary_pct=0.5), 3456, os.path.join(outdir, "ref_vae_rot4.h5"))
+
+
+if __name__ == "__main__":
+    main()
