@@ -1,0 +1,386 @@
+/* h5util.c: private helpers of the io layer (see h5util.h): HDF5 error capture, status
+ * agreement across ranks, input checks, row-range hyperslab transfers, attributes,
+ * fsync of files and directories. */
+#include "io/h5util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "calmflow/mem.h"
+
+void cf_io_h5_quiet(void) {
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
+
+struct reason_ctx {
+  char *buf;
+  size_t cap;
+  int got;
+};
+
+static herr_t reason_cb(unsigned n, const H5E_error2_t *e, void *data) {
+  struct reason_ctx *c = data;
+  if (!c->got && e->desc != NULL && e->desc[0] != '\0') {
+    snprintf(c->buf, c->cap, "%s", e->desc);
+    c->got = 1;
+  }
+  return 0;
+}
+
+const char *cf_io_h5_reason(char *buf, size_t cap) {
+  struct reason_ctx c = {buf, cap, 0};
+  buf[0] = '\0';
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, reason_cb, &c);
+  if (!c.got) snprintf(buf, cap, "no detail from HDF5");
+  return buf;
+}
+
+cf_status cf_io_agree(MPI_Comm comm, cf_status st) {
+  int rank, size;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  int mine = st != CF_OK ? rank : size, first = size;
+  CF_MPI(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm));
+  if (first == size) return CF_OK;
+  struct {
+    int st;
+    char msg[1000];
+  } m;
+  memset(&m, 0, sizeof m);
+  if (rank == first) {
+    m.st = (int)st;
+    snprintf(m.msg, sizeof m.msg, "%s", cf_errmsg()[0] ? cf_errmsg() : "(no message)");
+  }
+  CF_MPI(MPI_Bcast(&m, (int)sizeof m, MPI_BYTE, first, comm));
+  if (st != CF_OK) return st;
+  if (m.msg[0] == '\0' || m.st <= CF_OK || m.st >= CF_NSTATUS)
+    return cf_err(CF_EREMOTE, "rank %d failed", first);
+  return cf_err((cf_status)m.st, "%s", m.msg);
+}
+
+/* Local (rank 0): is `path` a readable regular HDF5 file? */
+static cf_status check_input_local(const char *path) {
+  struct stat sb;
+  if (stat(path, &sb) != 0) {
+    if (errno == ENOENT) return cf_err(CF_EIO, "cannot open '%s': no such file", path);
+    return cf_err(CF_EIO, "cannot open '%s': %s", path, strerror(errno));
+  }
+  if (S_ISDIR(sb.st_mode))
+    return cf_err(CF_EIO, "'%s' is a directory, expected an HDF5 file", path);
+  if (!S_ISREG(sb.st_mode)) return cf_err(CF_EIO, "'%s' is not a regular file", path);
+  int fd = open(path, O_RDONLY);
+  if (fd < 0) return cf_err(CF_EIO, "cannot open '%s': %s", path, strerror(errno));
+  close(fd);
+  htri_t is = H5Fis_hdf5(path);
+  if (is == 0) return cf_err(CF_ECORRUPT, "'%s' is not an HDF5 file", path);
+  if (is < 0) {
+    char why[256];
+    return cf_err(CF_ECORRUPT, "'%s' is not a readable HDF5 file (%s)", path,
+                  cf_io_h5_reason(why, sizeof why));
+  }
+  return CF_OK;
+}
+
+cf_status cf_io_check_input(MPI_Comm comm, const char *path) {
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  cf_status st = CF_OK;
+  if (path == NULL || path[0] == '\0')
+    st = cf_err(CF_EINVAL, "input file name is empty");
+  else if (rank == 0)
+    st = check_input_local(path);
+  return cf_io_agree(comm, st);
+}
+
+hid_t cf_io_fapl(MPI_Comm comm) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  if (fapl < 0) return fapl;
+  if (H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL) < 0 ||
+      H5Pset_all_coll_metadata_ops(fapl, 1) < 0 || H5Pset_coll_metadata_write(fapl, 1) < 0 ||
+      H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18) < 0) {
+    H5Pclose(fapl);
+    return -1;
+  }
+  return fapl;
+}
+
+cf_status cf_io_open_read(MPI_Comm comm, const char *path, hid_t *fid) {
+  *fid = -1;
+  CF_TRY(cf_io_check_input(comm, path));
+  cf_status st = CF_OK;
+  char why[256];
+  hid_t fapl = cf_io_fapl(comm);
+  if (fapl < 0) {
+    st = cf_err(CF_EIO, "cannot set up MPI-IO access for '%s': %s", path,
+                cf_io_h5_reason(why, sizeof why));
+  } else {
+    *fid = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    if (*fid < 0)
+      st = cf_err(CF_ECORRUPT, "cannot read '%s': HDF5 cannot open it (%s); truncated or corrupt?",
+                  path, cf_io_h5_reason(why, sizeof why));
+    H5Pclose(fapl);
+  }
+  st = cf_io_agree(comm, st);
+  if (st != CF_OK && *fid >= 0) {
+    H5Fclose(*fid);
+    *fid = -1;
+  }
+  return st;
+}
+
+void cf_io_row_range(int64_t rows, int rank, int size, int64_t *lo, int64_t *hi) {
+  *lo = rows / size * rank + (rows % size) * rank / size;
+  *hi = rows / size * (rank + 1) + (rows % size) * (rank + 1) / size;
+}
+
+/* Select rows [lo, hi) of the file space and a matching memory space (or none of either). */
+static cf_status slab_spaces(hid_t dset, int ndim, const hsize_t *dims, int64_t lo, int64_t hi,
+                             hid_t *fs, hid_t *ms) {
+  hsize_t start[CF_IO_MAXDIM] = {0}, count[CF_IO_MAXDIM], one[CF_IO_MAXDIM];
+  for (int i = 0; i < ndim; i++) {
+    count[i] = dims[i];
+    one[i] = 1;
+  }
+  start[0] = (hsize_t)lo;
+  count[0] = (hsize_t)(hi - lo);
+  *ms = -1;
+  *fs = H5Dget_space(dset);
+  if (*fs < 0) return CF_EIO;
+  herr_t e;
+  if (hi > lo) {
+    e = H5Sselect_hyperslab(*fs, H5S_SELECT_SET, start, NULL, count, NULL);
+    *ms = H5Screate_simple(ndim, count, NULL);
+  } else {
+    e = H5Sselect_none(*fs);
+    *ms = H5Screate_simple(ndim, one, NULL);
+    if (*ms >= 0 && H5Sselect_none(*ms) < 0) e = -1;
+  }
+  if (e < 0 || *ms < 0) return CF_EIO;
+  return CF_OK;
+}
+
+static cf_status transfer_rows(int write, hid_t dset, int ndim, const hsize_t *dims, int64_t lo,
+                               int64_t hi, hid_t memtype, void *buf, const char *path,
+                               const char *what) {
+  hid_t fs = -1, ms = -1, dxpl = -1;
+  cf_status st = slab_spaces(dset, ndim, dims, lo, hi, &fs, &ms);
+  char why[256];
+  float dummy[1] = {0};
+  if (st == CF_OK) {
+    dxpl = H5Pcreate(H5P_DATASET_XFER);
+    if (dxpl < 0 || H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE) < 0) st = CF_EIO;
+  }
+  if (st == CF_OK) {
+    void *b = hi > lo ? buf : (void *)dummy;
+    herr_t e =
+        write ? H5Dwrite(dset, memtype, ms, fs, dxpl, b) : H5Dread(dset, memtype, ms, fs, dxpl, b);
+    if (e < 0) st = CF_EIO;
+  }
+  if (st != CF_OK)
+    st = cf_err(write ? CF_EIO : CF_ECORRUPT, "cannot %s %s rows %lld..%lld of '%s': %s",
+                write ? "write" : "read", what, (long long)lo, (long long)hi, path,
+                cf_io_h5_reason(why, sizeof why));
+  if (dxpl >= 0) H5Pclose(dxpl);
+  if (ms >= 0) H5Sclose(ms);
+  if (fs >= 0) H5Sclose(fs);
+  return st;
+}
+
+cf_status cf_io_read_rows(hid_t dset, int ndim, const hsize_t *dims, int64_t lo, int64_t hi,
+                          hid_t memtype, void *buf, const char *path, const char *what) {
+  return transfer_rows(0, dset, ndim, dims, lo, hi, memtype, buf, path, what);
+}
+
+cf_status cf_io_write_rows(hid_t dset, int ndim, const hsize_t *dims, int64_t lo, int64_t hi,
+                           const float *buf, const char *path, const char *what) {
+  return transfer_rows(1, dset, ndim, dims, lo, hi, H5T_NATIVE_FLOAT, (void *)buf, path, what);
+}
+
+cf_status cf_io_allgather_rows(MPI_Comm comm, float *buf, int64_t rows, int64_t rowlen,
+                               const char *what) {
+  int size;
+  MPI_Comm_size(comm, &size);
+  if (size == 1) return CF_OK;
+  CF_CHECK(rows <= INT_MAX && rowlen <= INT_MAX, CF_EINVAL,
+           "%s is too large to gather (%lld rows of %lld floats)", what, (long long)rows,
+           (long long)rowlen);
+  int *counts = NULL;
+  CF_TRY(cf_alloc((void **)&counts, 2 * (size_t)size * sizeof(int), "row gather counts"));
+  int *displs = counts + size;
+  for (int r = 0; r < size; r++) {
+    int64_t lo, hi;
+    cf_io_row_range(rows, r, size, &lo, &hi);
+    counts[r] = (int)(hi - lo);
+    displs[r] = (int)lo;
+  }
+  MPI_Datatype rowtype;
+  int e = MPI_Type_contiguous((int)rowlen, MPI_FLOAT, &rowtype);
+  if (e == MPI_SUCCESS) e = MPI_Type_commit(&rowtype);
+  if (e == MPI_SUCCESS) {
+    e = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, rowtype, comm);
+    MPI_Type_free(&rowtype);
+  }
+  cf_free((void **)&counts);
+  if (e != MPI_SUCCESS) return cf_mpi_fail(e, __FILE__, __LINE__, "MPI_Allgatherv of rows");
+  return CF_OK;
+}
+
+/* ---- attributes ---- */
+
+static cf_status attr_put(hid_t loc, const char *key, hid_t ftype, hid_t mtype, const void *v,
+                          const char *file) {
+  char why[256];
+  cf_status st = CF_OK;
+  if (H5Aexists(loc, key) > 0 && H5Adelete(loc, key) < 0) st = CF_EIO;
+  hid_t sp = st == CF_OK ? H5Screate(H5S_SCALAR) : -1;
+  hid_t a = sp >= 0 ? H5Acreate2(loc, key, ftype, sp, H5P_DEFAULT, H5P_DEFAULT) : -1;
+  if (a < 0 || H5Awrite(a, mtype, v) < 0) st = CF_EIO;
+  if (st != CF_OK)
+    st = cf_err(CF_EIO, "cannot write attribute '%s' to '%s': %s", key, file,
+                cf_io_h5_reason(why, sizeof why));
+  if (a >= 0) H5Aclose(a);
+  if (sp >= 0) H5Sclose(sp);
+  return st;
+}
+
+cf_status cf_io_attr_put_str(hid_t loc, const char *key, const char *value, const char *file) {
+  hid_t t = H5Tcopy(H5T_C_S1);
+  CF_CHECK(t >= 0, CF_EIO, "cannot make a string type for attribute '%s'", key);
+  size_t len = strlen(value);
+  H5Tset_size(t, len + 1);
+  H5Tset_strpad(t, H5T_STR_NULLTERM);
+  cf_status st = attr_put(loc, key, t, t, value, file);
+  H5Tclose(t);
+  return st;
+}
+
+cf_status cf_io_attr_put_i64(hid_t loc, const char *key, int64_t value, const char *file) {
+  return attr_put(loc, key, H5T_STD_I64LE, H5T_NATIVE_INT64, &value, file);
+}
+
+cf_status cf_io_attr_put_u64(hid_t loc, const char *key, uint64_t value, const char *file) {
+  return attr_put(loc, key, H5T_STD_U64LE, H5T_NATIVE_UINT64, &value, file);
+}
+
+/* Open attribute key of loc, check it exists, holds one element, and has class want. */
+static cf_status attr_open(hid_t loc, const char *key, const char *file, const char *owner,
+                           H5T_class_t want, const char *want_name, hid_t *a, hid_t *ft) {
+  *a = -1;
+  *ft = -1;
+  CF_CHECK(H5Aexists(loc, key) > 0, CF_ECORRUPT, "'%s' has no %s '%s'", file, owner, key);
+  *a = H5Aopen(loc, key, H5P_DEFAULT);
+  if (*a < 0) return cf_err(CF_ECORRUPT, "'%s': cannot open %s '%s'", file, owner, key);
+  *ft = H5Aget_type(*a);
+  hid_t sp = H5Aget_space(*a);
+  hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+  if (sp >= 0) H5Sclose(sp);
+  if (*ft < 0 || H5Tget_class(*ft) != want || np != 1) {
+    if (*ft >= 0) H5Tclose(*ft);
+    H5Aclose(*a);
+    *a = *ft = -1;
+    return cf_err(CF_ECORRUPT, "'%s' %s '%s' is not a single %s", file, owner, key, want_name);
+  }
+  return CF_OK;
+}
+
+cf_status cf_io_attr_get_str(hid_t loc, const char *key, const char *file, const char *owner,
+                             size_t max_bytes, char **out) {
+  *out = NULL;
+  hid_t a, ft;
+  CF_TRY(attr_open(loc, key, file, owner, H5T_STRING, "string", &a, &ft));
+  cf_status st = CF_OK;
+  hid_t mt = H5Tcopy(H5T_C_S1);
+  if (H5Tis_variable_str(ft) > 0) {
+    char *s = NULL;
+    if (mt < 0 || H5Tset_size(mt, H5T_VARIABLE) < 0 || H5Aread(a, mt, &s) < 0) {
+      st = cf_err(CF_ECORRUPT, "'%s': cannot read %s '%s'", file, owner, key);
+    } else {
+      size_t len = s ? strlen(s) : 0;
+      if (len >= max_bytes)
+        st = cf_err(CF_ECORRUPT, "'%s' %s '%s' is too long (%zu bytes)", file, owner, key, len);
+      else if ((st = cf_alloc((void **)out, len + 1, "string attribute")) == CF_OK && len)
+        memcpy(*out, s, len);
+      if (s) H5free_memory(s);
+    }
+  } else {
+    size_t n = H5Tget_size(ft);
+    if (n == 0 || n >= max_bytes) {
+      st = cf_err(CF_ECORRUPT, "'%s' %s '%s' has a bad size (%zu bytes)", file, owner, key, n);
+    } else if ((st = cf_alloc((void **)out, n + 1, "string attribute")) == CF_OK) {
+      hid_t rt = H5Tcopy(ft);
+      if (rt < 0 || H5Aread(a, rt, *out) < 0)
+        st = cf_err(CF_ECORRUPT, "'%s': cannot read %s '%s'", file, owner, key);
+      if (rt >= 0) H5Tclose(rt);
+      if (st == CF_OK) (*out)[n] = '\0';
+    }
+  }
+  if (mt >= 0) H5Tclose(mt);
+  H5Tclose(ft);
+  H5Aclose(a);
+  if (st != CF_OK) cf_free((void **)out);
+  return st;
+}
+
+static cf_status attr_get_int(hid_t loc, const char *key, const char *file, const char *owner,
+                              hid_t mt, void *out) {
+  hid_t a, ft;
+  CF_TRY(attr_open(loc, key, file, owner, H5T_INTEGER, "integer", &a, &ft));
+  cf_status st = CF_OK;
+  if (H5Aread(a, mt, out) < 0)
+    st = cf_err(CF_ECORRUPT, "'%s': cannot read %s '%s'", file, owner, key);
+  H5Tclose(ft);
+  H5Aclose(a);
+  return st;
+}
+
+cf_status cf_io_attr_get_i64(hid_t loc, const char *key, const char *file, const char *owner,
+                             int64_t *out) {
+  return attr_get_int(loc, key, file, owner, H5T_NATIVE_INT64, out);
+}
+
+cf_status cf_io_attr_get_u64(hid_t loc, const char *key, const char *file, const char *owner,
+                             uint64_t *out) {
+  return attr_get_int(loc, key, file, owner, H5T_NATIVE_UINT64, out);
+}
+
+/* ---- durable rename steps ---- */
+
+void cf_io_dirname(const char *path, char *out, size_t cap) {
+  const char *slash = strrchr(path, '/');
+  if (slash == NULL) {
+    snprintf(out, cap, ".");
+  } else if (slash == path) {
+    snprintf(out, cap, "/");
+  } else {
+    int len = (int)(slash - path);
+    snprintf(out, cap, "%.*s", len, path);
+  }
+}
+
+cf_status cf_io_fsync_file(const char *path) {
+  int fd = open(path, O_RDONLY);
+  if (fd < 0) return cf_err(CF_EIO, "cannot open '%s' to fsync it: %s", path, strerror(errno));
+  int e = fsync(fd);
+  int saved = errno;
+  close(fd);
+  CF_CHECK(e == 0, CF_EIO, "fsync of '%s' failed: %s", path, strerror(saved));
+  return CF_OK;
+}
+
+cf_status cf_io_fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd < 0)
+    return cf_err(CF_EIO, "cannot open directory '%s' to fsync it: %s", dir, strerror(errno));
+  int e = fsync(fd);
+  int saved = errno;
+  close(fd);
+  /* Some file systems refuse fsync on a directory (EINVAL); the rename is still done. */
+  CF_CHECK(e == 0 || saved == EINVAL, CF_EIO, "fsync of directory '%s' failed: %s", dir,
+           strerror(saved));
+  return CF_OK;
+}

@@ -1,0 +1,76 @@
+/* h5util.h: private helpers of the io layer: HDF5 error capture, agreement of a status
+ * across ranks, opening input files, row-range hyperslab transfers, attributes, and the
+ * durable-rename steps. Not a public header (only src/io/ includes it). */
+#ifndef CALMFLOW_IO_H5UTIL_H
+#define CALMFLOW_IO_H5UTIL_H
+
+#include <hdf5.h>
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "calmflow/error.h"
+#include "calmflow/h5io.h"
+
+#define CF_IO_MAXDIM 8
+
+/* Local. Switch off HDF5's automatic error printing (called at every public entry). */
+void cf_io_h5_quiet(void);
+/* Local. The innermost description on the HDF5 error stack, into buf; returns buf. */
+const char *cf_io_h5_reason(char *buf, size_t cap);
+
+/* Collective on comm. Returns CF_OK when st == CF_OK on every rank. Otherwise every rank
+ * returns non-OK: the ranks that succeeded adopt the status and message of the lowest
+ * failing rank, the failing ranks keep their own. */
+cf_status cf_io_agree(MPI_Comm comm, cf_status st);
+
+/* Collective on comm. Rank 0 checks that `path` is an existing, readable regular HDF5 file
+ * ("cannot open 'f': no such file", "'f' is not an HDF5 file"); agreed. */
+cf_status cf_io_check_input(MPI_Comm comm, const char *path);
+/* Collective on comm. cf_io_check_input, then open read-only with the MPI-IO driver. */
+cf_status cf_io_open_read(MPI_Comm comm, const char *path, hid_t *fid);
+/* Local. File access properties: MPI-IO on comm, collective metadata, v1.8 format bounds. */
+hid_t cf_io_fapl(MPI_Comm comm);
+
+/* Local. Rank r of R owns rows [r*rows/R, (r+1)*rows/R). */
+void cf_io_row_range(int64_t rows, int rank, int size, int64_t *lo, int64_t *hi);
+/* Collective (H5Dread/H5Dwrite). Transfer rows [lo, hi) of dataset dset (ndim dims) between
+ * the file and buf (the slab (hi - lo, dims[1], ...), in memtype), collectively; lo == hi
+ * takes part with an empty selection. `path` and `what` name the file and dataset. */
+cf_status cf_io_read_rows(hid_t dset, int ndim, const hsize_t *dims, int64_t lo, int64_t hi,
+                          hid_t memtype, void *buf, const char *path, const char *what);
+cf_status cf_io_write_rows(hid_t dset, int ndim, const hsize_t *dims, int64_t lo, int64_t hi,
+                           const float *buf, const char *path, const char *what);
+/* Collective on comm. buf (rows, rowlen) holds this rank's cf_io_row_range rows; afterwards
+ * every rank holds all rows (MPI_Allgatherv in place). */
+cf_status cf_io_allgather_rows(MPI_Comm comm, float *buf, int64_t rows, int64_t rowlen,
+                               const char *what);
+
+/* Local. Attribute helpers on loc (file = root group, or a dataset); `file` names the file
+ * in messages. Writes are collective in parallel HDF5 (identical arguments on all ranks). */
+cf_status cf_io_attr_put_str(hid_t loc, const char *key, const char *value, const char *file);
+cf_status cf_io_attr_put_i64(hid_t loc, const char *key, int64_t value, const char *file);
+cf_status cf_io_attr_put_u64(hid_t loc, const char *key, uint64_t value, const char *file);
+/* Read a string attribute (fixed or variable length) into a cf_alloc'd, NUL-terminated
+ * buffer; max_bytes bounds its size. Missing -> CF_ECORRUPT "'file' is missing attribute". */
+cf_status cf_io_attr_get_str(hid_t loc, const char *key, const char *file, const char *owner,
+                             size_t max_bytes, char **out);
+cf_status cf_io_attr_get_i64(hid_t loc, const char *key, const char *file, const char *owner,
+                             int64_t *out);
+cf_status cf_io_attr_get_u64(hid_t loc, const char *key, const char *file, const char *owner,
+                             uint64_t *out);
+
+/* Local. The directory part of path ("." when none) into out. */
+void cf_io_dirname(const char *path, char *out, size_t cap);
+/* Local. fsync a file / a directory by name; CF_EIO naming it and errno on failure. */
+cf_status cf_io_fsync_file(const char *path);
+cf_status cf_io_fsync_dir(const char *dir);
+
+/* Collective (writer internals shared with ckpt.c). Put with an optional uint64 "checksum"
+ * attribute on the dataset; put an int64 / uint64 root attribute. */
+cf_status cf_io_writer_put_sum(struct cf_h5_writer *w, const char *dset, const float *x, int ndim,
+                               const int64_t *shape, const uint64_t *checksum);
+cf_status cf_io_writer_attr_i64(struct cf_h5_writer *w, const char *key, int64_t value);
+cf_status cf_io_writer_attr_u64(struct cf_h5_writer *w, const char *key, uint64_t value);
+
+#endif
