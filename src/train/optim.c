@@ -1,0 +1,98 @@
+/* optim.c: AdamW (decoupled weight decay, the default) and the authors' Adam with coupled L2
+ * (weight decay added to the gradient, which heads-experiment.md shows kills attention),
+ * the learning-rate schedule and global-norm gradient clipping. */
+#include <math.h>
+#include <string.h>
+
+#include "calmflow/mem.h"
+#include "calmflow/train.h"
+
+cf_status cf_optim_init(struct cf_optim *o, size_t n) {
+  memset(o, 0, sizeof *o);
+  void *m = NULL, *v = NULL;
+  CF_TRY(cf_alloc(&m, n * sizeof(float), "optimizer first moments"));
+  cf_status st = cf_alloc(&v, n * sizeof(float), "optimizer second moments");
+  if (st != CF_OK) {
+    cf_free(&m);
+    return st;
+  }
+  o->n = n;
+  o->m = m;
+  o->v = v;
+  return CF_OK;
+}
+
+void cf_optim_release(struct cf_optim *o) {
+  void *m = o->m, *v = o->v;
+  cf_free(&m);
+  cf_free(&v);
+  memset(o, 0, sizeof *o);
+}
+
+double cf_train_lr(const struct cf_train_cfg *c, int64_t step) {
+  if (c->warmup > 0 && step < c->warmup) return c->lr * (double)(step + 1) / (double)c->warmup;
+  int64_t span = c->steps - c->warmup;
+  if (c->decay == CF_DECAY_CONSTANT || span <= 1) return c->lr;
+  double f = (double)(step - c->warmup) / (double)(span - 1);
+  if (f > 1) f = 1;
+  double w = c->decay == CF_DECAY_COSINE ? 0.5 * (1.0 + cos(3.14159265358979323846 * f)) : 1.0 - f;
+  return c->lr_min + (c->lr - c->lr_min) * w;
+}
+
+double cf_clip_grad(float *g, size_t n, double maxnorm) {
+  double s = 0;
+  for (size_t i = 0; i < n; i++) s += (double)g[i] * g[i];
+  double norm = sqrt(s);
+  if (maxnorm > 0 && norm > maxnorm) {
+    float k = (float)(maxnorm / (norm + 1e-6));
+    for (size_t i = 0; i < n; i++) g[i] *= k;
+  }
+  return norm;
+}
+
+void cf_optim_step(struct cf_optim *o, const struct cf_train_cfg *c, float *p, const float *g,
+                   double lr) {
+  o->t++;
+  const float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->adam_eps;
+  const float wd = (float)c->weight_decay;
+  const float bc1 = (float)(1.0 - pow(c->beta1, (double)o->t));
+  const float bc2 = (float)(1.0 - pow(c->beta2, (double)o->t));
+  const float lrf = (float)lr, sbc2 = sqrtf(bc2);
+  const int coupled = c->optimizer == CF_OPT_ADAM_L2;
+  float *m = o->m, *v = o->v;
+  for (size_t i = 0; i < o->n; i++) {
+    float gi = g[i];
+    if (coupled)
+      gi += wd * p[i];
+    else
+      p[i] -= lrf * wd * p[i];
+    m[i] = b1 * m[i] + (1.0f - b1) * gi;
+    v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+    /* torch's form: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) */
+    p[i] -= (lrf / bc1) * m[i] / (sqrtf(v[i]) / sbc2 + eps);
+  }
+}
+
+static const char *g_opt_names[] = {"adamw", "adam_l2"};
+static const char *g_decay_names[] = {"cosine", "linear", "constant"};
+
+const char *cf_optimizer_name(enum cf_optimizer o) { return g_opt_names[o]; }
+const char *cf_decay_name(enum cf_decay d) { return g_decay_names[d]; }
+
+cf_status cf_optimizer_parse(const char *s, enum cf_optimizer *o) {
+  for (int i = 0; i < 2; i++)
+    if (strcmp(s, g_opt_names[i]) == 0) {
+      *o = (enum cf_optimizer)i;
+      return CF_OK;
+    }
+  return cf_err(CF_EINVAL, "option -train_optimizer: unknown optimizer '%s' (expected adamw or adam_l2)", s);
+}
+
+cf_status cf_decay_parse(const char *s, enum cf_decay *d) {
+  for (int i = 0; i < 3; i++)
+    if (strcmp(s, g_decay_names[i]) == 0) {
+      *d = (enum cf_decay)i;
+      return CF_OK;
+    }
+  return cf_err(CF_EINVAL, "option -train_decay: unknown schedule '%s' (expected cosine, linear or constant)", s);
+}

@@ -1,0 +1,260 @@
+/* train.c: the data-parallel training loop (see train.h): batches from flow, forward and
+ * backward through the model, one gradient all-reduce, clipping, the optimizer, log.jsonl,
+ * progress lines and checkpoints. Nothing is allocated inside a step. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "calmflow/cfpetsc.h"
+#include "calmflow/ckpt.h"
+#include "calmflow/mem.h"
+#include "calmflow/train.h"
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void fmt_dur(char *buf, size_t cap, double s) {
+  if (s < 0 || !isfinite(s)) s = 0;
+  long v = (long)(s + 0.5);
+  if (v >= 3600)
+    snprintf(buf, cap, "%ldh%02ldm", v / 3600, (v / 60) % 60);
+  else if (v >= 60)
+    snprintf(buf, cap, "%ldm%02lds", v / 60, v % 60);
+  else
+    snprintf(buf, cap, "%lds", v);
+}
+
+/* Checkpoint tensor table: params, adam_m, adam_v for every model tensor. */
+struct ckpt_table {
+  int nt;
+  struct cf_ckpt_tensor *t;
+  char *names;
+};
+
+static cf_status ckpt_table_init(struct ckpt_table *ct, const struct cf_model *m,
+                                 const struct cf_optim *o) {
+  static const char *groups[3] = {"params", "adam_m", "adam_v"};
+  void *t = NULL, *names = NULL;
+  ct->nt = 3 * m->n_tensors;
+  CF_TRY(cf_alloc(&t, (size_t)ct->nt * sizeof(struct cf_ckpt_tensor), "checkpoint table"));
+  CF_TRY(cf_alloc(&names, (size_t)ct->nt * 256, "checkpoint names"));
+  ct->t = t;
+  ct->names = names;
+  for (int g = 0; g < 3; g++) {
+    float *base = g == 0 ? m->params : g == 1 ? o->m : o->v;
+    for (int i = 0; i < m->n_tensors; i++) {
+      const struct cf_tensor_info *ti = &m->tensors[i];
+      struct cf_ckpt_tensor *e = &ct->t[g * m->n_tensors + i];
+      char *nm = ct->names + (size_t)(g * m->n_tensors + i) * 256;
+      snprintf(nm, 256, "%s/%s", groups[g], ti->name);
+      e->name = nm;
+      e->ndim = ti->ndim;
+      e->shape[0] = ti->shape[0];
+      e->shape[1] = ti->ndim > 1 ? ti->shape[1] : 1;
+      e->data = base + ti->offset;
+    }
+  }
+  return CF_OK;
+}
+
+static void ckpt_table_release(struct ckpt_table *ct) {
+  void *t = ct->t, *n = ct->names;
+  cf_free(&t);
+  cf_free(&n);
+  memset(ct, 0, sizeof *ct);
+}
+
+static cf_status save(MPI_Comm comm, const char *run_dir, int64_t step,
+                      const struct cf_train_cfg *tc, const char *options_yaml,
+                      const struct ckpt_table *ct, int64_t keep, char *out, size_t cap) {
+  int world;
+  MPI_Comm_size(comm, &world);
+  char dir[4096], name[64], path[4200];
+  snprintf(dir, sizeof dir, "%s/ckpt", run_dir);
+  snprintf(name, sizeof name, "step-%07lld.h5", (long long)step);
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  struct cf_ckpt_meta meta = {.step = step,
+                              .seed = tc->seed,
+                              .world = world,
+                              .data_cursor = step,
+                              .options_yaml = options_yaml,
+                              .model_kind = "calmflow"};
+  CF_TRY(cf_ckpt_write(comm, path, &meta, ct->t, ct->nt));
+  CF_TRY(cf_ckpt_latest_write(comm, dir, name));
+  CF_TRY(cf_ckpt_prune(comm, dir, keep));
+  snprintf(out, cap, "%s", path);
+  return CF_OK;
+}
+
+struct loop_bufs {
+  float *z, *y, *eps, *work;
+};
+
+cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc,
+                       const struct cf_model_cfg *mc, const struct cf_flow_cfg *fc,
+                       const struct cf_dist *src, const struct cf_dist *tgt, const char *run_dir,
+                       const char *options_yaml, struct cf_train_result *res) {
+  int rank, world;
+  CF_MPI(MPI_Comm_rank(comm, &rank));
+  CF_MPI(MPI_Comm_size(comm, &world));
+  memset(res, 0, sizeof *res);
+  const int64_t P = mc->P, N = mc->N, S = mc->S, D = mc->D, H = mc->H;
+  const int64_t J = N * P, T = J * S;
+  CF_CHECK(tc->batch % P == 0, CF_EINVAL,
+           "option -train_batch: %lld paths do not fill whole sequences of -flow_trajectories %lld",
+           (long long)tc->batch, (long long)P);
+  const int64_t Bs = tc->batch / P;
+  CF_CHECK(Bs >= world, CF_ETOPO,
+           "option -train_batch: %lld sequences per step cannot feed %d ranks (need >= 1 per rank)",
+           (long long)Bs, world);
+  const int64_t lo = Bs * rank / world, hi = Bs * (rank + 1) / world, local = hi - lo;
+  CF_CHECK(tc->microbatches >= 1 && tc->microbatches <= local, CF_EINVAL,
+           "option -train_microbatches: expected 1..%lld (sequences on this rank), got %lld",
+           (long long)local, (long long)tc->microbatches);
+  const int64_t mb = (local + tc->microbatches - 1) / tc->microbatches;
+
+  struct cf_model m;
+  CF_TRY(cf_model_init(&m, mc, mb));
+  cf_model_init_weights(&m, tc->seed);
+  struct cf_optim opt;
+  CF_TRY(cf_optim_init(&opt, m.n_params));
+  struct ckpt_table ct;
+  CF_TRY(ckpt_table_init(&ct, &m, &opt));
+  struct cf_arena ar;
+  struct loop_bufs lb;
+  for (int pass = 0; pass < 2; pass++) {
+    if (pass == 1) CF_TRY(cf_arena_commit(&ar, 0, "training batch buffers"));
+    else cf_arena_plan(&ar);
+    lb.z = cf_arena_floats(&ar, (size_t)(mb * J * D));
+    lb.y = cf_arena_floats(&ar, (size_t)(mb * J * D));
+    lb.eps = cf_arena_floats(&ar, mc->head == CF_HEAD_VAE ? (size_t)(mb * T * H) : 1);
+    lb.work = cf_arena_floats(&ar, (size_t)((N + 2) * D));
+  }
+
+  PetscClassId cid;
+  PetscLogEvent ev_fwd, ev_bwd, ev_red, ev_opt, ev_ckpt;
+  CF_PETSC(PetscClassIdRegister("calmflow", &cid));
+  CF_PETSC(PetscLogEventRegister("cfForward", cid, &ev_fwd));
+  CF_PETSC(PetscLogEventRegister("cfBackward", cid, &ev_bwd));
+  CF_PETSC(PetscLogEventRegister("cfGradAllreduce", cid, &ev_red));
+  CF_PETSC(PetscLogEventRegister("cfOptimizer", cid, &ev_opt));
+  CF_PETSC(PetscLogEventRegister("cfCheckpoint", cid, &ev_ckpt));
+
+  FILE *log = NULL;
+  if (rank == 0) {
+    char lp[4200];
+    snprintf(lp, sizeof lp, "%s/log.jsonl", run_dir);
+    log = fopen(lp, "a");
+  }
+  int log_ok = rank != 0 || log != NULL;
+  CF_MPI(MPI_Bcast(&log_ok, 1, MPI_INT, 0, comm));
+  CF_CHECK(log_ok, CF_EIO, "cannot open '%s/log.jsonl' for writing", run_dir);
+
+  const double n_pts = (double)Bs * (double)((N - 1) * P);
+  const double tokens_per_step = (double)Bs * (double)T;
+  double t0 = now_s(), last_print = -1e9, tail_sum = 0;
+  int64_t tail_n = 0;
+  uint64_t step_allocs = 0; /* cf_alloc calls inside steps after the first (must stay 0) */
+  cf_status st = CF_OK;
+  for (int64_t step = 0; step < tc->steps && st == CF_OK; step++) {
+    double ts = now_s();
+    uint64_t a0 = cf_alloc_count();
+    cf_model_zero_grad(&m);
+    double part[4] = {0, 0, 0, 0};
+    for (int64_t s0 = lo; s0 < hi; s0 += mb) {
+      int64_t b = hi - s0 < mb ? hi - s0 : mb;
+      cf_flow_batch(fc, src, tgt, tc->seed, (uint32_t)step, (uint64_t)s0, b, lb.z, lb.y, lb.work);
+      if (mc->head == CF_HEAD_VAE)
+        for (int64_t i = 0; i < b; i++) {
+          struct cf_rng r = {tc->seed, CF_RNG_LATENT, (uint32_t)step, (uint64_t)(s0 + i)};
+          cf_rng_normal(&r, 0, lb.eps + i * T * H, (size_t)(T * H));
+        }
+      struct cf_dropkey dk = {tc->seed, (uint32_t)step, (uint64_t)s0};
+      struct cf_loss l;
+      PetscLogEventBegin(ev_fwd, 0, 0, 0, 0);
+      st = cf_model_forward(&m, b, lb.z, lb.y, mc->head == CF_HEAD_VAE ? lb.eps : NULL, &dk,
+                            n_pts, (float)tc->kl_weight, &l);
+      PetscLogEventEnd(ev_fwd, 0, 0, 0, 0);
+      if (st != CF_OK) break;
+      PetscLogEventBegin(ev_bwd, 0, 0, 0, 0);
+      st = cf_model_backward(&m);
+      PetscLogEventEnd(ev_bwd, 0, 0, 0, 0);
+      if (st != CF_OK) break;
+      part[0] += l.loss;
+      part[1] += l.recon;
+      part[2] += l.kl;
+      part[3] += l.nll;
+    }
+    /* every rank takes part in the reductions even after a local failure */
+    int bad = st != CF_OK, anybad = 0;
+    CF_MPI(MPI_Allreduce(&bad, &anybad, 1, MPI_INT, MPI_LOR, comm));
+    if (anybad) {
+      if (st == CF_OK) st = cf_err(CF_EREMOTE, "another rank failed at step %lld", (long long)step);
+      break;
+    }
+    PetscLogEventBegin(ev_red, 0, 0, 0, 0);
+    CF_MPI(MPI_Allreduce(MPI_IN_PLACE, m.grads, (int)m.n_params, MPI_FLOAT, MPI_SUM, comm));
+    CF_MPI(MPI_Allreduce(MPI_IN_PLACE, part, 4, MPI_DOUBLE, MPI_SUM, comm));
+    PetscLogEventEnd(ev_red, 0, 0, 0, 0);
+    PetscLogEventBegin(ev_opt, 0, 0, 0, 0);
+    double gnorm = cf_clip_grad(m.grads, m.n_params, tc->clip);
+    if (!isfinite(part[0]) || !isfinite(gnorm)) {
+      st = cf_err(CF_ENUM, "step %lld: the loss (%g) or gradient norm (%g) is not finite; "
+                  "lower -train_lr or check the data", (long long)step, part[0], gnorm);
+      PetscLogEventEnd(ev_opt, 0, 0, 0, 0);
+      break;
+    }
+    double lr = cf_train_lr(tc, step);
+    cf_optim_step(&opt, tc, m.params, m.grads, lr);
+    PetscLogEventEnd(ev_opt, 0, 0, 0, 0);
+    if (step > 0) step_allocs += cf_alloc_count() - a0;
+
+    double tn = now_s(), el = tn - t0;
+    if (step >= tc->steps - 50) tail_sum += part[0], tail_n++;
+    int64_t done = step + 1;
+    if (rank == 0 && (done % tc->log_every == 0 || done == tc->steps)) {
+      fprintf(log,
+              "{\"step\": %lld, \"loss\": %.8g, \"recon\": %.8g, \"kl\": %.8g, \"nll\": %.8g, "
+              "\"lr\": %.6g, \"grad_norm\": %.6g, \"tokens_per_s\": %.6g, \"seconds\": %.4f, "
+              "\"step_allocs\": %llu}\n",
+              (long long)done, part[0], part[1], part[2], part[3], lr, gnorm,
+              tokens_per_step / (tn - ts), el, (unsigned long long)step_allocs);
+      fflush(log);
+    }
+    if (rank == 0 && !tc->quiet && (tn - last_print >= 2.0 || done == tc->steps || done == 1)) {
+      char e1[32], e2[32];
+      fmt_dur(e1, sizeof e1, el);
+      fmt_dur(e2, sizeof e2, el / (double)done * (double)(tc->steps - done));
+      printf("step %6lld/%lld  loss %9.5f  lr %.2e  |g| %8.3g  %8.0f tok/s  %s elapsed  ETA %s\n",
+             (long long)done, (long long)tc->steps, part[0], lr, gnorm,
+             tokens_per_step * (double)done / el, e1, e2);
+      fflush(stdout);
+      last_print = tn;
+    }
+    if (tc->ckpt_every > 0 && done % tc->ckpt_every == 0 && done != tc->steps) {
+      PetscLogEventBegin(ev_ckpt, 0, 0, 0, 0);
+      st = save(comm, run_dir, done, tc, options_yaml, &ct, tc->ckpt_keep, res->last_ckpt,
+                sizeof res->last_ckpt);
+      PetscLogEventEnd(ev_ckpt, 0, 0, 0, 0);
+    }
+  }
+  if (st == CF_OK) {
+    PetscLogEventBegin(ev_ckpt, 0, 0, 0, 0);
+    st = save(comm, run_dir, tc->steps, tc, options_yaml, &ct, tc->ckpt_keep, res->last_ckpt,
+              sizeof res->last_ckpt);
+    PetscLogEventEnd(ev_ckpt, 0, 0, 0, 0);
+  }
+  res->seconds = now_s() - t0;
+  res->tokens_per_s = tokens_per_step * (double)tc->steps / res->seconds;
+  res->final_loss = tail_n ? tail_sum / (double)tail_n : NAN;
+  if (log) fclose(log);
+  ckpt_table_release(&ct);
+  cf_arena_release(&ar);
+  cf_optim_release(&opt);
+  cf_model_release(&m);
+  return st;
+}
