@@ -1,1 +1,171 @@
-int main(void) { return 0; }
+/* main.c: `calmflow <data|train|sample|eval|ckpt> [options]`. Starts MPI and PETSc, loads
+ * -options_file_yaml before the command line so the command line always wins, runs the
+ * subcommand on a duplicate of MPI_COMM_WORLD, and turns a failure on any rank into one error
+ * line and a non-zero exit status. */
+#include <mpi.h>
+#include <petscsys.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "app/app.h"
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: calmflow <command> [-options_file_yaml FILE] [-option value ...]\n"
+             "commands:\n"
+             "  data    make a synthetic data set -> HDF5 (/x)\n"
+             "  train   train a CaLMFlow model into -run_dir\n"
+             "  sample  autoregressive rollout from a run's checkpoint -> samples HDF5\n"
+             "  eval    distances between two point sets (W2, W1, MMD, energy) -> JSON\n"
+             "  ckpt    info FILE | verify FILE\n"
+             "`calmflow <command> -help` lists the command's options with their defaults.\n");
+}
+
+static int is_number(const char *s) {
+  char *end = NULL;
+  strtod(s, &end);
+  return end != s && *end == '\0';
+}
+
+/* Re-apply the command line's -name [value] pairs so they override the YAML file. */
+static cf_status reapply_args(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    if (argv[i][0] != '-' || is_number(argv[i])) continue;
+    const char *val = NULL;
+    if (i + 1 < argc && (argv[i + 1][0] != '-' || is_number(argv[i + 1]))) val = argv[++i];
+    if (PetscOptionsSetValue(NULL, argv[i - (val ? 1 : 0)], val) != 0)
+      return cf_err(CF_EINVAL, "cannot set option %s", argv[i - (val ? 1 : 0)]);
+  }
+  return CF_OK;
+}
+
+static cf_status load_yaml(MPI_Comm comm, const char *file) {
+  struct stat sb;
+  CF_CHECK(stat(file, &sb) == 0 && S_ISREG(sb.st_mode), CF_EIO,
+           "cannot read options file '%s': no such file", file);
+  PetscPushErrorHandler(PetscReturnErrorHandler, NULL);
+  PetscErrorCode e = PetscOptionsInsertFileYAML(comm, NULL, file, PETSC_TRUE);
+  PetscPopErrorHandler();
+  CF_CHECK(e == 0, CF_EINVAL,
+           "cannot load options file '%s': not valid YAML (expected a mapping of option names to "
+           "values, e.g. 'train: {lr: 1e-3}')",
+           file);
+  return CF_OK;
+}
+
+int main(int argc, char **argv) {
+  MPI_Init(&argc, &argv);
+  MPI_Comm comm;
+  MPI_Comm_dup(MPI_COMM_WORLD, &comm);
+  MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+
+  if (argc < 2 || argv[1][0] == '-') {
+    int help = argc >= 2 && (strcmp(argv[1], "-help") == 0 || strcmp(argv[1], "-h") == 0 ||
+                             strcmp(argv[1], "--help") == 0);
+    if (rank == 0) usage(help ? stdout : stderr);
+    MPI_Finalize();
+    return help ? 0 : 2;
+  }
+  const char *cmd = argv[1];
+  unsigned mask = strcmp(cmd, "data") == 0     ? CMD_DATA
+                  : strcmp(cmd, "train") == 0  ? CMD_TRAIN
+                  : strcmp(cmd, "sample") == 0 ? CMD_SAMPLE
+                  : strcmp(cmd, "eval") == 0   ? CMD_EVAL
+                  : strcmp(cmd, "ckpt") == 0   ? CMD_CKPT
+                                               : 0;
+  if (mask == 0) {
+    if (rank == 0)
+      fprintf(
+          stderr,
+          "calmflow: error: unknown command '%s' (expected data, train, sample, eval or ckpt)\n",
+          cmd);
+    MPI_Finalize();
+    return 2;
+  }
+
+  /* argv for PETSc: options only; positional words (ckpt info FILE) kept aside */
+  char **pargv = calloc((size_t)argc + 1, sizeof *pargv);
+  char **pos = calloc((size_t)argc + 1, sizeof *pos);
+  if (!pargv || !pos) {
+    fprintf(stderr, "calmflow: error: out of memory\n");
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  int pargc = 0, npos = 0, help = 0;
+  const char *yaml = NULL;
+  pargv[pargc++] = argv[0];
+  for (int i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "-options_file_yaml") == 0 && i + 1 < argc) {
+      yaml = argv[++i];
+    } else if (strcmp(argv[i], "-help") == 0 || strcmp(argv[i], "-h") == 0 ||
+               strcmp(argv[i], "--help") == 0) {
+      help = 1;
+    } else if (argv[i][0] == '-' && !is_number(argv[i])) {
+      pargv[pargc++] = argv[i];
+      if (i + 1 < argc && (argv[i + 1][0] != '-' || is_number(argv[i + 1])))
+        pargv[pargc++] = argv[++i];
+    } else {
+      pos[npos++] = argv[i];
+    }
+  }
+  if (help) {
+    if (rank == 0) {
+      printf("calmflow %s\n", cmd);
+      cf_opts_help(cmd, mask);
+    }
+    MPI_Finalize();
+    return 0;
+  }
+
+  PETSC_COMM_WORLD = comm;
+  int pargc0 = pargc;
+  char **pargv0 = pargv;
+  if (PetscInitialize(&pargc, &pargv, NULL, NULL) != 0) {
+    if (rank == 0) fprintf(stderr, "calmflow: error: PETSc initialization failed\n");
+    MPI_Finalize();
+    return 1;
+  }
+  cf_status st = CF_OK;
+  if (yaml) {
+    st = load_yaml(comm, yaml);
+    if (st == CF_OK) st = reapply_args(pargc0, pargv0);
+  }
+  if (st == CF_OK) {
+    switch (mask) {
+    case CMD_DATA:
+      st = cf_cmd_data(comm);
+      break;
+    case CMD_TRAIN:
+      st = cf_cmd_train(comm);
+      break;
+    case CMD_SAMPLE:
+      st = cf_cmd_sample(comm);
+      break;
+    case CMD_EVAL:
+      st = cf_cmd_eval(comm);
+      break;
+    default:
+      st = cf_cmd_ckpt(comm, npos, pos);
+      break;
+    }
+  }
+
+  /* one error line, from the lowest rank that failed */
+  int mine = st != CF_OK ? rank : 1 << 30, first = 1 << 30;
+  MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm);
+  if (first != 1 << 30 && rank == first) {
+    if (cf_errmsg()[0])
+      fprintf(stderr, "calmflow: error: %s\n", cf_errmsg());
+    else
+      fprintf(stderr, "calmflow: error: %s\n", cf_status_name(st));
+    if (getenv("CALMFLOW_TRACE")) fprintf(stderr, "%s", cf_errtrace());
+  }
+  free(pargv0);
+  free(pos);
+  PetscFinalize();
+  MPI_Comm_free(&comm);
+  MPI_Finalize();
+  return first != 1 << 30 ? 1 : 0;
+}

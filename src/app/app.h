@@ -1,0 +1,73 @@
+/* app.h: the calmflow command line — one table of options (PETSc's options database is the
+ * store), the subcommands, and the run directory. Private to src/app. */
+#ifndef CALMFLOW_APP_H
+#define CALMFLOW_APP_H
+
+#include <mpi.h>
+#include <petscsys.h>
+#include <stdint.h>
+
+#include "calmflow/error.h"
+#include "calmflow/flow.h"
+#include "calmflow/model.h"
+#include "calmflow/train.h"
+
+/* Subcommands an option belongs to (bit mask). */
+enum { CMD_DATA = 1, CMD_TRAIN = 2, CMD_SAMPLE = 4, CMD_EVAL = 8, CMD_CKPT = 16 };
+
+#define CF_OPT_LEN 4096
+
+/* The resolved value of every option, read from one PETSc options database. */
+struct cf_opts {
+  unsigned cmds; /* which subcommands' options were read */
+  char val[128][CF_OPT_LEN];
+  int set[128]; /* given explicitly (file or command line) */
+};
+
+/* Collective on comm (PETSc options are global). Read the options of `cmds` from `db`
+ * (NULL = the global database) into o, defaults for those not set. */
+cf_status cf_opts_load(struct cf_opts *o, PetscOptions db, unsigned cmds);
+/* Local. Typed access with range checks; errors name the option and what was expected. */
+cf_status cf_opt_int(const struct cf_opts *o, const char *name, int64_t lo, int64_t hi, int64_t *v);
+cf_status cf_opt_real(const struct cf_opts *o, const char *name, double lo, double hi, double *v);
+cf_status cf_opt_bool(const struct cf_opts *o, const char *name, int *v);
+const char *cf_opt_str(const struct cf_opts *o, const char *name);
+int cf_opt_given(const struct cf_opts *o, const char *name);
+/* Local. Error for any option in the global database that no subcommand declares. */
+cf_status cf_opts_check_unknown(const char *cmd);
+/* Local. Print the options of `cmds` with defaults and help. */
+void cf_opts_help(const char *cmd, unsigned cmds);
+/* Local. The options of `cmds` as flat YAML ("name: \"value\"" lines) into buf. */
+cf_status cf_opts_yaml(const struct cf_opts *o, unsigned cmds, char *buf, size_t cap);
+
+/* Local. Model and flow configuration from the net_/flow_/data_dim options. */
+cf_status cf_app_model_cfg(const struct cf_opts *o, struct cf_model_cfg *mc,
+                           struct cf_flow_cfg *fc);
+
+/* Collective on comm: the subcommands. argv holds the positional words after the
+ * subcommand (ckpt: info|verify FILE). */
+cf_status cf_cmd_data(MPI_Comm comm);
+cf_status cf_cmd_train(MPI_Comm comm);
+cf_status cf_cmd_sample(MPI_Comm comm);
+cf_status cf_cmd_eval(MPI_Comm comm);
+cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv);
+
+/* Collective on comm. Source / target distributions from -data_source / -data_train /
+ * -data_name; points read from files stay owned by *owned (cf_free). */
+cf_status cf_app_dist(MPI_Comm comm, const char *spec, int64_t dim, const char *option,
+                      struct cf_dist *d, float **owned);
+
+/* Local. -par_tp/-par_pp/-par_cp must be 1 until calmflow 2. */
+cf_status cf_check_parallel_1(const struct cf_opts *o);
+
+/* Collective on comm. Rebuild the model stored in checkpoint `path` (options into *to, flow
+ * configuration into *fc) and load its parameters; with_optim also reads (and checks) the
+ * optimizer moments. */
+struct cf_ckpt_meta;
+cf_status cf_load_model(MPI_Comm comm, const char *path, struct cf_opts *to, struct cf_model *m,
+                        struct cf_flow_cfg *fc, struct cf_ckpt_meta *meta, int with_optim);
+
+/* Local. mkdir -p. */
+cf_status cf_mkdirs(const char *path);
+
+#endif

@@ -1,0 +1,50 @@
+/* cmd_ckpt.c: `calmflow ckpt info FILE` (a readable summary) and `calmflow ckpt verify FILE`
+ * (rebuild the model from the stored options, read every tensor, check shapes and checksums). */
+#include <stdio.h>
+#include <string.h>
+
+#include "app.h"
+#include "calmflow/ckpt.h"
+#include "calmflow/mem.h"
+
+cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv) {
+  int rank;
+  CF_MPI(MPI_Comm_rank(comm, &rank));
+  CF_TRY(cf_opts_check_unknown("ckpt"));
+  CF_CHECK(argc == 2 && (strcmp(argv[0], "info") == 0 || strcmp(argv[0], "verify") == 0), CF_EINVAL,
+           "usage: calmflow ckpt info FILE | calmflow ckpt verify FILE");
+  const char *path = argv[1];
+  struct cf_opts *to = NULL;
+  CF_TRY(cf_alloc((void **)&to, sizeof *to, "options"));
+  struct cf_model m;
+  struct cf_flow_cfg fc;
+  struct cf_ckpt_meta meta;
+  int verify = strcmp(argv[0], "verify") == 0;
+  CF_TRY(cf_load_model(comm, path, to, &m, &fc, &meta, verify));
+  if (rank == 0) {
+    if (verify) {
+      printf("ok: %s: %d tensors (parameters and AdamW moments) match their shapes and checksums\n",
+             path, 3 * m.n_tensors);
+    } else {
+      printf("checkpoint %s\n  model %s, step %lld, seed %llu, written by %lld rank%s\n", path,
+             meta.model_kind ? meta.model_kind : "?", (long long)meta.step,
+             (unsigned long long)meta.seed, (long long)meta.world, meta.world > 1 ? "s" : "");
+      printf("  D=%lld N=%lld P=%lld S=%lld H=%lld layers=%lld heads=%lld head=%s, %zu parameters "
+             "in %d tensors\n",
+             (long long)m.cfg.D, (long long)m.cfg.N, (long long)m.cfg.P, (long long)m.cfg.S,
+             (long long)m.cfg.H, (long long)m.cfg.layers, (long long)m.cfg.heads,
+             m.cfg.head == CF_HEAD_VAE ? "vae" : "gauss", m.n_params, m.n_tensors);
+      for (int i = 0; i < m.n_tensors; i++) {
+        const struct cf_tensor_info *t = &m.tensors[i];
+        if (t->ndim == 2)
+          printf("    %-28s %lld x %lld\n", t->name, (long long)t->shape[0],
+                 (long long)t->shape[1]);
+        else
+          printf("    %-28s %lld\n", t->name, (long long)t->shape[0]);
+      }
+    }
+  }
+  cf_model_release(&m);
+  cf_free((void **)&to);
+  return CF_OK;
+}

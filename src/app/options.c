@@ -1,0 +1,301 @@
+/* options.c: every calmflow option, declared once (name, default, help, subcommands), read
+ * from PETSc's options database, validated, listed by -help and written back as YAML. */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app.h"
+#include "calmflow/cfpetsc.h"
+
+#define TR CMD_TRAIN
+#define SA CMD_SAMPLE
+
+static const struct optdef {
+  const char *name; /* without the dash */
+  const char *def;
+  unsigned cmds;
+  const char *help;
+} g_opts[] = {
+    {"run_dir", "runs/default", TR | SA, "run directory (train writes it, sample reads it)"},
+    {"run_overwrite", "0", TR, "1: start afresh in a run directory that already holds a run"},
+    {"seed", "0", CMD_DATA | TR | SA, "the one seed; every random draw derives from it"},
+    {"data_name", "moons", CMD_DATA | TR,
+     "synthetic target: normal, gaussian, 8gaussians, moons, checkerboard, 4blobs, 2gaussians, "
+     "2to4gaussians"},
+    {"data_dim", "2", CMD_DATA | TR, "data dimension D"},
+    {"data_n", "2000", CMD_DATA, "points to generate"},
+    {"data_out", "data.h5", CMD_DATA, "output file of `calmflow data` (dataset /x)"},
+    {"data_train", "", TR, "target samples x1 from FILE.h5 (/x, n x D) instead of -data_name"},
+    {"data_source", "normal", TR, "source x0: normal, a synthetic name, or FILE.h5"},
+    {"model", "calmflow", TR, "the method: calmflow (cfm comes with calmflow 5)"},
+    {"flow_time_points", "16", TR, "N, time points per trajectory"},
+    {"flow_spatial_tokens", "1", TR, "S, spatial tokens per point"},
+    {"flow_trajectories", "8", TR, "P, trajectories per sequence"},
+    {"flow_kl_weight", "0.1", TR, "beta, KL weight of the vae head"},
+    {"flow_path", "bridge", TR, "conditional paths: straight (paper), bridge, noisy, ve"},
+    {"flow_sigma", "1", TR, "noise scale of bridge / noisy paths; sigma_max of ve paths"},
+    {"flow_sigma_min", "1e-4", TR, "noisy: noise at t = 1; ve: sigma_min"},
+    {"flow_head", "gauss", TR, "output head: gauss (default) or vae (the authors')"},
+    {"flow_predict", "auto", TR,
+     "next (absolute next point) or velocity; auto = velocity for gauss, next for vae"},
+    {"net_layers", "2", TR, "transformer blocks"},
+    {"net_hidden", "64", TR, "hidden size H"},
+    {"net_heads", "2", TR, "attention heads"},
+    {"net_ffn", "0", TR, "MLP width (0: 4 H)"},
+    {"net_rotary_pct", "0.25", TR, "fraction of each head's dimensions with rotary embedding"},
+    {"net_dropout", "0.1", TR, "dropout in the encoder, head and decoder MLPs"},
+    {"net_logstd_min", "-7", TR, "gauss head: lower clamp of the log-std"},
+    {"net_logstd_max", "5", TR, "gauss head: upper clamp of the log-std"},
+    {"train_steps", "2000", TR, "optimizer steps"},
+    {"train_batch", "256", TR, "paths per step over all ranks (a multiple of P)"},
+    {"train_microbatches", "1", TR, "micro-batches per rank and step (gradient accumulation)"},
+    {"train_lr", "1e-3", TR, "peak learning rate"},
+    {"train_lr_min", "1e-4", TR, "learning rate at the end of the decay"},
+    {"train_warmup", "100", TR, "linear warm-up steps"},
+    {"train_decay", "cosine", TR, "decay after warm-up: cosine, linear, constant"},
+    {"train_optimizer", "adamw", TR,
+     "adamw (decoupled weight decay) or adam_l2 (the authors' coupled L2)"},
+    {"train_weight_decay", "0", TR, "weight decay"},
+    {"train_beta1", "0.9", TR, "Adam beta1"},
+    {"train_beta2", "0.999", TR, "Adam beta2"},
+    {"train_eps", "1e-8", TR, "Adam epsilon"},
+    {"train_clip", "1", TR, "gradient clipping: maximum global 2-norm (0: off)"},
+    {"train_log_every", "10", TR, "log.jsonl line every k steps"},
+    {"train_ckpt_every", "0", TR, "checkpoint every k steps (0: only at the end)"},
+    {"train_ckpt_keep", "3", TR, "checkpoints kept in run_dir/ckpt"},
+    {"train_quiet", "0", TR, "1: no progress lines"},
+    {"par_tp", "1", TR | SA, "tensor-parallel degree (only 1 until calmflow 2)"},
+    {"par_pp", "1", TR | SA, "pipeline-parallel degree (only 1 until calmflow 2)"},
+    {"par_cp", "1", TR | SA, "context-parallel degree (only 1 until calmflow 2)"},
+    {"sample_n", "2000", SA, "samples to generate"},
+    {"sample_batch", "64", SA, "sequences per model call"},
+    {"sample_temperature", "auto", SA,
+     "tau, scales the predictive std (vae: latent std); auto = 1 for gauss, 0.5 for vae"},
+    {"sample_out", "", SA, "output file (default run_dir/samples.h5)"},
+    {"sample_kvcache", "1", SA, "1: KV cache; 0: recompute the prefix every step"},
+    {"sample_traj", "0", SA, "1: also write /traj (n x N x D), every time point"},
+    {"sample_ckpt", "", SA, "checkpoint to sample from (default run_dir/ckpt/LATEST)"},
+    {"sample_quiet", "0", SA, "1: no progress lines"},
+    {"eval_a", "", CMD_EVAL, "first point set, FILE.h5 (/x), e.g. the samples"},
+    {"eval_b", "", CMD_EVAL, "second point set, FILE.h5 (/x), e.g. fresh data"},
+    {"eval_ref", "", CMD_EVAL,
+     "optional: a second independent data sample; reports w2_floor = W2(ref, b) and w2_ratio"},
+    {"eval_out", "", CMD_EVAL, "output JSON file (default: standard output)"},
+    {"eval_max_exact", "5000", CMD_EVAL, "points per set used for exact W1/W2"},
+};
+#define NOPT ((int)(sizeof g_opts / sizeof g_opts[0]))
+
+/* PETSc's own flags that may appear in the database without being calmflow's. */
+static const char *g_petsc_flags[] = {"options_left",
+                                      "options_view",
+                                      "options_monitor",
+                                      "log_view",
+                                      "log_summary",
+                                      "malloc_debug",
+                                      "malloc_dump",
+                                      "malloc_test",
+                                      "info",
+                                      "version",
+                                      "no_signal_handler",
+                                      "on_error_abort",
+                                      "log_trace",
+                                      "memory_view",
+                                      "check_pointer_intensity",
+                                      "options_file_yaml",
+                                      "help"};
+
+static int find(const char *name) {
+  if (name[0] == '-') name++;
+  for (int i = 0; i < NOPT; i++)
+    if (strcmp(g_opts[i].name, name) == 0) return i;
+  return -1;
+}
+
+cf_status cf_opts_load(struct cf_opts *o, PetscOptions db, unsigned cmds) {
+  memset(o, 0, sizeof *o);
+  o->cmds = cmds;
+  for (int i = 0; i < NOPT; i++) {
+    if (!(g_opts[i].cmds & cmds)) continue;
+    char key[256];
+    snprintf(key, sizeof key, "-%s", g_opts[i].name);
+    PetscBool set = PETSC_FALSE;
+    CF_PETSC(PetscOptionsGetString(db, NULL, key, o->val[i], CF_OPT_LEN, &set));
+    o->set[i] = set == PETSC_TRUE;
+    if (!set) snprintf(o->val[i], CF_OPT_LEN, "%s", g_opts[i].def);
+  }
+  return CF_OK;
+}
+
+static const char *raw(const struct cf_opts *o, const char *name, int *idx) {
+  int i = find(name);
+  *idx = i;
+  return i >= 0 ? o->val[i] : "";
+}
+
+const char *cf_opt_str(const struct cf_opts *o, const char *name) {
+  int i;
+  return raw(o, name, &i);
+}
+
+int cf_opt_given(const struct cf_opts *o, const char *name) {
+  int i = find(name);
+  return i >= 0 && o->set[i];
+}
+
+cf_status cf_opt_int(const struct cf_opts *o, const char *name, int64_t lo, int64_t hi,
+                     int64_t *v) {
+  int i;
+  const char *s = raw(o, name, &i);
+  char *end = NULL;
+  errno = 0;
+  long long x = strtoll(s, &end, 10);
+  CF_CHECK(s[0] != '\0' && end && *end == '\0' && errno == 0, CF_EINVAL,
+           "option -%s: expected an integer, got '%s'", name, s);
+  CF_CHECK(x >= lo && x <= hi, CF_EINVAL,
+           "option -%s: expected an integer in [%lld, %lld], got %lld", name, (long long)lo,
+           (long long)hi, x);
+  *v = x;
+  return CF_OK;
+}
+
+cf_status cf_opt_real(const struct cf_opts *o, const char *name, double lo, double hi, double *v) {
+  int i;
+  const char *s = raw(o, name, &i);
+  char *end = NULL;
+  errno = 0;
+  double x = strtod(s, &end);
+  CF_CHECK(s[0] != '\0' && end && *end == '\0' && errno == 0 && isfinite(x), CF_EINVAL,
+           "option -%s: expected a finite number, got '%s'", name, s);
+  CF_CHECK(x >= lo && x <= hi, CF_EINVAL, "option -%s: expected a value in [%g, %g], got %g", name,
+           lo, hi, x);
+  *v = x;
+  return CF_OK;
+}
+
+cf_status cf_opt_bool(const struct cf_opts *o, const char *name, int *v) {
+  int64_t x;
+  int i;
+  const char *s = raw(o, name, &i);
+  if (strcmp(s, "true") == 0 || strcmp(s, "yes") == 0) {
+    *v = 1;
+    return CF_OK;
+  }
+  if (strcmp(s, "false") == 0 || strcmp(s, "no") == 0) {
+    *v = 0;
+    return CF_OK;
+  }
+  CF_TRY(cf_opt_int(o, name, 0, 1, &x));
+  *v = (int)x;
+  return CF_OK;
+}
+
+static int is_petsc_flag(const char *name) {
+  for (size_t i = 0; i < sizeof g_petsc_flags / sizeof g_petsc_flags[0]; i++)
+    if (strcmp(name, g_petsc_flags[i]) == 0) return 1;
+  return 0;
+}
+
+cf_status cf_opts_check_unknown(const char *cmd) {
+  PetscInt n = 0;
+  char **names = NULL, **values = NULL;
+  CF_PETSC(PetscOptionsLeftGet(NULL, &n, &names, &values));
+  char bad[256] = "";
+  for (PetscInt i = 0; i < n; i++) {
+    const char *nm = names[i][0] == '-' ? names[i] + 1 : names[i];
+    if (find(nm) >= 0 || is_petsc_flag(nm)) continue;
+    if (bad[0] == '\0') snprintf(bad, sizeof bad, "%s", nm);
+  }
+  CF_PETSC(PetscOptionsLeftRestore(NULL, &n, &names, &values));
+  CF_CHECK(bad[0] == '\0', CF_EINVAL, "unknown option -%s (run 'calmflow %s -help' for the list)",
+           bad, cmd);
+  return CF_OK;
+}
+
+void cf_opts_help(const char *cmd, unsigned cmds) {
+  printf("options of calmflow %s (default in brackets; YAML configs via -options_file_yaml FILE,\n"
+         "nested keys joined with '_'; the command line overrides the file):\n",
+         cmd);
+  for (int i = 0; i < NOPT; i++) {
+    if (!(g_opts[i].cmds & cmds)) continue;
+    char left[128];
+    snprintf(left, sizeof left, "-%s <%s>", g_opts[i].name, g_opts[i].def);
+    printf("  %-34s %s\n", left, g_opts[i].help);
+  }
+  printf("  %-34s %s\n", "-log_view", "PETSc profile of the calmflow events at exit");
+}
+
+cf_status cf_opts_yaml(const struct cf_opts *o, unsigned cmds, char *buf, size_t cap) {
+  size_t len = 0;
+  int n = snprintf(buf, cap, "# calmflow resolved options (load with -options_file_yaml)\n");
+  CF_CHECK(n > 0 && (size_t)n < cap, CF_EINVAL, "resolved options do not fit");
+  len = (size_t)n;
+  for (int i = 0; i < NOPT; i++) {
+    if (!(g_opts[i].cmds & cmds & o->cmds) || o->val[i][0] == '\0') continue;
+    const char *v = o->val[i];
+    for (const char *c = v; *c; c++)
+      CF_CHECK(*c != '"' && *c != '\\' && *c != '\n', CF_EINVAL,
+               "option -%s: value contains a quote, backslash or newline", g_opts[i].name);
+    n = snprintf(buf + len, cap - len, "%s: \"%s\"\n", g_opts[i].name, v);
+    CF_CHECK(n > 0 && (size_t)n < cap - len, CF_EINVAL, "resolved options do not fit");
+    len += (size_t)n;
+  }
+  return CF_OK;
+}
+
+cf_status cf_app_model_cfg(const struct cf_opts *o, struct cf_model_cfg *mc,
+                           struct cf_flow_cfg *fc) {
+  memset(mc, 0, sizeof *mc);
+  memset(fc, 0, sizeof *fc);
+  const int64_t big = (int64_t)1 << 40;
+  CF_TRY(cf_opt_int(o, "data_dim", 1, big, &mc->D));
+  CF_TRY(cf_opt_int(o, "flow_time_points", 2, 1 << 20, &mc->N));
+  CF_TRY(cf_opt_int(o, "flow_spatial_tokens", 1, 1 << 20, &mc->S));
+  CF_TRY(cf_opt_int(o, "flow_trajectories", 1, 1 << 20, &mc->P));
+  CF_TRY(cf_opt_int(o, "net_layers", 1, 4096, &mc->layers));
+  CF_TRY(cf_opt_int(o, "net_hidden", 1, 1 << 20, &mc->H));
+  CF_TRY(cf_opt_int(o, "net_heads", 1, 1 << 20, &mc->heads));
+  CF_TRY(cf_opt_int(o, "net_ffn", 0, 1 << 24, &mc->ffn));
+  if (mc->ffn == 0) mc->ffn = 4 * mc->H;
+  CF_TRY(cf_opt_real(o, "net_rotary_pct", 0, 1, &mc->rotary_pct));
+  mc->rotary_base = 10000.0;
+  double x;
+  CF_TRY(cf_opt_real(o, "net_dropout", 0, 0.99, &x));
+  mc->dropout = (float)x;
+  CF_TRY(cf_opt_real(o, "net_logstd_min", -30, 30, &x));
+  mc->logstd_min = (float)x;
+  CF_TRY(cf_opt_real(o, "net_logstd_max", -30, 30, &x));
+  mc->logstd_max = (float)x;
+  CF_CHECK(mc->logstd_min < mc->logstd_max, CF_EINVAL,
+           "option -net_logstd_min: expected < -net_logstd_max (%g), got %g",
+           (double)mc->logstd_max, (double)mc->logstd_min);
+  const char *head = cf_opt_str(o, "flow_head");
+  if (strcmp(head, "gauss") == 0)
+    mc->head = CF_HEAD_GAUSS;
+  else if (strcmp(head, "vae") == 0)
+    mc->head = CF_HEAD_VAE;
+  else if (strcmp(head, "gmm") == 0 || strcmp(head, "fm") == 0 || strcmp(head, "cvae") == 0)
+    return cf_err(CF_EINVAL,
+                  "option -flow_head: '%s' is not implemented yet (calmflow 5); use gauss or vae",
+                  head);
+  else
+    return cf_err(CF_EINVAL, "option -flow_head: unknown head '%s' (expected gauss or vae)", head);
+  CF_TRY(cf_model_cfg_check(mc));
+
+  fc->D = mc->D;
+  fc->N = mc->N;
+  fc->P = mc->P;
+  fc->S = mc->S;
+  CF_TRY(cf_path_parse(cf_opt_str(o, "flow_path"), &fc->path));
+  CF_TRY(cf_opt_real(o, "flow_sigma", 0, 1e6, &fc->sigma));
+  CF_TRY(cf_opt_real(o, "flow_sigma_min", 0, 1e6, &fc->sigma_min));
+  const char *pred = cf_opt_str(o, "flow_predict");
+  if (strcmp(pred, "auto") == 0)
+    fc->predict = mc->head == CF_HEAD_VAE ? CF_PREDICT_NEXT : CF_PREDICT_VELOCITY;
+  else
+    CF_TRY(cf_predict_parse(pred, &fc->predict));
+  CF_TRY(cf_flow_cfg_check(fc));
+  return CF_OK;
+}

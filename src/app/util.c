@@ -1,0 +1,45 @@
+/* util.c: run-directory and data-source helpers shared by the subcommands. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "app.h"
+#include "calmflow/h5io.h"
+#include "calmflow/mem.h"
+
+cf_status cf_mkdirs(const char *path) {
+  char buf[4096];
+  CF_CHECK(strlen(path) < sizeof buf && path[0] != '\0', CF_EINVAL, "bad directory name '%s'",
+           path);
+  snprintf(buf, sizeof buf, "%s", path);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+      return cf_err(CF_EIO, "cannot create directory '%s': %s", buf, strerror(errno));
+    *p = '/';
+  }
+  if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+    return cf_err(CF_EIO, "cannot create directory '%s': %s", buf, strerror(errno));
+  struct stat sb;
+  CF_CHECK(stat(buf, &sb) == 0 && S_ISDIR(sb.st_mode), CF_EIO, "'%s' is not a directory", buf);
+  return CF_OK;
+}
+
+static int ends_with(const char *s, const char *suf) {
+  size_t a = strlen(s), b = strlen(suf);
+  return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+cf_status cf_app_dist(MPI_Comm comm, const char *spec, int64_t dim, const char *option,
+                      struct cf_dist *d, float **owned) {
+  *owned = NULL;
+  if (ends_with(spec, ".h5") || ends_with(spec, ".hdf5") || strchr(spec, '/') != NULL) {
+    int64_t n = 0, dd = 0;
+    CF_TRY(cf_h5_read_points(comm, spec, "/x", dim, owned, &n, &dd));
+    cf_dist_points(d, *owned, n, dd);
+    return CF_OK;
+  }
+  return cf_dist_by_name(d, spec, dim, option);
+}

@@ -1,0 +1,6 @@
+# End-to-end tests of the calmflow binary.
+cf_script_test(app_badinput test_badinput.sh fast)
+cf_script_test(app_layout test_layout.sh fast)
+cf_script_test(e2e_moons_np1 test_e2e.sh e2e 1)
+cf_script_test(e2e_moons_np2 test_e2e.sh e2e 2)
+set_tests_properties(e2e_moons_np2 app_layout PROPERTIES PROCESSORS 2)

@@ -1,0 +1,1 @@
+cf_script_test(style_clang_format test_format.sh fast)
