@@ -9,7 +9,8 @@
 #define CF_PETSC(x)                                                                                \
   do {                                                                                             \
     PetscErrorCode cf_pe_ = (x);                                                                   \
-    if (cf_pe_ != 0) return cf_err(CF_EPETSC, "PETSc call failed (error %d): %s", (int)cf_pe_, #x); \
+    if (cf_pe_ != 0)                                                                               \
+      return cf_err(CF_EPETSC, "PETSc call failed (error %d): %s", (int)cf_pe_, #x);               \
   } while (0)
 
 #endif

@@ -18,15 +18,15 @@
 
 /* ---- distributions ---- */
 enum cf_dist_kind {
-  CF_DIST_NORMAL,      /* N(0, I_D) */
-  CF_DIST_8GAUSSIANS,  /* 2-D: 8 components on a circle of radius 5, variance 0.1 */
-  CF_DIST_MOONS,       /* 2-D: two moons, noise 0.2, scaled x3 - 1 */
-  CF_DIST_CHECKERBOARD,/* 2-D: 4x4 checkerboard on [-4, 4]^2 */
-  CF_DIST_GAUSSIAN,    /* any D: N(0, I_D) (alias of normal, for symmetry with the paper) */
-  CF_DIST_4BLOBS,      /* any D: unit Gaussians at (-15|-5|5|15, 0, ..., 0) */
-  CF_DIST_2GAUSSIANS,  /* any D: unit Gaussians at (+-5, 0, ..., 0), the source of 2to4gaussians */
-  CF_DIST_2TO4,        /* any D >= 2: unit Gaussians at (+-5, +-5, 0, ..., 0) */
-  CF_DIST_POINTS       /* an empirical set (a data file): uniform choice of a row */
+  CF_DIST_NORMAL,       /* N(0, I_D) */
+  CF_DIST_8GAUSSIANS,   /* 2-D: 8 components on a circle of radius 5, variance 0.1 */
+  CF_DIST_MOONS,        /* 2-D: two moons, noise 0.2, scaled x3 - 1 */
+  CF_DIST_CHECKERBOARD, /* 2-D: 4x4 checkerboard on [-4, 4]^2 */
+  CF_DIST_GAUSSIAN,     /* any D: N(0, I_D) (alias of normal, for symmetry with the paper) */
+  CF_DIST_4BLOBS,       /* any D: unit Gaussians at (-15|-5|5|15, 0, ..., 0) */
+  CF_DIST_2GAUSSIANS,   /* any D: unit Gaussians at (+-5, 0, ..., 0), the source of 2to4gaussians */
+  CF_DIST_2TO4,         /* any D >= 2: unit Gaussians at (+-5, +-5, 0, ..., 0) */
+  CF_DIST_POINTS        /* an empirical set (a data file): uniform choice of a row */
 };
 
 struct cf_dist {

@@ -36,7 +36,7 @@ struct cf_train_cfg {
   double weight_decay, beta1, beta2, adam_eps, clip;
   double kl_weight; /* beta of the vae head */
   uint64_t seed;
-  int quiet;        /* no progress lines */
+  int quiet; /* no progress lines */
 };
 
 /* ---- optimizer ---- */
@@ -65,18 +65,23 @@ const char *cf_decay_name(enum cf_decay d);
 
 /* What a run leaves behind. */
 struct cf_train_result {
-  double final_loss;      /* mean of the last min(50, steps) logged losses */
+  double final_loss; /* mean of the last min(50, steps) logged losses */
   double seconds;
   double tokens_per_s;
   char last_ckpt[4096];
 };
 
+/* Local. Check tc against the model and the rank count (batch fills whole sequences, every
+ * rank gets at least one sequence, micro-batches fit); errors name the option. */
+cf_status cf_train_cfg_check(const struct cf_train_cfg *tc, const struct cf_model_cfg *mc,
+                             int world);
+
 /* Collective on comm. Train from scratch into run_dir (which must exist with a ckpt/
  * subfolder): appends run_dir/log.jsonl, writes run_dir/ckpt/step-NNNNNNN.h5 and ckpt/LATEST.
  * options_yaml is the resolved configuration stored in every checkpoint. */
-cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc,
-                       const struct cf_model_cfg *mc, const struct cf_flow_cfg *fc,
-                       const struct cf_dist *src, const struct cf_dist *tgt, const char *run_dir,
-                       const char *options_yaml, struct cf_train_result *res);
+cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struct cf_model_cfg *mc,
+                       const struct cf_flow_cfg *fc, const struct cf_dist *src,
+                       const struct cf_dist *tgt, const char *run_dir, const char *options_yaml,
+                       struct cf_train_result *res);
 
 #endif

@@ -12,10 +12,14 @@ static const struct {
   int64_t fixed_dim; /* 0: any dimension */
   int64_t min_dim;
 } g_names[] = {
-    {"normal", CF_DIST_NORMAL, 0, 1},     {"gaussian", CF_DIST_GAUSSIAN, 0, 1},
-    {"8gaussians", CF_DIST_8GAUSSIANS, 2, 2}, {"moons", CF_DIST_MOONS, 2, 2},
-    {"checkerboard", CF_DIST_CHECKERBOARD, 2, 2}, {"4blobs", CF_DIST_4BLOBS, 0, 1},
-    {"2gaussians", CF_DIST_2GAUSSIANS, 0, 1}, {"2to4gaussians", CF_DIST_2TO4, 0, 2},
+    {"normal", CF_DIST_NORMAL, 0, 1},
+    {"gaussian", CF_DIST_GAUSSIAN, 0, 1},
+    {"8gaussians", CF_DIST_8GAUSSIANS, 2, 2},
+    {"moons", CF_DIST_MOONS, 2, 2},
+    {"checkerboard", CF_DIST_CHECKERBOARD, 2, 2},
+    {"4blobs", CF_DIST_4BLOBS, 0, 1},
+    {"2gaussians", CF_DIST_2GAUSSIANS, 0, 1},
+    {"2to4gaussians", CF_DIST_2TO4, 0, 2},
 };
 
 const char *cf_dist_names(void) {
@@ -36,8 +40,9 @@ cf_status cf_dist_by_name(struct cf_dist *d, const char *name, int64_t dim, cons
     d->dim = dim;
     return CF_OK;
   }
-  return cf_err(CF_EINVAL, "option %s: unknown distribution '%s' (expected one of: %s, or a .h5 file)",
-                option, name, cf_dist_names());
+  return cf_err(CF_EINVAL,
+                "option %s: unknown distribution '%s' (expected one of: %s, or a .h5 file)", option,
+                name, cf_dist_names());
 }
 
 void cf_dist_points(struct cf_dist *d, const float *x, int64_t n, int64_t dim) {

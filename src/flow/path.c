@@ -8,8 +8,12 @@
 static const char *g_path_names[] = {"straight", "bridge", "noisy", "ve"};
 static const char *g_predict_names[] = {"next", "velocity"};
 
-const char *cf_path_name(enum cf_path p) { return g_path_names[p]; }
-const char *cf_predict_name(enum cf_predict p) { return g_predict_names[p]; }
+const char *cf_path_name(enum cf_path p) {
+  return g_path_names[p];
+}
+const char *cf_predict_name(enum cf_predict p) {
+  return g_predict_names[p];
+}
 
 cf_status cf_path_parse(const char *s, enum cf_path *p) {
   for (int i = 0; i < 4; i++)
@@ -17,7 +21,8 @@ cf_status cf_path_parse(const char *s, enum cf_path *p) {
       *p = (enum cf_path)i;
       return CF_OK;
     }
-  return cf_err(CF_EINVAL, "option -flow_path: unknown path '%s' (expected straight, bridge, noisy or ve)", s);
+  return cf_err(CF_EINVAL,
+                "option -flow_path: unknown path '%s' (expected straight, bridge, noisy or ve)", s);
 }
 
 cf_status cf_predict_parse(const char *s, enum cf_predict *p) {
@@ -26,18 +31,25 @@ cf_status cf_predict_parse(const char *s, enum cf_predict *p) {
       *p = (enum cf_predict)i;
       return CF_OK;
     }
-  return cf_err(CF_EINVAL, "option -flow_predict: unknown target '%s' (expected next or velocity)", s);
+  return cf_err(CF_EINVAL, "option -flow_predict: unknown target '%s' (expected next or velocity)",
+                s);
 }
 
 cf_status cf_flow_cfg_check(const struct cf_flow_cfg *f) {
-  CF_CHECK(f->N >= 2, CF_EINVAL, "option -flow_time_points: expected >= 2, got %lld", (long long)f->N);
-  CF_CHECK(f->P >= 1, CF_EINVAL, "option -flow_trajectories: expected >= 1, got %lld", (long long)f->P);
-  CF_CHECK(f->S >= 1, CF_EINVAL, "option -flow_spatial_tokens: expected >= 1, got %lld", (long long)f->S);
+  CF_CHECK(f->N >= 2, CF_EINVAL, "option -flow_time_points: expected >= 2, got %lld",
+           (long long)f->N);
+  CF_CHECK(f->P >= 1, CF_EINVAL, "option -flow_trajectories: expected >= 1, got %lld",
+           (long long)f->P);
+  CF_CHECK(f->S >= 1, CF_EINVAL, "option -flow_spatial_tokens: expected >= 1, got %lld",
+           (long long)f->S);
   CF_CHECK(f->D >= 1, CF_EINVAL, "option -data_dim: expected >= 1, got %lld", (long long)f->D);
-  CF_CHECK(f->sigma >= 0 && isfinite(f->sigma), CF_EINVAL, "option -flow_sigma: expected a finite value >= 0, got %g", f->sigma);
-  CF_CHECK(f->sigma_min >= 0 && isfinite(f->sigma_min), CF_EINVAL, "option -flow_sigma_min: expected a finite value >= 0, got %g", f->sigma_min);
+  CF_CHECK(f->sigma >= 0 && isfinite(f->sigma), CF_EINVAL,
+           "option -flow_sigma: expected a finite value >= 0, got %g", f->sigma);
+  CF_CHECK(f->sigma_min >= 0 && isfinite(f->sigma_min), CF_EINVAL,
+           "option -flow_sigma_min: expected a finite value >= 0, got %g", f->sigma_min);
   CF_CHECK(f->path != CF_PATH_VE || (f->sigma_min > 0 && f->sigma >= f->sigma_min), CF_EINVAL,
-           "option -flow_sigma_min: ve paths need 0 < -flow_sigma_min <= -flow_sigma (got %g, %g)", f->sigma_min, f->sigma);
+           "option -flow_sigma_min: ve paths need 0 < -flow_sigma_min <= -flow_sigma (got %g, %g)",
+           f->sigma_min, f->sigma);
   return CF_OK;
 }
 
@@ -46,7 +58,8 @@ void cf_flow_path(const struct cf_flow_cfg *f, const float *x0, const float *x1,
   int64_t N = f->N, D = f->D;
   for (int64_t i = 0; i < N; i++) {
     double t = (double)i / (double)(N - 1);
-    for (int64_t d = 0; d < D; d++) z[i * D + d] = (float)((1.0 - t) * x0[d] + t * x1[d]);
+    for (int64_t d = 0; d < D; d++)
+      z[i * D + d] = (float)((1.0 - t) * x0[d] + t * x1[d]);
   }
   if (f->path == CF_PATH_STRAIGHT || f->sigma == 0) return;
   if (f->path == CF_PATH_BRIDGE) {
@@ -54,7 +67,8 @@ void cf_flow_path(const struct cf_flow_cfg *f, const float *x0, const float *x1,
     double dt = 1.0 / (double)(N - 1), sq = sqrt(dt);
     for (int64_t d = 0; d < D; d++) {
       double w = 0, wend = 0;
-      for (int64_t i = 1; i < N; i++) wend += sq * cf_rng_normal1(r, (uint64_t)(i * D + d));
+      for (int64_t i = 1; i < N; i++)
+        wend += sq * cf_rng_normal1(r, (uint64_t)(i * D + d));
       for (int64_t i = 1; i < N - 1; i++) {
         double t = (double)i * dt;
         w += sq * cf_rng_normal1(r, (uint64_t)(i * D + d));

@@ -25,8 +25,8 @@ cf_status cf_model_cfg_check(const struct cf_model_cfg *c) {
   CF_SIZE_OK(c->H, 1, "-net_hidden");
   CF_SIZE_OK(c->heads, 1, "-net_heads");
   CF_CHECK(c->H % c->heads == 0, CF_EINVAL,
-           "option -net_heads: -net_hidden (%lld) must be a multiple of -net_heads (%lld)", (long long)c->H,
-           (long long)c->heads);
+           "option -net_heads: -net_hidden (%lld) must be a multiple of -net_heads (%lld)",
+           (long long)c->H, (long long)c->heads);
   CF_SIZE_OK(c->layers, 1, "-net_layers");
   CF_SIZE_OK(c->ffn, 1, "-net_ffn");
   CF_SIZE_OK(c->S, 1, "-flow_spatial_tokens");

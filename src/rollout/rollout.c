@@ -100,8 +100,10 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
   int64_t per_seq = N * P * D; /* floats of one sequence's output */
   float *mine = NULL, *all = NULL;
   for (int pass = 0; pass < 2; pass++) {
-    if (pass == 1) CF_TRY(cf_arena_commit(&ar, 0, "rollout buffers"));
-    else cf_arena_plan(&ar);
+    if (pass == 1)
+      CF_TRY(cf_arena_commit(&ar, 0, "rollout buffers"));
+    else
+      cf_arena_plan(&ar);
     w.seq = cf_arena_floats(&ar, (size_t)(B * J * D));
     w.stage = cf_arena_floats(&ar, (size_t)(B * J * D));
     w.h = cf_arena_floats(&ar, (size_t)(B * T * H));

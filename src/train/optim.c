@@ -41,11 +41,13 @@ double cf_train_lr(const struct cf_train_cfg *c, int64_t step) {
 
 double cf_clip_grad(float *g, size_t n, double maxnorm) {
   double s = 0;
-  for (size_t i = 0; i < n; i++) s += (double)g[i] * g[i];
+  for (size_t i = 0; i < n; i++)
+    s += (double)g[i] * g[i];
   double norm = sqrt(s);
   if (maxnorm > 0 && norm > maxnorm) {
     float k = (float)(maxnorm / (norm + 1e-6));
-    for (size_t i = 0; i < n; i++) g[i] *= k;
+    for (size_t i = 0; i < n; i++)
+      g[i] *= k;
   }
   return norm;
 }
@@ -76,8 +78,12 @@ void cf_optim_step(struct cf_optim *o, const struct cf_train_cfg *c, float *p, c
 static const char *g_opt_names[] = {"adamw", "adam_l2"};
 static const char *g_decay_names[] = {"cosine", "linear", "constant"};
 
-const char *cf_optimizer_name(enum cf_optimizer o) { return g_opt_names[o]; }
-const char *cf_decay_name(enum cf_decay d) { return g_decay_names[d]; }
+const char *cf_optimizer_name(enum cf_optimizer o) {
+  return g_opt_names[o];
+}
+const char *cf_decay_name(enum cf_decay d) {
+  return g_decay_names[d];
+}
 
 cf_status cf_optimizer_parse(const char *s, enum cf_optimizer *o) {
   for (int i = 0; i < 2; i++)
@@ -85,7 +91,8 @@ cf_status cf_optimizer_parse(const char *s, enum cf_optimizer *o) {
       *o = (enum cf_optimizer)i;
       return CF_OK;
     }
-  return cf_err(CF_EINVAL, "option -train_optimizer: unknown optimizer '%s' (expected adamw or adam_l2)", s);
+  return cf_err(CF_EINVAL,
+                "option -train_optimizer: unknown optimizer '%s' (expected adamw or adam_l2)", s);
 }
 
 cf_status cf_decay_parse(const char *s, enum cf_decay *d) {
@@ -94,5 +101,7 @@ cf_status cf_decay_parse(const char *s, enum cf_decay *d) {
       *d = (enum cf_decay)i;
       return CF_OK;
     }
-  return cf_err(CF_EINVAL, "option -train_decay: unknown schedule '%s' (expected cosine, linear or constant)", s);
+  return cf_err(CF_EINVAL,
+                "option -train_decay: unknown schedule '%s' (expected cosine, linear or constant)",
+                s);
 }

@@ -90,27 +90,39 @@ static cf_status save(MPI_Comm comm, const char *run_dir, int64_t step,
   return CF_OK;
 }
 
+cf_status cf_train_cfg_check(const struct cf_train_cfg *tc, const struct cf_model_cfg *mc,
+                             int world) {
+  CF_CHECK(tc->batch % mc->P == 0, CF_EINVAL,
+           "option -train_batch: %lld paths do not fill whole sequences of -flow_trajectories %lld",
+           (long long)tc->batch, (long long)mc->P);
+  const int64_t Bs = tc->batch / mc->P;
+  CF_CHECK(Bs >= world, CF_ETOPO,
+           "option -train_batch: %lld sequences per step cannot feed %d ranks (need >= 1 per rank)",
+           (long long)Bs, world);
+  CF_CHECK(tc->microbatches >= 1 && tc->microbatches <= Bs / world, CF_EINVAL,
+           "option -train_microbatches: expected 1..%lld (sequences per rank), got %lld",
+           (long long)(Bs / world), (long long)tc->microbatches);
+  CF_CHECK(tc->lr_min <= tc->lr, CF_EINVAL,
+           "option -train_lr_min: expected <= -train_lr (%g), got %g", tc->lr, tc->lr_min);
+  return CF_OK;
+}
+
 struct loop_bufs {
   float *z, *y, *eps, *work;
 };
 
-cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc,
-                       const struct cf_model_cfg *mc, const struct cf_flow_cfg *fc,
-                       const struct cf_dist *src, const struct cf_dist *tgt, const char *run_dir,
-                       const char *options_yaml, struct cf_train_result *res) {
+cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struct cf_model_cfg *mc,
+                       const struct cf_flow_cfg *fc, const struct cf_dist *src,
+                       const struct cf_dist *tgt, const char *run_dir, const char *options_yaml,
+                       struct cf_train_result *res) {
   int rank, world;
   CF_MPI(MPI_Comm_rank(comm, &rank));
   CF_MPI(MPI_Comm_size(comm, &world));
   memset(res, 0, sizeof *res);
   const int64_t P = mc->P, N = mc->N, S = mc->S, D = mc->D, H = mc->H;
   const int64_t J = N * P, T = J * S;
-  CF_CHECK(tc->batch % P == 0, CF_EINVAL,
-           "option -train_batch: %lld paths do not fill whole sequences of -flow_trajectories %lld",
-           (long long)tc->batch, (long long)P);
+  CF_TRY(cf_train_cfg_check(tc, mc, world));
   const int64_t Bs = tc->batch / P;
-  CF_CHECK(Bs >= world, CF_ETOPO,
-           "option -train_batch: %lld sequences per step cannot feed %d ranks (need >= 1 per rank)",
-           (long long)Bs, world);
   const int64_t lo = Bs * rank / world, hi = Bs * (rank + 1) / world, local = hi - lo;
   CF_CHECK(tc->microbatches >= 1 && tc->microbatches <= local, CF_EINVAL,
            "option -train_microbatches: expected 1..%lld (sequences on this rank), got %lld",
@@ -127,8 +139,10 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc,
   struct cf_arena ar;
   struct loop_bufs lb;
   for (int pass = 0; pass < 2; pass++) {
-    if (pass == 1) CF_TRY(cf_arena_commit(&ar, 0, "training batch buffers"));
-    else cf_arena_plan(&ar);
+    if (pass == 1)
+      CF_TRY(cf_arena_commit(&ar, 0, "training batch buffers"));
+    else
+      cf_arena_plan(&ar);
     lb.z = cf_arena_floats(&ar, (size_t)(mb * J * D));
     lb.y = cf_arena_floats(&ar, (size_t)(mb * J * D));
     lb.eps = cf_arena_floats(&ar, mc->head == CF_HEAD_VAE ? (size_t)(mb * T * H) : 1);
@@ -176,8 +190,8 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc,
       struct cf_dropkey dk = {tc->seed, (uint32_t)step, (uint64_t)s0};
       struct cf_loss l;
       PetscLogEventBegin(ev_fwd, 0, 0, 0, 0);
-      st = cf_model_forward(&m, b, lb.z, lb.y, mc->head == CF_HEAD_VAE ? lb.eps : NULL, &dk,
-                            n_pts, (float)tc->kl_weight, &l);
+      st = cf_model_forward(&m, b, lb.z, lb.y, mc->head == CF_HEAD_VAE ? lb.eps : NULL, &dk, n_pts,
+                            (float)tc->kl_weight, &l);
       PetscLogEventEnd(ev_fwd, 0, 0, 0, 0);
       if (st != CF_OK) break;
       PetscLogEventBegin(ev_bwd, 0, 0, 0, 0);
@@ -203,8 +217,10 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc,
     PetscLogEventBegin(ev_opt, 0, 0, 0, 0);
     double gnorm = cf_clip_grad(m.grads, m.n_params, tc->clip);
     if (!isfinite(part[0]) || !isfinite(gnorm)) {
-      st = cf_err(CF_ENUM, "step %lld: the loss (%g) or gradient norm (%g) is not finite; "
-                  "lower -train_lr or check the data", (long long)step, part[0], gnorm);
+      st = cf_err(CF_ENUM,
+                  "step %lld: the loss (%g) or gradient norm (%g) is not finite; "
+                  "lower -train_lr or check the data",
+                  (long long)step, part[0], gnorm);
       PetscLogEventEnd(ev_opt, 0, 0, 0, 0);
       break;
     }
