@@ -86,5 +86,14 @@ expect eval-dims "$T/cols3.h5" 1 eval -eval_a "$T/good.h5" -eval_b "$T/cols3.h5"
 expect unknown-command "unknown command" 1 frobnicate
 expect ckpt-garbage "$T/garbage.h5" 1 ckpt verify "$T/garbage.h5"
 
+# -help lists every option of the command with its default, and exits 0
+if "$CF" train -help >"$T/help" 2>&1 && grep -q -- '-train_lr <1e-3>' "$T/help" &&
+   grep -q -- '-flow_head <gauss>' "$T/help" && grep -q -- '-run_dir <runs/default>' "$T/help" &&
+   ! grep -q -- '-eval_a' "$T/help"; then
+  echo "ok   help: $(grep -c '^  -' "$T/help") options listed"
+else
+  echo "FAIL help:"; cat "$T/help"; fails=$((fails + 1))
+fi
+
 if [ $fails -ne 0 ]; then echo "test_badinput: $fails failures"; exit 1; fi
 echo "test_badinput: ok"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# test.sh: the one test command (CI runs it through .ci/run). Installs missing Debian packages,
+# builds with warnings as errors, runs the whole ctest suite, then builds with AddressSanitizer
+# + UndefinedBehaviorSanitizer and runs the fast tests again under it.
+#   CF_TEST_SKIP_ASAN=1  skip the sanitizer pass (quicker local runs)
+#   extra arguments are passed to the first ctest (e.g. -L fast, -R model)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
+. scripts/env.sh
+jobs=$(nproc)
+
+echo "== build (Release, -Werror)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCF_WERROR=ON >/dev/null
+cmake --build build -j "$jobs"
+echo "== ctest"
+(cd build && ctest --output-on-failure -j "$jobs" "$@")
+
+if [ "${CF_TEST_SKIP_ASAN:-0}" != 1 ]; then
+  echo "== build (ASan + UBSan)"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCF_WERROR=ON -DCF_SANITIZE=ON >/dev/null
+  cmake --build build-asan -j "$jobs"
+  echo "== ctest -L fast under ASan + UBSan"
+  (cd build-asan && ctest --output-on-failure -j "$jobs" -L fast)
+fi
