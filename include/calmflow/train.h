@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "calmflow/ckpt.h"
 #include "calmflow/error.h"
 #include "calmflow/flow.h"
 #include "calmflow/model.h"
@@ -62,6 +63,20 @@ cf_status cf_optimizer_parse(const char *s, enum cf_optimizer *o);
 cf_status cf_decay_parse(const char *s, enum cf_decay *d);
 const char *cf_optimizer_name(enum cf_optimizer o);
 const char *cf_decay_name(enum cf_decay d);
+
+/* The checkpoint's tensors for a model: "params/<name>" for every model tensor, then
+ * "adam_m/<name>" and "adam_v/<name>" when moments are given, pointing into m->params and the
+ * moment arrays (n_params floats each, laid out like the parameters). */
+#define CF_CKPT_NAME_MAX 256
+struct cf_ckpt_table {
+  int nt;
+  struct cf_ckpt_tensor *t; /* (nt) */
+  char *names;              /* (nt, CF_CKPT_NAME_MAX) */
+};
+/* Local. adam_m and adam_v may both be NULL (parameters only). */
+cf_status cf_ckpt_table_init(struct cf_ckpt_table *ct, const struct cf_model *m,
+                             const float *adam_m, const float *adam_v);
+void cf_ckpt_table_release(struct cf_ckpt_table *ct);
 
 /* What a run leaves behind. */
 struct cf_train_result {

@@ -67,6 +67,10 @@ struct cf_ckpt_meta;
 cf_status cf_load_model(MPI_Comm comm, const char *path, struct cf_opts *to, struct cf_model *m,
                         struct cf_flow_cfg *fc, struct cf_ckpt_meta *meta, int with_optim);
 
+/* Local. Write text to path atomically (temporary file, fsync, rename); on failure the old
+ * file, if any, is untouched and no temporary is left. */
+cf_status cf_write_text_atomic(const char *path, const char *text);
+
 /* Local. mkdir -p. */
 cf_status cf_mkdirs(const char *path);
 

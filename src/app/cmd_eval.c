@@ -4,33 +4,11 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "app.h"
 #include "calmflow/h5io.h"
 #include "calmflow/mem.h"
 #include "calmflow/metrics.h"
-
-static cf_status write_json(const char *path, const char *text) {
-  if (path[0] == '\0') {
-    fputs(text, stdout);
-    fflush(stdout);
-    return CF_OK;
-  }
-  char tmp[4300];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  FILE *f = fopen(tmp, "w");
-  CF_CHECK(f != NULL, CF_EIO, "option -eval_out: cannot write '%s'", path);
-  int ok = fputs(text, f) >= 0;
-  ok = (fflush(f) == 0) && ok;
-  ok = (fsync(fileno(f)) == 0) && ok;
-  ok = (fclose(f) == 0) && ok;
-  if (!ok || rename(tmp, path) != 0) {
-    unlink(tmp);
-    return cf_err(CF_EIO, "option -eval_out: cannot write '%s'", path);
-  }
-  return CF_OK;
-}
 
 cf_status cf_cmd_eval(MPI_Comm comm) {
   int rank;
@@ -79,7 +57,12 @@ cf_status cf_cmd_eval(MPI_Comm comm) {
       n += snprintf(js + n, sizeof js - (size_t)n, ",\n  \"w2_floor\": %.9g,\n  \"w2_ratio\": %.9g",
                     floor_w2, m.w2 / floor_w2);
     snprintf(js + n, sizeof js - (size_t)n, "\n}\n");
-    st = write_json(out, js);
+    if (out[0] == '\0') {
+      fputs(js, stdout);
+      fflush(stdout);
+    } else {
+      st = cf_write_text_atomic(out, js);
+    }
   }
   int bad = st != CF_OK;
   CF_MPI(MPI_Bcast(&bad, 1, MPI_INT, 0, comm));

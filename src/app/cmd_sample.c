@@ -35,32 +35,14 @@ cf_status cf_load_model(MPI_Comm comm, const char *path, struct cf_opts *to, str
   CF_TRY(ckpt_options(comm, path, to, meta));
   CF_TRY(cf_app_model_cfg(to, &mc, fc));
   CF_TRY(cf_model_init(m, &mc, 1));
-  int ng = with_optim ? 3 : 1;
-  struct cf_ckpt_tensor *t = NULL;
-  char *names = NULL;
-  float *scratch = NULL;
-  CF_TRY(cf_alloc((void **)&t, sizeof *t * (size_t)(ng * m->n_tensors), "checkpoint table"));
-  CF_TRY(cf_alloc((void **)&names, (size_t)(ng * m->n_tensors) * 256, "checkpoint names"));
+  float *moments = NULL; /* (2, n_params) scratch: read to verify, then dropped */
   if (with_optim)
-    CF_TRY(cf_alloc((void **)&scratch, 2 * m->n_params * sizeof(float), "optimizer state"));
-  static const char *groups[3] = {"params", "adam_m", "adam_v"};
-  for (int g = 0; g < ng; g++)
-    for (int i = 0; i < m->n_tensors; i++) {
-      const struct cf_tensor_info *ti = &m->tensors[i];
-      struct cf_ckpt_tensor *e = &t[g * m->n_tensors + i];
-      char *nm = names + (size_t)(g * m->n_tensors + i) * 256;
-      snprintf(nm, 256, "%s/%s", groups[g], ti->name);
-      e->name = nm;
-      e->ndim = ti->ndim;
-      e->shape[0] = ti->shape[0];
-      e->shape[1] = ti->ndim > 1 ? ti->shape[1] : 1;
-      e->data =
-          g == 0 ? m->params + ti->offset : scratch + (size_t)(g - 1) * m->n_params + ti->offset;
-    }
-  cf_status st = cf_ckpt_read_tensors(comm, path, t, ng * m->n_tensors);
-  cf_free((void **)&t);
-  cf_free((void **)&names);
-  cf_free((void **)&scratch);
+    CF_TRY(cf_alloc((void **)&moments, 2 * m->n_params * sizeof(float), "optimizer state"));
+  struct cf_ckpt_table ct;
+  CF_TRY(cf_ckpt_table_init(&ct, m, moments, moments ? moments + m->n_params : NULL));
+  cf_status st = cf_ckpt_read_tensors(comm, path, ct.t, ct.nt);
+  cf_ckpt_table_release(&ct);
+  cf_free((void **)&moments);
   return st;
 }
 

@@ -40,22 +40,6 @@ static cf_status prepare_run_dir(const char *dir, int overwrite) {
   return CF_OK;
 }
 
-static cf_status write_text_atomic(const char *path, const char *text) {
-  char tmp[4300];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  FILE *f = fopen(tmp, "w");
-  CF_CHECK(f != NULL, CF_EIO, "cannot write '%s'", tmp);
-  int ok = fputs(text, f) >= 0;
-  ok = (fflush(f) == 0) && ok;
-  ok = (fsync(fileno(f)) == 0) && ok;
-  ok = (fclose(f) == 0) && ok;
-  if (!ok || rename(tmp, path) != 0) {
-    unlink(tmp);
-    return cf_err(CF_EIO, "cannot write '%s'", path);
-  }
-  return CF_OK;
-}
-
 static cf_status train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
   memset(tc, 0, sizeof *tc);
   const int64_t big = (int64_t)1 << 40;
@@ -140,7 +124,7 @@ cf_status cf_cmd_train(MPI_Comm comm) {
     if (st == CF_OK) {
       char p[4200];
       snprintf(p, sizeof p, "%s/config.yaml", run_dir);
-      st = write_text_atomic(p, yaml);
+      st = cf_write_text_atomic(p, yaml);
     }
   }
   int bad = st != CF_OK;

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "app.h"
 #include "calmflow/h5io.h"
@@ -42,4 +43,21 @@ cf_status cf_app_dist(MPI_Comm comm, const char *spec, int64_t dim, const char *
     return CF_OK;
   }
   return cf_dist_by_name(d, spec, dim, option);
+}
+
+cf_status cf_write_text_atomic(const char *path, const char *text) {
+  char tmp[4300];
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+  FILE *f = fopen(tmp, "w");
+  CF_CHECK(f != NULL, CF_EIO, "cannot write '%s': %s", path, strerror(errno));
+  int ok = fputs(text, f) >= 0;
+  ok = (fflush(f) == 0) && ok;
+  ok = (fsync(fileno(f)) == 0) && ok;
+  ok = (fclose(f) == 0) && ok;
+  if (!ok || rename(tmp, path) != 0) {
+    int e = errno;
+    unlink(tmp);
+    return cf_err(CF_EIO, "cannot write '%s': %s", path, strerror(e));
+  }
+  return CF_OK;
 }

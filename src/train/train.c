@@ -28,40 +28,35 @@ static void fmt_dur(char *buf, size_t cap, double s) {
     snprintf(buf, cap, "%lds", v);
 }
 
-/* Checkpoint tensor table: params, adam_m, adam_v for every model tensor. */
-struct ckpt_table {
-  int nt;
-  struct cf_ckpt_tensor *t;
-  char *names;
-};
-
-static cf_status ckpt_table_init(struct ckpt_table *ct, const struct cf_model *m,
-                                 const struct cf_optim *o) {
+cf_status cf_ckpt_table_init(struct cf_ckpt_table *ct, const struct cf_model *m,
+                             const float *adam_m, const float *adam_v) {
   static const char *groups[3] = {"params", "adam_m", "adam_v"};
+  const float *base[3] = {m->params, adam_m, adam_v};
+  int ng = adam_m && adam_v ? 3 : 1;
   void *t = NULL, *names = NULL;
-  ct->nt = 3 * m->n_tensors;
-  CF_TRY(cf_alloc(&t, (size_t)ct->nt * sizeof(struct cf_ckpt_tensor), "checkpoint table"));
-  CF_TRY(cf_alloc(&names, (size_t)ct->nt * 256, "checkpoint names"));
+  memset(ct, 0, sizeof *ct);
+  CF_TRY(cf_alloc(&t, (size_t)(ng * m->n_tensors) * sizeof(struct cf_ckpt_tensor),
+                  "checkpoint table"));
+  CF_TRY(cf_alloc(&names, (size_t)(ng * m->n_tensors) * CF_CKPT_NAME_MAX, "checkpoint names"));
+  ct->nt = ng * m->n_tensors;
   ct->t = t;
   ct->names = names;
-  for (int g = 0; g < 3; g++) {
-    float *base = g == 0 ? m->params : g == 1 ? o->m : o->v;
+  for (int g = 0; g < ng; g++)
     for (int i = 0; i < m->n_tensors; i++) {
       const struct cf_tensor_info *ti = &m->tensors[i];
       struct cf_ckpt_tensor *e = &ct->t[g * m->n_tensors + i];
-      char *nm = ct->names + (size_t)(g * m->n_tensors + i) * 256;
-      snprintf(nm, 256, "%s/%s", groups[g], ti->name);
+      char *nm = ct->names + (size_t)(g * m->n_tensors + i) * CF_CKPT_NAME_MAX;
+      snprintf(nm, CF_CKPT_NAME_MAX, "%s/%s", groups[g], ti->name);
       e->name = nm;
       e->ndim = ti->ndim;
       e->shape[0] = ti->shape[0];
       e->shape[1] = ti->ndim > 1 ? ti->shape[1] : 1;
-      e->data = base + ti->offset;
+      e->data = (float *)base[g] + ti->offset;
     }
-  }
   return CF_OK;
 }
 
-static void ckpt_table_release(struct ckpt_table *ct) {
+void cf_ckpt_table_release(struct cf_ckpt_table *ct) {
   void *t = ct->t, *n = ct->names;
   cf_free(&t);
   cf_free(&n);
@@ -70,7 +65,7 @@ static void ckpt_table_release(struct ckpt_table *ct) {
 
 static cf_status save(MPI_Comm comm, const char *run_dir, int64_t step,
                       const struct cf_train_cfg *tc, const char *options_yaml,
-                      const struct ckpt_table *ct, int64_t keep, char *out, size_t cap) {
+                      const struct cf_ckpt_table *ct, int64_t keep, char *out, size_t cap) {
   int world;
   MPI_Comm_size(comm, &world);
   char dir[4096], name[64], path[4200];
@@ -134,8 +129,8 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
   cf_model_init_weights(&m, tc->seed);
   struct cf_optim opt;
   CF_TRY(cf_optim_init(&opt, m.n_params));
-  struct ckpt_table ct;
-  CF_TRY(ckpt_table_init(&ct, &m, &opt));
+  struct cf_ckpt_table ct;
+  CF_TRY(cf_ckpt_table_init(&ct, &m, opt.m, opt.v));
   struct cf_arena ar;
   struct loop_bufs lb;
   for (int pass = 0; pass < 2; pass++) {
@@ -268,7 +263,7 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
   res->tokens_per_s = tokens_per_step * (double)tc->steps / res->seconds;
   res->final_loss = tail_n ? tail_sum / (double)tail_n : NAN;
   if (log) fclose(log);
-  ckpt_table_release(&ct);
+  cf_ckpt_table_release(&ct);
   cf_arena_release(&ar);
   cf_optim_release(&opt);
   cf_model_release(&m);
