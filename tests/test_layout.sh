@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test_layout.sh: the numbers do not depend on the layout or the rollout method.
-#  1. the loss at every step is the same on 1, 2 and 3 ranks (data parallel), to round-off,
+#  1. the loss at every step is the same on 1, 2 and 3 ranks (data parallel, gradients reduced
+#     in many small buckets during backward), and with 3 micro-batches per rank, to round-off,
 #     for both heads, with dropout on (counter-based masks);
 #  2. KV-cached rollout equals recompute-the-prefix rollout (max relative difference 1e-5);
 #  3. samples are the same on 1 and 2 ranks and for any -sample_batch;
@@ -15,11 +16,14 @@ run() { "$@" >"$T/log" 2>&1 || { cat "$T/log"; fail "command failed: $*"; }; }
 
 COMMON=(-train_steps 20 -train_batch 48 -flow_trajectories 4 -flow_time_points 6
         -flow_spatial_tokens 2 -net_hidden 16 -net_heads 2 -net_layers 2 -train_log_every 1
-        -train_quiet 1 -data_source 8gaussians -train_warmup 5 -seed 3)
+        -train_quiet 1 -data_source 8gaussians -train_warmup 5 -seed 3 -par_bucket_mb 0.002)
 for head in gauss vae; do
   for np in 1 2 3; do
     run mpiexec -n $np "$CF" train "${COMMON[@]}" -flow_head $head -run_dir "$T/$head-np$np"
   done
+  # micro-batches (gradient accumulation) and one bucket for the whole gradient
+  run mpiexec -n 2 "$CF" train "${COMMON[@]}" -flow_head $head -train_microbatches 3 \
+    -par_bucket_mb 64 -run_dir "$T/$head-np2mb"
   $PY - "$T" $head <<'PYEOF' || fail "loss differs across rank counts ($2 head)"
 import json, sys
 t, head = sys.argv[1], sys.argv[2]
@@ -27,7 +31,7 @@ def losses(np):
     return [json.loads(l)["loss"] for l in open(f"{t}/{head}-np{np}/log.jsonl")]
 a = losses(1)
 assert len(a) == 20, len(a)
-for np in (2, 3):
+for np in (2, 3, "2mb"):
     b = losses(np)
     worst = max(abs(x - y) / max(abs(x), 1e-6) for x, y in zip(a, b))
     print(f"{head}: 1 vs {np} ranks, worst relative loss difference over 20 steps {worst:.2e}")
@@ -35,7 +39,7 @@ for np in (2, 3):
 # training moved the loss: the test would notice a frozen model
 assert a[-1] < a[0], (a[0], a[-1])
 # no allocation inside a training step after the first
-for np in (1, 2, 3):
+for np in (1, 2, 3, "2mb"):
     allocs = [json.loads(l)["step_allocs"] for l in open(f"{t}/{head}-np{np}/log.jsonl")]
     assert max(allocs) == 0, allocs
 PYEOF

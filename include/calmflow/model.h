@@ -99,8 +99,15 @@ struct cf_loss {
   double nll;   /* gauss: mean NLL per point; vae: 0 */
 };
 
+/* Called by cf_model_backward each time the gradients in [offset, n_params) are final:
+ * after the heads and lnf, after each block (last to first) and after the encoder (offset 0).
+ * Offsets only decrease. A non-OK status stops the backward and is returned by it. */
+typedef cf_status (*cf_grad_ready_fn)(void *ctx, size_t offset);
+
 struct cf_model {
   struct cf_model_cfg cfg;
+  cf_grad_ready_fn grad_ready; /* optional (NULL): lets the caller reduce while backward runs */
+  void *grad_ctx;
   int64_t max_batch; /* sequences per training call */
   size_t n_params;   /* floats */
   float *params;     /* (n_params) */

@@ -4,7 +4,8 @@
  *
  * A step draws train_batch paths (train_batch / P sequences) over all ranks; rank r of R
  * builds sequences [r*Bs/R, (r+1)*Bs/R) in -train_microbatches chunks, gradients are summed
- * with one MPI_Allreduce, and every rank applies the same update. Because every draw is keyed
+ * in buckets started while the last chunk's backward still runs (reducer.h), and every rank
+ * applies the same update. Because every draw is keyed
  * by (seed, step, global path index), the loss sequence is the same at any rank count up to
  * floating-point summation order.
  */
@@ -37,7 +38,8 @@ struct cf_train_cfg {
   double weight_decay, beta1, beta2, adam_eps, clip;
   double kl_weight; /* beta of the vae head */
   uint64_t seed;
-  int quiet; /* no progress lines */
+  size_t bucket; /* floats per gradient all-reduce bucket (reducer.h) */
+  int quiet;     /* no progress lines */
 };
 
 /* ---- optimizer ---- */

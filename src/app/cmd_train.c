@@ -64,6 +64,10 @@ static cf_status train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
   CF_TRY(cf_opt_real(o, "train_clip", 0, 1e12, &tc->clip));
   CF_TRY(cf_opt_real(o, "flow_kl_weight", 0, 1e6, &tc->kl_weight));
   CF_TRY(cf_opt_bool(o, "train_quiet", &tc->quiet));
+  double mb;
+  CF_TRY(cf_opt_real(o, "par_bucket_mb", 1e-6, 1e6, &mb));
+  tc->bucket = (size_t)(mb * 1048576.0 / sizeof(float));
+  if (tc->bucket < 1) tc->bucket = 1;
   return CF_OK;
 }
 

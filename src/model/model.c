@@ -552,6 +552,13 @@ cf_status cf_model_forward(struct cf_model *m, int64_t B, const float *z, const 
 
 /* ---- training backward ---- */
 
+/* Offset of the first gradient that is final once the tensors from `name` on are done: every
+ * tensor at or after `name` in the arena (the arena runs enc, layers 0..L-1, lnf, heads, dec). */
+static size_t grad_mark(const struct cf_model *m, const char *name) {
+  const struct cf_tensor_info *t = cf_model_find(m, name);
+  return t != NULL ? t->offset : 0;
+}
+
 cf_status cf_model_backward(struct cf_model *m) {
   CF_CHECK(m != NULL && m->impl != NULL, CF_EINVAL, "model: backward before cf_model_init");
   struct cf_model_impl *im = m->impl;
@@ -590,19 +597,27 @@ cf_status cf_model_backward(struct cf_model *m) {
 
   /* final LayerNorm */
   cf_layernorm_bwd(im->gh, im->xhf, im->rsf, R, H, im->lnf.w, im->lnf.gw, im->lnf.gb, im->gx, 0);
+  if (m->grad_ready) CF_TRY(m->grad_ready(m->grad_ctx, grad_mark(m, "lnf.weight")));
 
   /* blocks, last to first; gx holds d loss / d x_{l+1} on entry, d loss / d x_l on exit */
   struct cf_block_dims bd = block_dims(m);
   struct cf_block_ws ws = {
       .gt = im->gt, .gao = im->gao, .gqkv = im->gqkv, .gf = im->gf, .gs = im->gs};
-  for (int64_t l = c->layers - 1; l >= 0; l--)
+  for (int64_t l = c->layers - 1; l >= 0; l--) {
     cf_block_bwd(&im->blk[l], &im->ba[l], B, T, &bd, im->gx, &ws);
+    if (m->grad_ready) {
+      char nm[64];
+      snprintf(nm, sizeof nm, "layers.%lld.ln1.weight", (long long)l);
+      CF_TRY(m->grad_ready(m->grad_ctx, grad_mark(m, nm)));
+    }
+  }
 
   /* encoder: gx (R, H) = d loss / d e (Rp, SH) */
   struct cf_unit_a ue = unit_masked(&im->enc, drop);
   cf_linear_bwd(ue.d, im->gx, Rp, im->enc2.w, SH, SH, im->enc2.gw, im->enc2.gb, im->genc, 0);
   cf_lnrelu_bwd(im->genc, ue.xh, ue.rs, ue.mask, Rp, SH, im->genc);
   cf_linear_bwd(im->z, im->genc, Rp, im->enc1.w, SH, c->D, im->enc1.gw, im->enc1.gb, NULL, 0);
+  if (m->grad_ready) CF_TRY(m->grad_ready(m->grad_ctx, 0));
   return CF_OK;
 }
 

@@ -9,6 +9,7 @@
 #include "calmflow/cfpetsc.h"
 #include "calmflow/ckpt.h"
 #include "calmflow/mem.h"
+#include "calmflow/reducer.h"
 #include "calmflow/train.h"
 
 static double now_s(void) {
@@ -129,6 +130,8 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
   cf_model_init_weights(&m, tc->seed);
   struct cf_optim opt;
   CF_TRY(cf_optim_init(&opt, m.n_params));
+  struct cf_reducer red;
+  CF_TRY(cf_reducer_init(&red, comm, m.grads, m.n_params, tc->bucket));
   struct cf_ckpt_table ct;
   CF_TRY(cf_ckpt_table_init(&ct, &m, opt.m, opt.v));
   struct cf_arena ar;
@@ -189,6 +192,11 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
                             (float)tc->kl_weight, &l);
       PetscLogEventEnd(ev_fwd, 0, 0, 0, 0);
       if (st != CF_OK) break;
+      /* the last micro-batch's backward starts the gradient buckets as layers finish */
+      int last = s0 + mb >= hi;
+      if (last) cf_reducer_begin(&red);
+      m.grad_ready = last ? cf_reducer_ready : NULL;
+      m.grad_ctx = &red;
       PetscLogEventBegin(ev_bwd, 0, 0, 0, 0);
       st = cf_model_backward(&m);
       PetscLogEventEnd(ev_bwd, 0, 0, 0, 0);
@@ -198,17 +206,18 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
       part[2] += l.kl;
       part[3] += l.nll;
     }
-    /* every rank takes part in the reductions even after a local failure */
+    /* A rank that failed inside forward or backward has not started its buckets and the others
+     * wait for it in cf_reducer_finish: -par_timeout (the watchdog) ends such a job. */
+    PetscLogEventBegin(ev_red, 0, 0, 0, 0);
+    if (st == CF_OK) st = cf_reducer_finish(&red);
+    PetscLogEventEnd(ev_red, 0, 0, 0, 0);
     int bad = st != CF_OK, anybad = 0;
     CF_MPI(MPI_Allreduce(&bad, &anybad, 1, MPI_INT, MPI_LOR, comm));
     if (anybad) {
       if (st == CF_OK) st = cf_err(CF_EREMOTE, "another rank failed at step %lld", (long long)step);
       break;
     }
-    PetscLogEventBegin(ev_red, 0, 0, 0, 0);
-    CF_MPI(MPI_Allreduce(MPI_IN_PLACE, m.grads, (int)m.n_params, MPI_FLOAT, MPI_SUM, comm));
     CF_MPI(MPI_Allreduce(MPI_IN_PLACE, part, 4, MPI_DOUBLE, MPI_SUM, comm));
-    PetscLogEventEnd(ev_red, 0, 0, 0, 0);
     PetscLogEventBegin(ev_opt, 0, 0, 0, 0);
     double gnorm = cf_clip_grad(m.grads, m.n_params, tc->clip);
     if (!isfinite(part[0]) || !isfinite(gnorm)) {
