@@ -2,7 +2,8 @@
 # test_layout.sh: the numbers do not depend on the layout or the rollout method.
 #  1. the loss at every step is the same on 1, 2 and 3 ranks (data parallel, gradients reduced
 #     in many small buckets during backward), and with 3 micro-batches per rank, to round-off,
-#     for both heads, with dropout on (counter-based masks);
+#     for both heads, with dropout on (counter-based masks); ZeRO-1 (sharded AdamW moments)
+#     gives bit-identical losses, parameters and checkpointed moments;
 #  2. KV-cached rollout equals recompute-the-prefix rollout (max relative difference 1e-5);
 #  3. samples are the same on 1 and 2 ranks and for any -sample_batch;
 #  4. `calmflow data` writes the same points on 1 and 2 ranks.
@@ -24,6 +25,8 @@ for head in gauss vae; do
   # micro-batches (gradient accumulation) and one bucket for the whole gradient
   run mpiexec -n 2 "$CF" train "${COMMON[@]}" -flow_head $head -train_microbatches 3 \
     -par_bucket_mb 64 -run_dir "$T/$head-np2mb"
+  # ZeRO-1: sharded AdamW moments give the very same numbers as replicated ones
+  run mpiexec -n 3 "$CF" train "${COMMON[@]}" -flow_head $head -par_zero 1 -run_dir "$T/$head-np3z"
   $PY - "$T" $head <<'PYEOF' || fail "loss differs across rank counts ($2 head)"
 import json, sys
 t, head = sys.argv[1], sys.argv[2]
@@ -38,8 +41,18 @@ for np in (2, 3, "2mb"):
     assert len(b) == 20 and worst <= 1e-4, worst
 # training moved the loss: the test would notice a frozen model
 assert a[-1] < a[0], (a[0], a[-1])
+# ZeRO-1 at 3 ranks: bitwise the same losses, parameters and moments as without it
+z = losses("3z")
+assert z == losses(3), "ZeRO-1 changed the loss sequence"
+import h5py, numpy as np
+fa = h5py.File(f"{t}/{head}-np3/ckpt/step-0000020.h5", "r")
+fb = h5py.File(f"{t}/{head}-np3z/ckpt/step-0000020.h5", "r")
+for g in ("params", "adam_m", "adam_v"):
+    for k in fa[g]:
+        assert np.array_equal(fa[g][k][...], fb[g][k][...]), f"{g}/{k} differs under ZeRO-1"
+print(f"{head}: ZeRO-1 on 3 ranks equals replicated AdamW bit for bit ({len(fa['params'])} tensors)")
 # no allocation inside a training step after the first
-for np in (1, 2, 3, "2mb"):
+for np in (1, 2, 3, "2mb", "3z"):
     allocs = [json.loads(l)["step_allocs"] for l in open(f"{t}/{head}-np{np}/log.jsonl")]
     assert max(allocs) == 0, allocs
 PYEOF

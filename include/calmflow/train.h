@@ -39,6 +39,7 @@ struct cf_train_cfg {
   double kl_weight; /* beta of the vae head */
   uint64_t seed;
   size_t bucket; /* floats per gradient all-reduce bucket (reducer.h) */
+  int zero;      /* 1: ZeRO-1, AdamW moments sharded over the data-parallel ranks */
   int quiet;     /* no progress lines */
 };
 

@@ -67,6 +67,7 @@ static cf_status train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
   double mb;
   CF_TRY(cf_opt_real(o, "par_bucket_mb", 1e-6, 1e6, &mb));
   tc->bucket = (size_t)(mb * 1048576.0 / sizeof(float));
+  CF_TRY(cf_opt_bool(o, "par_zero", &tc->zero));
   if (tc->bucket < 1) tc->bucket = 1;
   return CF_OK;
 }

@@ -70,6 +70,8 @@ static const struct optdef {
     {"par_tp", "1", TR | SA, "tensor-parallel degree (only 1 until calmflow 2)"},
     {"par_pp", "1", TR | SA, "pipeline-parallel degree (only 1 until calmflow 2)"},
     {"par_cp", "1", TR | SA, "context-parallel degree (only 1 until calmflow 2)"},
+    {"par_zero", "0", TR,
+     "1: ZeRO-1, shard the AdamW moments over the data-parallel ranks (memory / ranks)"},
     {"par_bucket_mb", "4", TR, "gradient all-reduce bucket size in MiB (started during backward)"},
     {"sample_n", "2000", SA, "samples to generate"},
     {"sample_batch", "64", SA, "sequences per model call"},

@@ -103,6 +103,65 @@ cf_status cf_train_cfg_check(const struct cf_train_cfg *tc, const struct cf_mode
   return CF_OK;
 }
 
+struct zero_shard {
+  int64_t lo, hi;       /* this rank's parameter range */
+  int *counts, *displs; /* (world) ranges of all ranks, for MPI_Allgatherv */
+};
+
+static cf_status zero_init(struct zero_shard *z, MPI_Comm comm, size_t n, int on) {
+  int rank, world;
+  CF_MPI(MPI_Comm_rank(comm, &rank));
+  CF_MPI(MPI_Comm_size(comm, &world));
+  memset(z, 0, sizeof *z);
+  z->hi = (int64_t)n;
+  if (!on) return CF_OK;
+  CF_CHECK(n < (size_t)INT32_MAX, CF_EINVAL,
+           "option -par_zero: %zu parameters exceed one MPI message; use -par_zero 0", n);
+  CF_TRY(cf_alloc((void **)&z->counts, (size_t)world * sizeof(int), "ZeRO ranges"));
+  CF_TRY(cf_alloc((void **)&z->displs, (size_t)world * sizeof(int), "ZeRO ranges"));
+  for (int r = 0; r < world; r++) {
+    z->displs[r] = (int)((int64_t)n * r / world);
+    z->counts[r] = (int)((int64_t)n * (r + 1) / world) - z->displs[r];
+  }
+  z->lo = z->displs[rank];
+  z->hi = z->lo + z->counts[rank];
+  return CF_OK;
+}
+
+static void zero_release(struct zero_shard *z) {
+  cf_free((void **)&z->counts);
+  cf_free((void **)&z->displs);
+}
+
+/* Collective. Write the checkpoint of step `step`. With ZeRO the full moments are assembled
+ * from every rank's shard into a buffer that lives only while the file is written. */
+static cf_status checkpoint(MPI_Comm comm, const char *run_dir, int64_t step,
+                            const struct cf_train_cfg *tc, const char *options_yaml,
+                            const struct cf_model *m, const struct cf_optim *o,
+                            const struct zero_shard *z, const struct cf_ckpt_table *ct,
+                            struct cf_train_result *res) {
+  if (!tc->zero)
+    return save(comm, run_dir, step, tc, options_yaml, ct, tc->ckpt_keep, res->last_ckpt,
+                sizeof res->last_ckpt);
+  const size_t n = m->n_params;
+  float *g = NULL;
+  struct cf_ckpt_table zt;
+  CF_TRY(cf_alloc((void **)&g, 2 * n * sizeof(float), "gathered optimizer moments"));
+  cf_status st = cf_ckpt_table_init(&zt, m, g, g + n);
+  if (st == CF_OK && MPI_Allgatherv(o->m, (int)(z->hi - z->lo), MPI_FLOAT, g, z->counts, z->displs,
+                                    MPI_FLOAT, comm) != MPI_SUCCESS)
+    st = cf_err(CF_EMPI, "gathering the optimizer moments for the checkpoint failed");
+  if (st == CF_OK && MPI_Allgatherv(o->v, (int)(z->hi - z->lo), MPI_FLOAT, g + n, z->counts,
+                                    z->displs, MPI_FLOAT, comm) != MPI_SUCCESS)
+    st = cf_err(CF_EMPI, "gathering the optimizer moments for the checkpoint failed");
+  if (st == CF_OK)
+    st = save(comm, run_dir, step, tc, options_yaml, &zt, tc->ckpt_keep, res->last_ckpt,
+              sizeof res->last_ckpt);
+  cf_ckpt_table_release(&zt);
+  cf_free((void **)&g);
+  return st;
+}
+
 struct loop_bufs {
   float *z, *y, *eps, *work;
 };
@@ -128,12 +187,17 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
   struct cf_model m;
   CF_TRY(cf_model_init(&m, mc, mb));
   cf_model_init_weights(&m, tc->seed);
+  /* ZeRO-1: rank r keeps the AdamW moments of parameters [zlo, zhi) only, updates that range
+   * and all-gathers the parameters; without it every rank updates everything */
+  struct zero_shard z;
+  CF_TRY(zero_init(&z, comm, m.n_params, tc->zero));
   struct cf_optim opt;
-  CF_TRY(cf_optim_init(&opt, m.n_params));
+  CF_TRY(cf_optim_init(&opt, (size_t)(z.hi - z.lo)));
   struct cf_reducer red;
   CF_TRY(cf_reducer_init(&red, comm, m.grads, m.n_params, tc->bucket));
-  struct cf_ckpt_table ct;
-  CF_TRY(cf_ckpt_table_init(&ct, &m, opt.m, opt.v));
+  struct cf_ckpt_table ct; /* with ZeRO it is built at each checkpoint (checkpoint()) */
+  memset(&ct, 0, sizeof ct);
+  if (!tc->zero) CF_TRY(cf_ckpt_table_init(&ct, &m, opt.m, opt.v));
   struct cf_arena ar;
   struct loop_bufs lb;
   for (int pass = 0; pass < 2; pass++) {
@@ -229,7 +293,10 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
       break;
     }
     double lr = cf_train_lr(tc, step);
-    cf_optim_step(&opt, tc, m.params, m.grads, lr);
+    cf_optim_step(&opt, tc, m.params + z.lo, m.grads + z.lo, lr);
+    if (tc->zero)
+      CF_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, m.params, z.counts, z.displs, MPI_FLOAT,
+                            comm));
     PetscLogEventEnd(ev_opt, 0, 0, 0, 0);
     if (step > 0) step_allocs += cf_alloc_count() - a0;
 
@@ -257,15 +324,13 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
     }
     if (tc->ckpt_every > 0 && done % tc->ckpt_every == 0 && done != tc->steps) {
       PetscLogEventBegin(ev_ckpt, 0, 0, 0, 0);
-      st = save(comm, run_dir, done, tc, options_yaml, &ct, tc->ckpt_keep, res->last_ckpt,
-                sizeof res->last_ckpt);
+      st = checkpoint(comm, run_dir, done, tc, options_yaml, &m, &opt, &z, &ct, res);
       PetscLogEventEnd(ev_ckpt, 0, 0, 0, 0);
     }
   }
   if (st == CF_OK) {
     PetscLogEventBegin(ev_ckpt, 0, 0, 0, 0);
-    st = save(comm, run_dir, tc->steps, tc, options_yaml, &ct, tc->ckpt_keep, res->last_ckpt,
-              sizeof res->last_ckpt);
+    st = checkpoint(comm, run_dir, tc->steps, tc, options_yaml, &m, &opt, &z, &ct, res);
     PetscLogEventEnd(ev_ckpt, 0, 0, 0, 0);
   }
   res->seconds = now_s() - t0;
@@ -275,6 +340,7 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
   cf_ckpt_table_release(&ct);
   cf_arena_release(&ar);
   cf_optim_release(&opt);
+  zero_release(&z);
   cf_model_release(&m);
   return st;
 }
