@@ -4,7 +4,6 @@
  * through HDF5 and after flipping a raw byte in the dataset region, missing completion
  * mark, foreign file, newer format version, diverged replicas, failed writes that leave no
  * temporary file and the old checkpoint intact, ckpt/LATEST, and pruning to the newest K. */
-#include <dirent.h>
 #include <fcntl.h>
 #include <hdf5.h>
 #include <math.h>
@@ -18,48 +17,10 @@
 #include "calmflow/ckpt.h"
 #include "calmflow/h5io.h"
 #include "calmflow/mem.h"
+#include "cf_test_mpi.h"
 
-static int fails, rank, size;
+static int rank, size;
 static MPI_Comm comm;
-static char dir[256];
-
-#define EXPECT(c, ...)                                                                             \
-  do {                                                                                             \
-    if (!(c)) {                                                                                    \
-      fails++;                                                                                     \
-      printf("FAIL rank %d %s:%d: ", rank, __FILE__, __LINE__);                                    \
-      printf(__VA_ARGS__);                                                                         \
-      printf("\n");                                                                                \
-      fflush(stdout);                                                                              \
-    }                                                                                              \
-  } while (0)
-
-static void path_of(char *buf, size_t cap, const char *name) {
-  snprintf(buf, cap, "%s/%s", dir, name);
-}
-
-static void expect_fail(cf_status st, const char *sub, const char *what) {
-  EXPECT(st != CF_OK, "%s: succeeded, expected an error containing '%s'", what, sub);
-  EXPECT(strstr(cf_errmsg(), sub) != NULL, "%s: message '%s' lacks '%s'", what, cf_errmsg(), sub);
-  if (getenv("CF_TEST_VERBOSE") && rank == size - 1) printf("[%s] %s\n", what, cf_errmsg());
-  cf_err_clear();
-}
-
-static void expect_ok(cf_status st, const char *what) {
-  EXPECT(st == CF_OK, "%s: failed: %s", what, cf_errmsg());
-  cf_err_clear();
-}
-
-static int count_tmp(const char *d) {
-  int n = 0;
-  DIR *dd = opendir(d);
-  if (!dd) return 0;
-  struct dirent *e;
-  while ((e = readdir(dd)) != NULL)
-    if (strstr(e->d_name, ".tmp")) n++;
-  closedir(dd);
-  return n;
-}
 
 /* Rank 0 copies a file (then everyone waits). */
 static void copy_file(const char *from, const char *to) {
@@ -75,29 +36,16 @@ static void copy_file(const char *from, const char *to) {
   MPI_Barrier(comm);
 }
 
-static unsigned char *slurp(const char *path, long *len) {
-  FILE *f = fopen(path, "rb");
-  *len = 0;
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  *len = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  unsigned char *b = malloc((size_t)*len + 1);
-  if (b && fread(b, 1, (size_t)*len, f) != (size_t)*len) *len = -1;
-  fclose(f);
-  return b;
-}
-
 static void touch(const char *name) {
   char p[512];
-  path_of(p, sizeof p, name);
+  cf_test_path(p, sizeof p, name);
   FILE *f = fopen(p, "w");
   if (f) fclose(f);
 }
 
 static int exists(const char *name) {
   char p[512];
-  path_of(p, sizeof p, name);
+  cf_test_path(p, sizeof p, name);
   return access(p, F_OK) == 0;
 }
 
@@ -127,7 +75,7 @@ static const char *options =
 
 static void test_roundtrip(void) {
   char p[512];
-  path_of(p, sizeof p, "ck.h5");
+  cf_test_path(p, sizeof p, "ck.h5");
   struct cf_ckpt_tensor t[NT];
   make_tensors(t, src);
   struct cf_ckpt_meta m = {.step = 1234,
@@ -136,12 +84,12 @@ static void test_roundtrip(void) {
                            .data_cursor = 98765,
                            .options_yaml = options,
                            .model_kind = "calmflow"};
-  expect_ok(cf_ckpt_write(comm, p, &m, t, NT), "write ck.h5");
-  EXPECT(count_tmp(dir) == 0, "temporary file left after write");
+  EXPECT_OK(cf_ckpt_write(comm, p, &m, t, NT), "write ck.h5");
+  EXPECT(cf_test_count_tmp(cf_test_dir) == 0, "temporary file left after write");
 
   struct cf_ckpt_meta r;
   char *opt = NULL;
-  expect_ok(cf_ckpt_read_meta(comm, p, &r, &opt), "read meta");
+  EXPECT_OK(cf_ckpt_read_meta(comm, p, &r, &opt), "read meta");
   EXPECT(r.step == 1234 && r.seed == 0xdeadbeefcafef00dull && r.world == size &&
              r.data_cursor == 98765,
          "meta %lld %llx %lld %lld", (long long)r.step, (unsigned long long)r.seed,
@@ -156,33 +104,33 @@ static void test_roundtrip(void) {
     cf_alloc((void **)&dst[i], count_of(i) * sizeof(float), "test");
   struct cf_ckpt_tensor u[NT];
   make_tensors(u, dst);
-  expect_ok(cf_ckpt_read_tensors(comm, p, u, NT), "read tensors");
+  EXPECT_OK(cf_ckpt_read_tensors(comm, p, u, NT), "read tensors");
   for (int i = 0; i < NT; i++)
     EXPECT(memcmp(dst[i], src[i], count_of(i) * sizeof(float)) == 0, "tensor %s differs", names[i]);
   /* A subset in another order reads too. */
   struct cf_ckpt_tensor sub[2] = {u[3], u[1]};
   memset(dst[3], 0, count_of(3) * sizeof(float));
-  expect_ok(cf_ckpt_read_tensors(comm, p, sub, 2), "read subset");
+  EXPECT_OK(cf_ckpt_read_tensors(comm, p, sub, 2), "read subset");
   EXPECT(memcmp(dst[3], src[3], count_of(3) * sizeof(float)) == 0, "subset tensor differs");
 
   /* Shape mismatches (all counted), ndim mismatch, missing tensors. */
   u[0].shape[1] = 4;
-  expect_fail(cf_ckpt_read_tensors(comm, p, u, 1),
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, u, 1),
               "tensor 'params/enc.fc1.weight' has shape 7x3, expected 7x4", "shape mismatch");
   u[3].shape[0] = 8;
-  expect_fail(cf_ckpt_read_tensors(comm, p, u, NT), "(and 1 more", "two mismatches");
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, u, NT), "(and 1 more", "two mismatches");
   make_tensors(u, dst);
   u[1].ndim = 2;
   u[1].shape[1] = 1;
-  expect_fail(cf_ckpt_read_tensors(comm, p, u, NT), "has shape 5, expected 5x1", "ndim mismatch");
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, u, NT), "has shape 5, expected 5x1", "ndim mismatch");
   make_tensors(u, dst);
   u[2].name = "params/nope";
-  expect_fail(cf_ckpt_read_tensors(comm, p, u, NT), "has no tensor 'params/nope'",
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, u, NT), "has no tensor 'params/nope'",
               "missing tensor");
   u[2].name = "zzz/a";
-  expect_fail(cf_ckpt_read_tensors(comm, p, u, NT), "has no tensor 'zzz/a'", "missing group");
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, u, NT), "has no tensor 'zzz/a'", "missing group");
   u[2].name = "params/../x";
-  expect_fail(cf_ckpt_read_tensors(comm, p, u, NT), "'..' component", "bad name");
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, u, NT), "'..' component", "bad name");
   for (int i = 0; i < NT; i++)
     cf_free((void **)&dst[i]);
 }
@@ -238,8 +186,8 @@ static void future_version(const char *path) {
 
 static void edited_copy(const char *name, edit_fn edit, char *p, size_t cap) {
   char ck[512];
-  path_of(ck, sizeof ck, "ck.h5");
-  path_of(p, cap, name);
+  cf_test_path(ck, sizeof ck, "ck.h5");
+  cf_test_path(p, cap, name);
   copy_file(ck, p);
   if (rank == 0) edit(p);
   MPI_Barrier(comm);
@@ -256,33 +204,33 @@ static void test_corruption(void) {
   char *opt = NULL;
 
   edited_copy("elem.h5", overwrite_element, p, sizeof p);
-  expect_ok(cf_ckpt_read_meta(comm, p, &m, &opt), "meta of a file with a bad tensor");
+  EXPECT_OK(cf_ckpt_read_meta(comm, p, &m, &opt), "meta of a file with a bad tensor");
   cf_free((void **)&opt);
-  expect_fail(cf_ckpt_read_tensors(comm, p, u, NT),
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, u, NT),
               "tensor 'params/enc.fc1.weight' fails its checksum", "overwritten element");
   edited_copy("flip.h5", flip_raw_byte, p, sizeof p);
-  expect_fail(cf_ckpt_read_tensors(comm, p, u, NT),
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, u, NT),
               "tensor 'adam_v/deep/nested/x' fails its checksum", "flipped byte");
 
   edited_copy("nomark.h5", drop_complete, p, sizeof p);
-  expect_fail(cf_ckpt_read_meta(comm, p, &m, &opt), "incomplete (no 'complete' mark)",
+  EXPECT_FAIL(cf_ckpt_read_meta(comm, p, &m, &opt), "incomplete (no 'complete' mark)",
               "missing mark (meta)");
   EXPECT(opt == NULL && m.options_yaml == NULL, "meta output not cleared on error");
-  expect_fail(cf_ckpt_read_tensors(comm, p, u, NT), "incomplete", "missing mark (tensors)");
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, u, NT), "incomplete", "missing mark (tensors)");
 
   edited_copy("future.h5", future_version, p, sizeof p);
-  expect_fail(cf_ckpt_read_meta(comm, p, &m, &opt), "format_version 2, newer than this build",
+  EXPECT_FAIL(cf_ckpt_read_meta(comm, p, &m, &opt), "format_version 2, newer than this build",
               "future version");
 
   float x[4] = {1, 2, 3, 4};
-  path_of(p, sizeof p, "points.h5");
-  expect_ok(cf_h5_write_points(comm, p, "/x", x, 2, 2, NULL, 0), "write a points file");
-  expect_fail(cf_ckpt_read_meta(comm, p, &m, &opt), "is not a calmflow checkpoint", "foreign file");
-  expect_fail(cf_ckpt_read_tensors(comm, p, u, NT), "is not a calmflow checkpoint",
+  cf_test_path(p, sizeof p, "points.h5");
+  EXPECT_OK(cf_h5_write_points(comm, p, "/x", x, 2, 2, NULL, 0), "write a points file");
+  EXPECT_FAIL(cf_ckpt_read_meta(comm, p, &m, &opt), "is not a calmflow checkpoint", "foreign file");
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, u, NT), "is not a calmflow checkpoint",
               "foreign file (tensors)");
-  path_of(p, sizeof p, "nothere.h5");
-  expect_fail(cf_ckpt_read_meta(comm, p, &m, &opt), "no such file", "missing checkpoint");
-  expect_fail(cf_ckpt_read_tensors(comm, p, u, NT), "no such file", "missing checkpoint (tensors)");
+  cf_test_path(p, sizeof p, "nothere.h5");
+  EXPECT_FAIL(cf_ckpt_read_meta(comm, p, &m, &opt), "no such file", "missing checkpoint");
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, u, NT), "no such file", "missing checkpoint (tensors)");
   for (int i = 0; i < NT; i++)
     cf_free((void **)&dst[i]);
 }
@@ -293,22 +241,22 @@ static void test_failed_writes(void) {
   make_tensors(t, src);
   struct cf_ckpt_meta m = {
       .step = 7, .seed = 1, .world = size, .options_yaml = "", .model_kind = "cfm"};
-  path_of(p, sizeof p, "missing-dir/step-0000007.h5");
-  expect_fail(cf_ckpt_write(comm, p, &m, t, NT), "does not exist", "write into a missing dir");
+  cf_test_path(p, sizeof p, "missing-dir/step-0000007.h5");
+  EXPECT_FAIL(cf_ckpt_write(comm, p, &m, t, NT), "does not exist", "write into a missing dir");
 
   /* Failures before and in the middle of a write leave ck.h5 as it was. */
-  path_of(p, sizeof p, "ck.h5");
+  cf_test_path(p, sizeof p, "ck.h5");
   long len0 = 0, len1 = 0;
-  unsigned char *before = rank == 0 ? slurp(p, &len0) : NULL;
+  unsigned char *before = rank == 0 ? cf_test_slurp(p, &len0) : NULL;
   struct cf_ckpt_tensor dup[3] = {t[0], t[1], t[0]};
-  expect_fail(cf_ckpt_write(comm, p, &m, dup, 3), "cannot create dataset '/params/enc.fc1.weight'",
+  EXPECT_FAIL(cf_ckpt_write(comm, p, &m, dup, 3), "cannot create dataset '/params/enc.fc1.weight'",
               "duplicate tensor (fails inside HDF5 after the first tensors)");
   struct cf_ckpt_tensor bad = t[0];
   bad.ndim = 3;
-  expect_fail(cf_ckpt_write(comm, p, &m, &bad, 1), "ndim 3", "bad ndim");
+  EXPECT_FAIL(cf_ckpt_write(comm, p, &m, &bad, 1), "ndim 3", "bad ndim");
   bad = t[0];
   bad.name = "/params/x";
-  expect_fail(cf_ckpt_write(comm, p, &m, &bad, 1), "must not start with '/'", "leading slash");
+  EXPECT_FAIL(cf_ckpt_write(comm, p, &m, &bad, 1), "must not start with '/'", "leading slash");
   if (size > 1) {
     float *w = NULL;
     cf_alloc((void **)&w, count_of(2) * sizeof(float), "test");
@@ -316,19 +264,19 @@ static void test_failed_writes(void) {
     if (rank == size - 1) w[0] += 1.0f;
     struct cf_ckpt_tensor dv = t[2];
     dv.data = w;
-    expect_fail(cf_ckpt_write(comm, p, &m, &dv, 1), "'params/scale' differs between ranks",
+    EXPECT_FAIL(cf_ckpt_write(comm, p, &m, &dv, 1), "'params/scale' differs between ranks",
                 "diverged replicas");
     cf_free((void **)&w);
   }
   if (rank == 0) {
-    unsigned char *after = slurp(p, &len1);
+    unsigned char *after = cf_test_slurp(p, &len1);
     EXPECT(before && after && len0 == len1 && memcmp(before, after, (size_t)len0) == 0,
            "ck.h5 changed by failed writes");
     free(after);
     free(before);
   }
   MPI_Barrier(comm);
-  EXPECT(count_tmp(dir) == 0, "temporary file left after failed writes");
+  EXPECT(cf_test_count_tmp(cf_test_dir) == 0, "temporary file left after failed writes");
 
   /* A large options string (beyond the 64 KB compact attribute limit). */
   char *big = NULL;
@@ -337,11 +285,11 @@ static void test_failed_writes(void) {
   for (size_t i = 0; i < nb; i++)
     big[i] = (i % 61 == 60) ? '\n' : (char)('a' + i % 26);
   m.options_yaml = big;
-  path_of(p, sizeof p, "bigopt.h5");
-  expect_ok(cf_ckpt_write(comm, p, &m, t, 1), "write with 100 KB options");
+  cf_test_path(p, sizeof p, "bigopt.h5");
+  EXPECT_OK(cf_ckpt_write(comm, p, &m, t, 1), "write with 100 KB options");
   struct cf_ckpt_meta r;
   char *opt = NULL;
-  expect_ok(cf_ckpt_read_meta(comm, p, &r, &opt), "read 100 KB options");
+  EXPECT_OK(cf_ckpt_read_meta(comm, p, &r, &opt), "read 100 KB options");
   EXPECT(opt && strcmp(opt, big) == 0 && strcmp(r.model_kind, "cfm") == 0 && r.step == 7,
          "100 KB options round trip");
   cf_free((void **)&opt);
@@ -350,23 +298,23 @@ static void test_failed_writes(void) {
 
 static void test_latest_and_prune(void) {
   char ck[512], p[600];
-  path_of(ck, sizeof ck, "ckpt");
+  cf_test_path(ck, sizeof ck, "ckpt");
   if (rank == 0) mkdir(ck, 0700);
   MPI_Barrier(comm);
-  expect_fail(cf_ckpt_latest_read(ck, p, sizeof p), "LATEST missing", "no LATEST");
+  EXPECT_FAIL(cf_ckpt_latest_read(ck, p, sizeof p), "LATEST missing", "no LATEST");
   MPI_Barrier(comm); /* rank 0 writes LATEST as soon as it enters the next call */
-  expect_ok(cf_ckpt_latest_write(comm, ck, "step-0000003.h5"), "LATEST write");
-  expect_fail(cf_ckpt_latest_read(ck, p, sizeof p), "names 'step-0000003.h5', which does not exist",
+  EXPECT_OK(cf_ckpt_latest_write(comm, ck, "step-0000003.h5"), "LATEST write");
+  EXPECT_FAIL(cf_ckpt_latest_read(ck, p, sizeof p), "names 'step-0000003.h5', which does not exist",
               "LATEST names a missing file");
   MPI_Barrier(comm); /* every rank has looked before rank 0 creates the file */
   if (rank == 0) touch("ckpt/step-0000003.h5");
   MPI_Barrier(comm);
   char want[600];
   snprintf(want, sizeof want, "%s/step-0000003.h5", ck);
-  expect_ok(cf_ckpt_latest_read(ck, p, sizeof p), "LATEST read");
+  EXPECT_OK(cf_ckpt_latest_read(ck, p, sizeof p), "LATEST read");
   EXPECT(strcmp(p, want) == 0, "LATEST read '%s', expected '%s'", p, want);
-  expect_fail(cf_ckpt_latest_read(ck, p, 10), "longer than 10 bytes", "small buffer");
-  expect_fail(cf_ckpt_latest_write(comm, ck, "../x.h5"), "not a plain checkpoint file name",
+  EXPECT_FAIL(cf_ckpt_latest_read(ck, p, 10), "longer than 10 bytes", "small buffer");
+  EXPECT_FAIL(cf_ckpt_latest_write(comm, ck, "../x.h5"), "not a plain checkpoint file name",
               "LATEST with a path");
   EXPECT(!exists("ckpt/LATEST.tmp"), "LATEST.tmp left behind");
   MPI_Barrier(comm);
@@ -377,9 +325,9 @@ static void test_latest_and_prune(void) {
     fclose(f);
   }
   MPI_Barrier(comm);
-  expect_fail(cf_ckpt_latest_read(ck, p, sizeof p), "does not hold a checkpoint file name",
+  EXPECT_FAIL(cf_ckpt_latest_read(ck, p, sizeof p), "does not hold a checkpoint file name",
               "corrupt LATEST");
-  expect_fail(cf_ckpt_prune(comm, ck, 2), "does not hold a checkpoint file name",
+  EXPECT_FAIL(cf_ckpt_prune(comm, ck, 2), "does not hold a checkpoint file name",
               "prune with a corrupt LATEST");
 
   /* Prune: steps 1..6, LATEST names the old step 2; keep 2 -> 5, 6 and 2 remain. */
@@ -395,8 +343,8 @@ static void test_latest_and_prune(void) {
     touch("ckpt/xstep-0000001.h5");
   }
   MPI_Barrier(comm);
-  expect_ok(cf_ckpt_latest_write(comm, ck, "step-0000002.h5"), "LATEST -> step 2");
-  expect_ok(cf_ckpt_prune(comm, ck, 2), "prune keep 2");
+  EXPECT_OK(cf_ckpt_latest_write(comm, ck, "step-0000002.h5"), "LATEST -> step 2");
+  EXPECT_OK(cf_ckpt_prune(comm, ck, 2), "prune keep 2");
   static const char *left[] = {"ckpt/step-0000002.h5",  "ckpt/step-0000005.h5",
                                "ckpt/step-0000006.h5",  "ckpt/notes.txt",
                                "ckpt/step-12.h5",       "ckpt/step-0000004.h5.tmp.99",
@@ -407,9 +355,9 @@ static void test_latest_and_prune(void) {
     EXPECT(exists(left[i]), "prune removed %s", left[i]);
   for (size_t i = 0; i < sizeof gone / sizeof *gone; i++)
     EXPECT(!exists(gone[i]), "prune kept %s", gone[i]);
-  expect_fail(cf_ckpt_prune(comm, ck, 0), "at least 1", "keep 0");
-  expect_ok(cf_ckpt_latest_write(comm, ck, "step-0000006.h5"), "LATEST -> step 6");
-  expect_ok(cf_ckpt_prune(comm, ck, 1), "prune keep 1");
+  EXPECT_FAIL(cf_ckpt_prune(comm, ck, 0), "at least 1", "keep 0");
+  EXPECT_OK(cf_ckpt_latest_write(comm, ck, "step-0000006.h5"), "LATEST -> step 6");
+  EXPECT_OK(cf_ckpt_prune(comm, ck, 1), "prune keep 1");
   EXPECT(exists("ckpt/step-0000006.h5") && !exists("ckpt/step-0000005.h5") &&
              !exists("ckpt/step-0000002.h5"),
          "prune keep 1 with LATEST = newest");
@@ -421,43 +369,15 @@ static void test_latest_and_prune(void) {
     touch("ckpt/step-10000000.h5"); /* 8 digits sorts by number, not by name */
   }
   MPI_Barrier(comm);
-  expect_ok(cf_ckpt_prune(comm, ck, 1), "prune without LATEST");
+  EXPECT_OK(cf_ckpt_prune(comm, ck, 1), "prune without LATEST");
   EXPECT(exists("ckpt/step-10000000.h5") && !exists("ckpt/step-0000006.h5"),
          "prune without LATEST kept the wrong file");
   MPI_Barrier(comm);
 }
 
-static void remove_tree(const char *d) {
-  DIR *dd = opendir(d);
-  struct dirent *e;
-  char p[700];
-  while (dd && (e = readdir(dd)) != NULL) {
-    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-    snprintf(p, sizeof p, "%s/%s", d, e->d_name);
-    struct stat sb;
-    if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-      remove_tree(p);
-    else
-      unlink(p);
-  }
-  if (dd) closedir(dd);
-  rmdir(d);
-}
-
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
-  MPI_Comm_dup(MPI_COMM_WORLD, &comm);
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &size);
-  if (rank == 0) {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/cf_test_ckpt.XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
-    if (!mkdtemp(dir)) {
-      perror("mkdtemp");
-      MPI_Abort(MPI_COMM_WORLD, 2);
-    }
-  }
-  MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, comm);
+  cf_test_mpi_begin("test_ckpt", &comm, &rank, &size);
   for (int i = 0; i < NT; i++) {
     cf_alloc((void **)&src[i], count_of(i) * sizeof(float), "test");
     for (size_t k = 0; k < count_of(i); k++)
@@ -474,13 +394,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < NT; i++)
     cf_free((void **)&src[i]);
   EXPECT(cf_alloc_bytes() == 0, "%zu bytes still allocated", cf_alloc_bytes());
-  int total = 0;
-  MPI_Allreduce(&fails, &total, 1, MPI_INT, MPI_SUM, comm);
-  if (total == 0 && rank == 0) remove_tree(dir);
-  if (rank == 0 && total)
-    printf("test_ckpt (%d ranks): %d failures (files kept in %s)\n", size, total, dir);
-  if (rank == 0 && !total) printf("test_ckpt (%d ranks): ok\n", size);
-  MPI_Comm_free(&comm);
+  const char *name = cf_test_mpi_end(&comm, "test_ckpt");
   MPI_Finalize();
-  return total != 0;
+  return cf_test_done(name);
 }

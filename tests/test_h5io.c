@@ -3,7 +3,6 @@
  * every rank (missing, not HDF5, truncated, missing dataset, wrong rank, empty, integer,
  * wrong column count, NaN/Inf/out of float32 range), and failed writes that leave no
  * temporary file and an existing target untouched. */
-#include <dirent.h>
 #include <hdf5.h>
 #include <math.h>
 #include <mpi.h>
@@ -15,50 +14,10 @@
 
 #include "calmflow/h5io.h"
 #include "calmflow/mem.h"
+#include "cf_test_mpi.h"
 
-static int fails, rank, size;
+static int rank, size;
 static MPI_Comm comm;
-static char dir[256];
-
-#define EXPECT(c, ...)                                                                             \
-  do {                                                                                             \
-    if (!(c)) {                                                                                    \
-      fails++;                                                                                     \
-      printf("FAIL rank %d %s:%d: ", rank, __FILE__, __LINE__);                                    \
-      printf(__VA_ARGS__);                                                                         \
-      printf("\n");                                                                                \
-      fflush(stdout);                                                                              \
-    }                                                                                              \
-  } while (0)
-
-static void path_of(char *buf, size_t cap, const char *name) {
-  snprintf(buf, cap, "%s/%s", dir, name);
-}
-
-/* Every rank must fail, with `sub` in its message. */
-static void expect_fail(cf_status st, const char *sub, const char *what) {
-  EXPECT(st != CF_OK, "%s: succeeded, expected an error containing '%s'", what, sub);
-  EXPECT(strstr(cf_errmsg(), sub) != NULL, "%s: message '%s' lacks '%s'", what, cf_errmsg(), sub);
-  if (getenv("CF_TEST_VERBOSE") && rank == size - 1) printf("[%s] %s\n", what, cf_errmsg());
-  cf_err_clear();
-}
-
-static void expect_ok(cf_status st, const char *what) {
-  EXPECT(st == CF_OK, "%s: failed: %s", what, cf_errmsg());
-  cf_err_clear();
-}
-
-/* Entries of dir whose name contains ".tmp." (should be none after any write). */
-static int count_tmp(const char *d) {
-  int n = 0;
-  DIR *dd = opendir(d);
-  if (!dd) return 0;
-  struct dirent *e;
-  while ((e = readdir(dd)) != NULL)
-    if (strstr(e->d_name, ".tmp.")) n++;
-  closedir(dd);
-  return n;
-}
 
 /* Rank 0: a serial HDF5 file with one dataset of the given file/memory types. */
 static void write_raw(const char *path, const char *dset, hid_t ftype, hid_t mtype, int nd,
@@ -75,20 +34,6 @@ static void write_raw(const char *path, const char *dset, hid_t ftype, hid_t mty
     H5Fclose(f);
   }
   MPI_Barrier(comm);
-}
-
-/* Rank 0: read a whole file into a malloc'd buffer (for "untouched" checks). */
-static unsigned char *slurp(const char *path, long *len) {
-  FILE *f = fopen(path, "rb");
-  *len = 0;
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  *len = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  unsigned char *b = malloc((size_t)*len + 1);
-  if (b && fread(b, 1, (size_t)*len, f) != (size_t)*len) *len = -1;
-  fclose(f);
-  return b;
 }
 
 /* Rank 0: string attribute `key` of the root group of path. */
@@ -111,31 +56,31 @@ static void test_roundtrips(void) {
   for (int i = 0; i < 21; i++)
     x[i] = (float)i * 0.5f - 3.0f + (float)(i % 3) * 0.25f;
   const char *attrs[] = {"producer", "test_h5io", "generator", "moons"};
-  path_of(p, sizeof p, "pts.h5");
-  expect_ok(cf_h5_write_points(comm, p, "/x", x, 7, 3, attrs, 2), "write 7x3");
+  cf_test_path(p, sizeof p, "pts.h5");
+  EXPECT_OK(cf_h5_write_points(comm, p, "/x", x, 7, 3, attrs, 2), "write 7x3");
   float *y = NULL;
   int64_t n = 0, d = 0;
-  expect_ok(cf_h5_read_points(comm, p, "/x", 3, &y, &n, &d), "read 7x3");
+  EXPECT_OK(cf_h5_read_points(comm, p, "/x", 3, &y, &n, &d), "read 7x3");
   EXPECT(n == 7 && d == 3 && y != NULL, "read shape %lld x %lld", (long long)n, (long long)d);
   for (int i = 0; y && i < 21; i++)
     EXPECT(y[i] == x[i], "element %d: %g vs %g", i, y[i], x[i]);
   cf_free((void **)&y);
-  expect_ok(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "read 7x3 without expect_d");
+  EXPECT_OK(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "read 7x3 without expect_d");
   cf_free((void **)&y);
   expect_attr(p, "producer", "test_h5io");
   expect_attr(p, "generator", "moons");
   /* Overwrite in place (rename over an existing file). */
   x[4] = 42.0f;
-  expect_ok(cf_h5_write_points(comm, p, "/x", x, 7, 3, NULL, 0), "rewrite 7x3");
-  expect_ok(cf_h5_read_points(comm, p, "/x", 3, &y, &n, &d), "reread 7x3");
+  EXPECT_OK(cf_h5_write_points(comm, p, "/x", x, 7, 3, NULL, 0), "rewrite 7x3");
+  EXPECT_OK(cf_h5_read_points(comm, p, "/x", 3, &y, &n, &d), "reread 7x3");
   EXPECT(y && y[4] == 42.0f, "rewritten value not read back");
   cf_free((void **)&y);
 
   /* One row: ranks beyond the first own no rows. */
   float one[2] = {1.5f, -2.5f};
-  path_of(p, sizeof p, "one.h5");
-  expect_ok(cf_h5_write_points(comm, p, "/x", one, 1, 2, NULL, 0), "write 1x2");
-  expect_ok(cf_h5_read_points(comm, p, "/x", 2, &y, &n, &d), "read 1x2");
+  cf_test_path(p, sizeof p, "one.h5");
+  EXPECT_OK(cf_h5_write_points(comm, p, "/x", one, 1, 2, NULL, 0), "write 1x2");
+  EXPECT_OK(cf_h5_read_points(comm, p, "/x", 2, &y, &n, &d), "read 1x2");
   EXPECT(n == 1 && d == 2 && y && y[0] == 1.5f && y[1] == -2.5f, "1x2 round trip");
   cf_free((void **)&y);
 
@@ -144,19 +89,19 @@ static void test_roundtrips(void) {
   for (int i = 0; i < 10; i++)
     xd[i] = 0.1 * i - 0.33;
   hsize_t dims[2] = {5, 2};
-  path_of(p, sizeof p, "f64.h5");
+  cf_test_path(p, sizeof p, "f64.h5");
   write_raw(p, "/x", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 2, dims, xd);
-  expect_ok(cf_h5_read_points(comm, p, "/x", 2, &y, &n, &d), "read float64");
+  EXPECT_OK(cf_h5_read_points(comm, p, "/x", 2, &y, &n, &d), "read float64");
   EXPECT(n == 5 && d == 2, "float64 shape %lld x %lld", (long long)n, (long long)d);
   for (int i = 0; y && i < 10; i++)
     EXPECT(y[i] == (float)xd[i], "float64 element %d: %g vs %g", i, y[i], xd[i]);
   cf_free((void **)&y);
-  EXPECT(count_tmp(dir) == 0, "temporary files left after round trips");
+  EXPECT(cf_test_count_tmp(cf_test_dir) == 0, "temporary files left after round trips");
 }
 
 static void test_samples_writer(void) {
   char p[512];
-  path_of(p, sizeof p, "samples.h5");
+  cf_test_path(p, sizeof p, "samples.h5");
   enum { N = 5, T = 3, D = 2 };
   float x[N * D], traj[N * T * D];
   for (int i = 0; i < N * T * D; i++)
@@ -165,23 +110,23 @@ static void test_samples_writer(void) {
     for (int k = 0; k < D; k++)
       x[i * D + k] = traj[(i * T + T - 1) * D + k];
   struct cf_h5_writer w;
-  expect_ok(cf_h5_writer_open(&w, comm, p), "writer open");
+  EXPECT_OK(cf_h5_writer_open(&w, comm, p), "writer open");
   int64_t sx[2] = {N, D}, st[3] = {N, T, D}, sn[1] = {3};
-  expect_ok(cf_h5_writer_put(&w, "/x", x, 2, sx), "put /x");
-  expect_ok(cf_h5_writer_put(&w, "/traj", traj, 3, st), "put /traj");
-  expect_ok(cf_h5_writer_put(&w, "/extra/deep/v", traj, 1, sn), "put nested /extra/deep/v");
-  expect_ok(cf_h5_writer_attr(&w, "producer", "calmflow sample"), "attr");
+  EXPECT_OK(cf_h5_writer_put(&w, "/x", x, 2, sx), "put /x");
+  EXPECT_OK(cf_h5_writer_put(&w, "/traj", traj, 3, st), "put /traj");
+  EXPECT_OK(cf_h5_writer_put(&w, "/extra/deep/v", traj, 1, sn), "put nested /extra/deep/v");
+  EXPECT_OK(cf_h5_writer_attr(&w, "producer", "calmflow sample"), "attr");
   EXPECT(rank != 0 || access(p, F_OK) != 0, "final file visible before commit");
-  expect_ok(cf_h5_writer_commit(&w), "commit");
+  EXPECT_OK(cf_h5_writer_commit(&w), "commit");
   cf_h5_writer_abort(&w); /* harmless after commit */
   EXPECT(access(p, F_OK) == 0, "samples file missing after commit (or removed by abort)");
   float *y = NULL;
   int64_t n, d;
-  expect_ok(cf_h5_read_points(comm, p, "/x", D, &y, &n, &d), "read samples /x");
+  EXPECT_OK(cf_h5_read_points(comm, p, "/x", D, &y, &n, &d), "read samples /x");
   for (int i = 0; y && i < N * D; i++)
     EXPECT(y[i] == x[i], "samples /x element %d", i);
   cf_free((void **)&y);
-  expect_fail(cf_h5_read_points(comm, p, "/traj", 0, &y, &n, &d), "/traj is 3-D",
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/traj", 0, &y, &n, &d), "/traj is 3-D",
               "/traj read as points");
   EXPECT(y == NULL && n == 0 && d == 0, "outputs not cleared on error");
   expect_attr(p, "producer", "calmflow sample");
@@ -209,12 +154,13 @@ static void test_bad_inputs(void) {
   char p[512];
   float *y = NULL;
   int64_t n = -1, d = -1;
-  path_of(p, sizeof p, "missing.h5");
-  expect_fail(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "no such file", "missing file");
+  cf_test_path(p, sizeof p, "missing.h5");
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "no such file", "missing file");
   EXPECT(y == NULL && n == 0 && d == 0, "outputs not cleared on error");
-  expect_fail(cf_h5_read_points(comm, dir, "/x", 0, &y, &n, &d), "is a directory", "directory");
+  EXPECT_FAIL(cf_h5_read_points(comm, cf_test_dir, "/x", 0, &y, &n, &d), "is a directory",
+              "directory");
 
-  path_of(p, sizeof p, "garbage.h5");
+  cf_test_path(p, sizeof p, "garbage.h5");
   if (rank == 0) {
     FILE *f = fopen(p, "wb");
     for (int i = 0; i < 4000; i++)
@@ -222,7 +168,7 @@ static void test_bad_inputs(void) {
     fclose(f);
   }
   MPI_Barrier(comm);
-  expect_fail(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "is not an HDF5 file", "garbage");
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "is not an HDF5 file", "garbage");
 
   /* Truncated: a real file cut in half. */
   enum { BIG = 400 };
@@ -230,8 +176,8 @@ static void test_bad_inputs(void) {
   cf_alloc((void **)&big, BIG * 4 * sizeof(float), "test");
   for (int i = 0; i < BIG * 4; i++)
     big[i] = (float)i;
-  path_of(p, sizeof p, "trunc.h5");
-  expect_ok(cf_h5_write_points(comm, p, "/x", big, BIG, 4, NULL, 0), "write file to truncate");
+  cf_test_path(p, sizeof p, "trunc.h5");
+  EXPECT_OK(cf_h5_write_points(comm, p, "/x", big, BIG, 4, NULL, 0), "write file to truncate");
   cf_free((void **)&big);
   if (rank == 0) {
     struct stat sb;
@@ -239,30 +185,30 @@ static void test_bad_inputs(void) {
     EXPECT(truncate(p, sb.st_size / 2) == 0, "truncate");
   }
   MPI_Barrier(comm);
-  expect_fail(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "trunc.h5", "truncated file");
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "trunc.h5", "truncated file");
 
   /* Structure errors. */
-  path_of(p, sizeof p, "pts.h5");
-  expect_fail(cf_h5_read_points(comm, p, "/y", 0, &y, &n, &d),
+  cf_test_path(p, sizeof p, "pts.h5");
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/y", 0, &y, &n, &d),
               "has no dataset '/y' (expected an n x D float array)", "missing dataset");
-  expect_fail(cf_h5_read_points(comm, p, "/g/y", 0, &y, &n, &d), "has no dataset '/g/y'",
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/g/y", 0, &y, &n, &d), "has no dataset '/g/y'",
               "missing nested dataset");
-  expect_fail(cf_h5_read_points(comm, p, "/x", 2, &y, &n, &d), "/x has 3 columns, expected 2",
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/x", 2, &y, &n, &d), "/x has 3 columns, expected 2",
               "column count");
   float v1[4] = {1, 2, 3, 4};
   hsize_t d1[1] = {4};
-  path_of(p, sizeof p, "rank1.h5");
+  cf_test_path(p, sizeof p, "rank1.h5");
   write_raw(p, "/x", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, d1, v1);
-  expect_fail(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "/x is 1-D", "1-D dataset");
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "/x is 1-D", "1-D dataset");
   hsize_t d0[2] = {0, 2};
-  path_of(p, sizeof p, "empty.h5");
+  cf_test_path(p, sizeof p, "empty.h5");
   write_raw(p, "/x", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, d0, v1);
-  expect_fail(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "is empty", "n == 0");
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "is empty", "n == 0");
   int iv[6] = {1, 2, 3, 4, 5, 6};
   hsize_t di[2] = {3, 2};
-  path_of(p, sizeof p, "int.h5");
+  cf_test_path(p, sizeof p, "int.h5");
   write_raw(p, "/x", H5T_STD_I32LE, H5T_NATIVE_INT, 2, di, iv);
-  expect_fail(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "holds integers", "integer dataset");
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "holds integers", "integer dataset");
 
   /* Non-finite values, reported with row and column on every rank (the bad row sits in the
    * last rank's range). */
@@ -271,29 +217,29 @@ static void test_bad_inputs(void) {
   for (int i = 0; i < 21; i++)
     xb[i] = (float)i;
   xb[5 * 3 + 1] = NAN;
-  path_of(p, sizeof p, "nan.h5");
+  cf_test_path(p, sizeof p, "nan.h5");
   write_raw(p, "/x", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, db, xb);
-  expect_fail(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "/x row 5 column 1 is NaN", "NaN");
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "/x row 5 column 1 is NaN", "NaN");
   xb[5 * 3 + 1] = 0;
   xb[6 * 3 + 2] = INFINITY;
-  path_of(p, sizeof p, "inf.h5");
+  cf_test_path(p, sizeof p, "inf.h5");
   write_raw(p, "/x", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, db, xb);
-  expect_fail(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "row 6 column 2 is Inf", "Inf");
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "row 6 column 2 is Inf", "Inf");
   xb[6 * 3 + 2] = 0;
   xb[0] = -INFINITY;
-  path_of(p, sizeof p, "minf.h5");
+  cf_test_path(p, sizeof p, "minf.h5");
   write_raw(p, "/x", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, db, xb);
-  expect_fail(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "row 0 column 0 is -Inf", "-Inf");
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "row 0 column 0 is -Inf", "-Inf");
   double xd[3 * 2] = {0, 1, 2, 1e300, 4, 5};
   hsize_t dd[2] = {3, 2};
-  path_of(p, sizeof p, "f64big.h5");
+  cf_test_path(p, sizeof p, "f64big.h5");
   write_raw(p, "/x", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 2, dd, xd);
-  expect_fail(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d),
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d),
               "row 1 column 1 is 1e+300, outside the float32 range", "float64 overflow");
   xd[3] = NAN;
-  path_of(p, sizeof p, "f64nan.h5");
+  cf_test_path(p, sizeof p, "f64nan.h5");
   write_raw(p, "/x", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 2, dd, xd);
-  expect_fail(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "row 1 column 1 is NaN",
+  EXPECT_FAIL(cf_h5_read_points(comm, p, "/x", 0, &y, &n, &d), "row 1 column 1 is NaN",
               "float64 NaN");
   EXPECT(y == NULL, "buffer returned on error");
 }
@@ -301,39 +247,39 @@ static void test_bad_inputs(void) {
 static void test_failed_writes(void) {
   char p[512], q[512];
   float x[6] = {1, 2, 3, 4, 5, 6};
-  path_of(p, sizeof p, "nodir/sub/out.h5");
-  expect_fail(cf_h5_write_points(comm, p, "/x", x, 3, 2, NULL, 0), "does not exist",
+  cf_test_path(p, sizeof p, "nodir/sub/out.h5");
+  EXPECT_FAIL(cf_h5_write_points(comm, p, "/x", x, 3, 2, NULL, 0), "does not exist",
               "write under a missing directory");
-  expect_fail(cf_h5_write_points(comm, dir, "/x", x, 3, 2, NULL, 0), "is a directory",
+  EXPECT_FAIL(cf_h5_write_points(comm, cf_test_dir, "/x", x, 3, 2, NULL, 0), "is a directory",
               "write onto a directory");
-  expect_fail(cf_h5_write_points(comm, "", "/x", x, 3, 2, NULL, 0), "empty", "empty name");
+  EXPECT_FAIL(cf_h5_write_points(comm, "", "/x", x, 3, 2, NULL, 0), "empty", "empty name");
 
   /* An existing target survives failed writes byte for byte. */
-  path_of(p, sizeof p, "keep.h5");
-  expect_ok(cf_h5_write_points(comm, p, "/x", x, 3, 2, NULL, 0), "write keep.h5");
+  cf_test_path(p, sizeof p, "keep.h5");
+  EXPECT_OK(cf_h5_write_points(comm, p, "/x", x, 3, 2, NULL, 0), "write keep.h5");
   long len0 = 0, len1 = 0;
-  unsigned char *before = rank == 0 ? slurp(p, &len0) : NULL;
+  unsigned char *before = rank == 0 ? cf_test_slurp(p, &len0) : NULL;
   float y[6] = {9, 9, 9, 9, 9, 9};
-  expect_fail(cf_h5_write_points(comm, p, "", y, 3, 2, NULL, 0), "empty dataset name",
+  EXPECT_FAIL(cf_h5_write_points(comm, p, "", y, 3, 2, NULL, 0), "empty dataset name",
               "empty dataset name");
   struct cf_h5_writer w;
   int64_t s2[2] = {3, 2}, s0[2] = {3, 0};
-  expect_ok(cf_h5_writer_open(&w, comm, p), "writer open on keep.h5");
-  expect_ok(cf_h5_writer_put(&w, "/x", y, 2, s2), "put");
-  expect_fail(cf_h5_writer_put(&w, "/x", y, 2, s2), "cannot create dataset '/x'",
+  EXPECT_OK(cf_h5_writer_open(&w, comm, p), "writer open on keep.h5");
+  EXPECT_OK(cf_h5_writer_put(&w, "/x", y, 2, s2), "put");
+  EXPECT_FAIL(cf_h5_writer_put(&w, "/x", y, 2, s2), "cannot create dataset '/x'",
               "duplicate dataset (HDF5 failure)");
-  expect_fail(cf_h5_writer_attr(&w, "k", "v"), "after a failure", "attr after failure");
-  expect_fail(cf_h5_writer_commit(&w), "abandoned", "commit after failure");
+  EXPECT_FAIL(cf_h5_writer_attr(&w, "k", "v"), "after a failure", "attr after failure");
+  EXPECT_FAIL(cf_h5_writer_commit(&w), "abandoned", "commit after failure");
   cf_h5_writer_abort(&w);
-  expect_ok(cf_h5_writer_open(&w, comm, p), "writer open again");
-  expect_fail(cf_h5_writer_put(&w, "/y", y, 2, s0), "dimension 1 = 0", "zero dimension");
+  EXPECT_OK(cf_h5_writer_open(&w, comm, p), "writer open again");
+  EXPECT_FAIL(cf_h5_writer_put(&w, "/y", y, 2, s0), "dimension 1 = 0", "zero dimension");
   cf_h5_writer_abort(&w);
   cf_h5_writer_abort(&w);
-  expect_ok(cf_h5_writer_open(&w, comm, p), "writer open a third time");
-  expect_fail(cf_h5_writer_put(&w, "/y", y, 0, s2), "0 dimensions", "ndim 0");
+  EXPECT_OK(cf_h5_writer_open(&w, comm, p), "writer open a third time");
+  EXPECT_FAIL(cf_h5_writer_put(&w, "/y", y, 0, s2), "0 dimensions", "ndim 0");
   cf_h5_writer_abort(&w);
   if (rank == 0) {
-    unsigned char *after = slurp(p, &len1);
+    unsigned char *after = cf_test_slurp(p, &len1);
     EXPECT(before && after && len0 == len1 && memcmp(before, after, (size_t)len0) == 0,
            "keep.h5 changed by failed writes (%ld -> %ld bytes)", len0, len1);
     free(after);
@@ -341,65 +287,34 @@ static void test_failed_writes(void) {
   }
   float *r = NULL;
   int64_t n, d;
-  expect_ok(cf_h5_read_points(comm, p, "/x", 2, &r, &n, &d), "read keep.h5");
+  EXPECT_OK(cf_h5_read_points(comm, p, "/x", 2, &r, &n, &d), "read keep.h5");
   EXPECT(r && r[0] == 1 && r[5] == 6, "keep.h5 contents changed");
   cf_free((void **)&r);
 
   /* A read-only directory (only meaningful when not root). */
   if (geteuid() != 0) {
-    path_of(q, sizeof q, "ro");
+    cf_test_path(q, sizeof q, "ro");
     if (rank == 0) mkdir(q, 0555);
     MPI_Barrier(comm);
-    path_of(p, sizeof p, "ro/out.h5");
-    expect_fail(cf_h5_write_points(comm, p, "/x", x, 3, 2, NULL, 0), "not writable",
+    cf_test_path(p, sizeof p, "ro/out.h5");
+    EXPECT_FAIL(cf_h5_write_points(comm, p, "/x", x, 3, 2, NULL, 0), "not writable",
                 "read-only directory");
-    EXPECT(count_tmp(q) == 0, "temporary file left in read-only dir");
+    EXPECT(cf_test_count_tmp(q) == 0, "temporary file left in read-only dir");
     if (rank == 0) rmdir(q);
   }
   MPI_Barrier(comm);
-  EXPECT(count_tmp(dir) == 0, "temporary files left after failed writes");
-}
-
-static void cleanup(void) {
-  if (rank != 0) return;
-  DIR *dd = opendir(dir);
-  struct dirent *e;
-  char p[600];
-  while (dd && (e = readdir(dd)) != NULL) {
-    if (e->d_name[0] == '.') continue;
-    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-    unlink(p);
-  }
-  if (dd) closedir(dd);
-  rmdir(dir);
+  EXPECT(cf_test_count_tmp(cf_test_dir) == 0, "temporary files left after failed writes");
 }
 
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
-  MPI_Comm_dup(MPI_COMM_WORLD, &comm);
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &size);
-  if (rank == 0) {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/cf_test_h5io.XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
-    if (!mkdtemp(dir)) {
-      perror("mkdtemp");
-      MPI_Abort(MPI_COMM_WORLD, 2);
-    }
-  }
-  MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, comm);
+  cf_test_mpi_begin("test_h5io", &comm, &rank, &size);
   test_roundtrips();
   test_samples_writer();
   test_bad_inputs();
   test_failed_writes();
   EXPECT(cf_alloc_bytes() == 0, "%zu bytes still allocated", cf_alloc_bytes());
-  int total = 0;
-  MPI_Allreduce(&fails, &total, 1, MPI_INT, MPI_SUM, comm);
-  if (total == 0) cleanup();
-  if (rank == 0 && total)
-    printf("test_h5io (%d ranks): %d failures (files kept in %s)\n", size, total, dir);
-  if (rank == 0 && !total) printf("test_h5io (%d ranks): ok\n", size);
-  MPI_Comm_free(&comm);
+  const char *name = cf_test_mpi_end(&comm, "test_h5io");
   MPI_Finalize();
-  return total != 0;
+  return cf_test_done(name);
 }

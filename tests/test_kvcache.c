@@ -12,18 +12,8 @@
 #include "calmflow/mem.h"
 #include "calmflow/model.h"
 #include "calmflow/rng.h"
+#include "cf_test.h"
 #include "model/layers.h"
-
-static int fails;
-#define EXPECT(c, ...)                                                                             \
-  do {                                                                                             \
-    if (!(c)) {                                                                                    \
-      fails++;                                                                                     \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                  \
-      printf(__VA_ARGS__);                                                                         \
-      printf("\n");                                                                                \
-    }                                                                                              \
-  } while (0)
 
 static uint64_t g_stream;
 
@@ -32,15 +22,6 @@ static void randn(float *x, size_t n, float scale) {
   cf_rng_normal(&r, 0, x, n);
   for (size_t i = 0; i < n; i++)
     x[i] *= scale;
-}
-
-static float *fbuf(size_t n) {
-  float *p = calloc(n ? n : 1, sizeof(float));
-  if (p == NULL) {
-    printf("FAIL: out of memory in the test\n");
-    exit(2);
-  }
-  return p;
 }
 
 static double maxabs(const float *a, size_t n) {
@@ -87,7 +68,7 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
   EXPECT(st == CF_OK, "init: %s", cf_errmsg());
   if (st != CF_OK) return;
   cf_model_init_weights(&m, 31);
-  float *noise = fbuf(m.n_params);
+  float *noise = cf_test_floats(m.n_params);
   randn(noise, m.n_params, 0.2f); /* make attention far from uniform */
   for (size_t i = 0; i < m.n_params; i++)
     m.params[i] += noise[i];
@@ -99,12 +80,14 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
   }
 
   size_t nz = (size_t)(B * J * D), nh = (size_t)(B * T * H);
-  float *z = fbuf(nz), *y = fbuf(nz), *eps = fbuf(nh), *zero = fbuf(nh);
+  float *z = cf_test_floats(nz), *y = cf_test_floats(nz), *eps = cf_test_floats(nh),
+        *zero = cf_test_floats(nh);
   randn(z, nz, 1.0f), randn(y, nz, 1.0f), randn(eps, nh, 1.0f);
   struct cf_loss loss;
-  st = cf_model_forward(&m, B, z, y, head == CF_HEAD_VAE ? zero : NULL, NULL, 1.0, 1.0f, &loss);
-  EXPECT(st == CF_OK, "forward: %s", cf_errmsg());
-  float *href = fbuf(nh), *oref = fbuf((size_t)(B * J * 2 * D));
+  EXPECT_OK(
+      cf_model_forward(&m, B, z, y, head == CF_HEAD_VAE ? zero : NULL, NULL, 1.0, 1.0f, &loss),
+      "forward");
+  float *href = cf_test_floats(nh), *oref = cf_test_floats((size_t)(B * J * 2 * D));
   memcpy(href, cf_model_test_hidden(&m), nh * sizeof(float));
   size_t nout = (size_t)(B * J * (head == CF_HEAD_GAUSS ? 2 * D : D));
   memcpy(oref, cf_model_test_output(&m), nout * sizeof(float));
@@ -112,12 +95,12 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
 
   /* point by point: np = P per call, a cache sized exactly for N*P*S tokens */
   struct cf_kvcache ca, cb;
-  st = cf_kvcache_init(&ca, &m, B, T, P * S);
-  EXPECT(st == CF_OK, "kvcache init: %s", cf_errmsg());
+  EXPECT_OK(cf_kvcache_init(&ca, &m, B, T, P * S), "kvcache init");
   st = cf_kvcache_init(&cb, &m, B, T + 5, T);
   EXPECT(st == CF_OK, "kvcache init: %s", cf_errmsg());
   if (st != CF_OK) return;
-  float *zn = fbuf(nz), *hn = fbuf(nh), *hall = fbuf(nh), *ys = fbuf(nz);
+  float *zn = cf_test_floats(nz), *hn = cf_test_floats(nh), *hall = cf_test_floats(nh),
+        *ys = cf_test_floats(nz);
   uint64_t a0 = cf_alloc_count();
   double d1 = 0;
   for (int64_t t = 0; t < N; t++) {
@@ -146,8 +129,7 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
   cf_err_clear();
 
   /* the whole sequence in one call */
-  st = cf_model_extend(&m, &cb, z, J, hall);
-  EXPECT(st == CF_OK, "extend whole: %s", cf_errmsg());
+  EXPECT_OK(cf_model_extend(&m, &cb, z, J, hall), "extend whole");
   double d2 = maxdiff(hall, href, nh);
   printf("  one extend over the whole sequence vs training forward: max |diff| %.2e\n", d2);
   EXPECT(d2 <= tol, "%s: whole-sequence extend differs from the training forward by %g", label, d2);
@@ -171,9 +153,8 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
   EXPECT(d3 <= tol, "%s: chunked extend differs by %g", label, d3);
 
   /* head samples on every point from the whole-sequence hidden states */
-  float *ysamp = fbuf(nz);
-  st = cf_head_sample(&m, &cb, J, hall, NULL, 0.0f, ysamp);
-  EXPECT(st == CF_OK, "head sample tau=0: %s", cf_errmsg());
+  float *ysamp = cf_test_floats(nz);
+  EXPECT_OK(cf_head_sample(&m, &cb, J, hall, NULL, 0.0f, ysamp), "head sample tau=0");
   double otol = 1e-5 * fmax(1.0, maxabs(oref, nout)), d4 = 0;
   for (int64_t r = 0; r < B * J; r++)
     for (int64_t d = 0; d < D; d++) {
@@ -184,10 +165,9 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
          head == CF_HEAD_GAUSS ? "the gauss mean" : "decoding mu", d4);
   EXPECT(d4 <= otol, "%s: head sample with tau=0 differs by %g", label, d4);
 
-  float *enoise = fbuf(head == CF_HEAD_GAUSS ? nz : nh);
+  float *enoise = cf_test_floats(head == CF_HEAD_GAUSS ? nz : nh);
   randn(enoise, head == CF_HEAD_GAUSS ? nz : nh, 1.0f);
-  st = cf_head_sample(&m, &cb, J, hall, enoise, 1.0f, ysamp);
-  EXPECT(st == CF_OK, "head sample tau=1: %s", cf_errmsg());
+  EXPECT_OK(cf_head_sample(&m, &cb, J, hall, enoise, 1.0f, ysamp), "head sample tau=1");
   double d5 = 0;
   if (head == CF_HEAD_GAUSS) {
     for (int64_t r = 0; r < B * J; r++)
@@ -199,14 +179,13 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
       }
   } else {
     /* the training head decodes mu + sqrt(exp(v) + 1e-4) * eps: the same draw */
-    st = cf_model_forward(&m, B, z, y, enoise, NULL, 1.0, 1.0f, &loss);
-    EXPECT(st == CF_OK, "forward: %s", cf_errmsg());
+    EXPECT_OK(cf_model_forward(&m, B, z, y, enoise, NULL, 1.0, 1.0f, &loss), "forward");
     d5 = maxdiff(ysamp, cf_model_test_output(&m), nz);
   }
   printf("  head sample tau=1 vs the training head on the same noise: max |diff| %.2e\n", d5);
   EXPECT(d5 <= otol, "%s: head sample with tau=1 differs by %g", label, d5);
   /* temperature matters */
-  float *yt = fbuf(nz);
+  float *yt = cf_test_floats(nz);
   cf_head_sample(&m, &cb, J, hall, enoise, 0.5f, yt);
   EXPECT(maxdiff(yt, ysamp, nz) > 1e-4, "%s: temperature does not change the sample", label);
   EXPECT(cf_alloc_count() == a0, "%s: extend / head sample allocated %llu times", label,
@@ -229,6 +208,5 @@ int main(void) {
   run(CF_HEAD_GAUSS, 0.25, 5.0f, "gauss head, rotary_pct 0.25 (2 of 8 dims)");
   run(CF_HEAD_VAE, 1.0, 5.0f, "vae head, rotary_pct 1 (all 8 dims)");
   run(CF_HEAD_GAUSS, 0.0, 0.3f, "gauss head, no rotary, log-std clamped to [-0.3, 0.3]");
-  printf(fails ? "test_kvcache: %d failures\n" : "test_kvcache: ok\n", fails);
-  return fails != 0;
+  return cf_test_done("test_kvcache");
 }

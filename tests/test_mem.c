@@ -3,29 +3,28 @@
 #include <stdio.h>
 
 #include "calmflow/mem.h"
+#include "cf_test.h"
 
 int main(void) {
-  int fails = 0;
   struct cf_arena a;
   cf_arena_plan(&a);
   float *p0 = cf_arena_floats(&a, 3), *p1 = cf_arena_floats(&a, 100);
-  if (p0 || p1 || a.used != 64 + 448) fails++, printf("FAIL plan used %zu\n", a.used);
+  EXPECT(!p0 && !p1 && a.used == 64 + 448, "plan used %zu", a.used);
   uint64_t c0 = cf_alloc_count();
-  if (cf_arena_commit(&a, 0, "test") != CF_OK) fails++, printf("FAIL commit\n");
-  if (cf_alloc_count() != c0 + 1) fails++, printf("FAIL count\n");
+  EXPECT_OK(cf_arena_commit(&a, 0, "test"), "commit");
+  EXPECT(cf_alloc_count() == c0 + 1, "count");
   p0 = cf_arena_floats(&a, 3);
   p1 = cf_arena_floats(&a, 100);
-  if (!p0 || !p1 || ((uintptr_t)p1 % 64) != 0 || p1 - p0 != 16) fails++, printf("FAIL layout\n");
-  if (cf_arena_floats(&a, 1) != NULL) fails++, printf("FAIL overflow not caught\n");
+  EXPECT(p0 && p1 && ((uintptr_t)p1 % 64) == 0 && p1 - p0 == 16, "layout");
+  EXPECT(cf_arena_floats(&a, 1) == NULL, "overflow not caught");
   cf_arena_release(&a);
   cf_arena_release(&a);
   size_t out;
-  if (cf_mul_size(&out, SIZE_MAX / 2, 3, "big") != CF_EINVAL) fails++, printf("FAIL overflow\n");
-  if (cf_errmsg()[0] == '\0') fails++, printf("FAIL no message\n");
+  EXPECT(cf_mul_size(&out, SIZE_MAX / 2, 3, "big") == CF_EINVAL, "overflow");
+  EXPECT(cf_errmsg()[0] != '\0', "no message");
   void *q = NULL;
-  if (cf_alloc(&q, 10, "q") != CF_OK || cf_alloc_bytes() != 10) fails++, printf("FAIL bytes\n");
+  EXPECT(cf_alloc(&q, 10, "q") == CF_OK && cf_alloc_bytes() == 10, "bytes");
   cf_free(&q);
-  if (q != NULL || cf_alloc_bytes() != 0) fails++, printf("FAIL free\n");
-  printf(fails ? "test_mem: %d failures\n" : "test_mem: ok\n", fails);
-  return fails != 0;
+  EXPECT(q == NULL && cf_alloc_bytes() == 0, "free");
+  return cf_test_done("test_mem");
 }

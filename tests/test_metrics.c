@@ -22,17 +22,7 @@
 #include "calmflow/mem.h"
 #include "calmflow/metrics.h"
 #include "calmflow/rng.h"
-
-static int fails;
-#define EXPECT(c, ...)                                                                             \
-  do {                                                                                             \
-    if (!(c)) {                                                                                    \
-      fails++;                                                                                     \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                  \
-      printf(__VA_ARGS__);                                                                         \
-      printf("\n");                                                                                \
-    }                                                                                              \
-  } while (0)
+#include "cf_test.h"
 
 static double rel_err(double got, double want) {
   double s = fabs(want) > 1e-300 ? fabs(want) : 1e-300;
@@ -43,15 +33,6 @@ static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static float *xalloc(size_t n) {
-  float *p = malloc(n * sizeof(float) + 1);
-  if (!p) {
-    printf("FAIL out of memory in test\n");
-    exit(1);
-  }
-  return p;
 }
 
 /* Normal points (n, d) scaled by s and shifted by m, from the test's own stream. */
@@ -78,12 +59,9 @@ static int next_tok(FILE *f, char *buf, size_t cap) {
 
 static int expect_tok(FILE *f, const char *want) {
   char t[64];
-  if (!next_tok(f, t, sizeof t) || strcmp(t, want) != 0) {
-    printf("FAIL reference file: expected '%s'\n", want);
-    fails++;
-    return 0;
-  }
-  return 1;
+  int ok = next_tok(f, t, sizeof t) && strcmp(t, want) == 0;
+  EXPECT(ok, "reference file: expected '%s'", want);
+  return ok;
 }
 
 static int read_num(FILE *f, double *v) {
@@ -102,11 +80,8 @@ static int read_f32(FILE *f, float *v) {
 
 static void check_reference(const char *path) {
   FILE *f = fopen(path, "r");
-  if (!f) {
-    printf("FAIL cannot open reference file '%s'\n", path);
-    fails++;
-    return;
-  }
+  EXPECT(f != NULL, "cannot open reference file '%s'", path);
+  if (!f) return;
   double nc;
   if (!expect_tok(f, "ncases") || !read_num(f, &nc)) {
     fclose(f);
@@ -116,14 +91,12 @@ static void check_reference(const char *path) {
   for (int c = 0; c < ncases; c++) {
     char name[64];
     double na_, nb_, d_, mx_;
-    if (!expect_tok(f, "case") || !next_tok(f, name, sizeof name) || !read_num(f, &na_) ||
-        !read_num(f, &nb_) || !read_num(f, &d_) || !read_num(f, &mx_)) {
-      printf("FAIL reference file: bad case header %d\n", c);
-      fails++;
-      break;
-    }
+    int hdr = expect_tok(f, "case") && next_tok(f, name, sizeof name) && read_num(f, &na_) &&
+              read_num(f, &nb_) && read_num(f, &d_) && read_num(f, &mx_);
+    EXPECT(hdr, "reference file: bad case header %d", c);
+    if (!hdr) break;
     int64_t na = (int64_t)na_, nb = (int64_t)nb_, d = (int64_t)d_, mx = (int64_t)mx_;
-    float *a = xalloc((size_t)(na * d)), *b = xalloc((size_t)(nb * d));
+    float *a = cf_test_floats((size_t)(na * d)), *b = cf_test_floats((size_t)(nb * d));
     int ok = 1;
     for (int64_t e = 0; e < na * d && ok; e++)
       ok = read_f32(f, &a[e]);
@@ -134,9 +107,8 @@ static void check_reference(const char *path) {
     ok = ok && expect_tok(f, "expect");
     for (int k = 0; k < 6 && ok; k++)
       ok = expect_tok(f, keys[k]) && read_num(f, &want[k]);
+    EXPECT(ok, "reference file: bad data in case %s", name);
     if (!ok) {
-      printf("FAIL reference file: bad data in case %s\n", name);
-      fails++;
       free(a);
       free(b);
       break;
@@ -177,7 +149,8 @@ static void check_reference(const char *path) {
 
 static void check_properties(void) {
   const int64_t n = 120, d = 3;
-  float *a = xalloc((size_t)(n * d)), *b = xalloc((size_t)(n * d)), *c = xalloc((size_t)(n * d));
+  float *a = cf_test_floats((size_t)(n * d)), *b = cf_test_floats((size_t)(n * d)),
+        *c = cf_test_floats((size_t)(n * d));
   normals(a, n, d, 1, 1.0f, 0.0f);
   /* Duplicates: rows 10..19 repeat rows 0..9. */
   memcpy(a + 10 * d, a, (size_t)(10 * d) * sizeof(float));
@@ -206,14 +179,14 @@ static void check_properties(void) {
   /* Permutation invariance of every metric (rows of a and of b shuffled). */
   normals(b, n, d, 2, 1.3f, 0.4f);
   struct cf_metrics m0, m1;
-  EXPECT(cf_metrics_compute(a, n, b, n, d, n, &m0) == CF_OK, "metrics: %s", cf_errmsg());
-  float *pa = xalloc((size_t)(n * d));
+  EXPECT_OK(cf_metrics_compute(a, n, b, n, d, n, &m0), "metrics");
+  float *pa = cf_test_floats((size_t)(n * d));
   for (int64_t i = 0; i < n; i++) {
     int64_t src = (i * 37 + 11) % n; /* 37 is coprime with 120 */
     memcpy(pa + i * d, a + src * d, (size_t)d * sizeof(float));
     memcpy(c + i * d, b + ((i * 53 + 5) % n) * d, (size_t)d * sizeof(float));
   }
-  EXPECT(cf_metrics_compute(pa, n, c, n, d, n, &m1) == CF_OK, "metrics: %s", cf_errmsg());
+  EXPECT_OK(cf_metrics_compute(pa, n, c, n, d, n, &m1), "metrics");
   EXPECT(rel_err(m1.w2, m0.w2) < 1e-12 && rel_err(m1.w1, m0.w1) < 1e-12,
          "W not permutation invariant: w2 %.17g vs %.17g, w1 %.17g vs %.17g", m1.w2, m0.w2, m1.w1,
          m0.w1);
@@ -239,8 +212,8 @@ static int cmp_float(const void *x, const void *y) {
 /* In one dimension the sorted matching is optimal for W1 and W2. */
 static void check_1d(void) {
   const int64_t n = 500;
-  float *a = xalloc((size_t)n), *b = xalloc((size_t)n), *sa = xalloc((size_t)n),
-        *sb = xalloc((size_t)n);
+  float *a = cf_test_floats((size_t)n), *b = cf_test_floats((size_t)n),
+        *sa = cf_test_floats((size_t)n), *sb = cf_test_floats((size_t)n);
   normals(a, n, 1, 3, 1.0f, 0.0f);
   struct cf_rng r = {.seed = 7, .domain = CF_RNG_EVAL, .step = 0, .index = 4};
   cf_rng_uniform(&r, 0, b, (size_t)n);
@@ -337,7 +310,7 @@ static void check_brute_force(void) {
         cost[e] = (double)((e / n) * (e % n)); /* rank-one structure */
     int64_t x[7];
     double total = -1;
-    EXPECT(cf_lsa_dense(cost, n, x, &total) == CF_OK, "lsa_dense: %s", cf_errmsg());
+    EXPECT_OK(cf_lsa_dense(cost, n, x, &total), "lsa_dense");
     int seen[7] = {0}, perm_ok = 1;
     double s = 0;
     for (int i = 0; i < n; i++) {
@@ -357,13 +330,6 @@ static void check_brute_force(void) {
 
 /* ---- 4. bad input ---- */
 
-static void expect_fail(cf_status st, cf_status want, const char *needle, const char *what) {
-  EXPECT(st == want, "%s: status %d, expected %d", what, (int)st, (int)want);
-  EXPECT(strstr(cf_errmsg(), needle) != NULL, "%s: message '%s' lacks '%s'", what, cf_errmsg(),
-         needle);
-  cf_err_clear();
-}
-
 static void check_bad_input(void) {
   float a[20], b[20];
   normals(a, 10, 2, 5, 1.0f, 0.0f);
@@ -371,28 +337,31 @@ static void check_bad_input(void) {
   struct cf_metrics m;
   double w;
   cf_err_clear();
-  expect_fail(cf_metrics_compute(a, 0, b, 10, 2, 100, &m), CF_EINVAL, "eval set a", "na = 0");
-  expect_fail(cf_metrics_compute(a, 10, b, 0, 2, 100, &m), CF_EINVAL, "eval set b", "nb = 0");
-  expect_fail(cf_metrics_compute(a, 10, b, 10, 0, 100, &m), CF_EINVAL, "dimension", "d = 0");
-  expect_fail(cf_metrics_compute(a, 10, b, 10, 2, 0, &m), CF_EINVAL, "cap", "max_exact = 0");
+  EXPECT_FAIL_STATUS(cf_metrics_compute(a, 0, b, 10, 2, 100, &m), CF_EINVAL, "eval set a",
+                     "na = 0");
+  EXPECT_FAIL_STATUS(cf_metrics_compute(a, 10, b, 0, 2, 100, &m), CF_EINVAL, "eval set b",
+                     "nb = 0");
+  EXPECT_FAIL_STATUS(cf_metrics_compute(a, 10, b, 10, 0, 100, &m), CF_EINVAL, "dimension", "d = 0");
+  EXPECT_FAIL_STATUS(cf_metrics_compute(a, 10, b, 10, 2, 0, &m), CF_EINVAL, "cap", "max_exact = 0");
   float keep = a[7];
   a[7] = NAN; /* row 3 */
-  expect_fail(cf_metrics_compute(a, 10, b, 10, 2, 100, &m), CF_ECORRUPT,
-              "eval set a has NaN at row 3", "NaN in a");
+  EXPECT_FAIL_STATUS(cf_metrics_compute(a, 10, b, 10, 2, 100, &m), CF_ECORRUPT,
+                     "eval set a has NaN at row 3", "NaN in a");
   a[7] = keep;
   keep = b[18];
   b[18] = INFINITY; /* row 9 */
-  expect_fail(cf_metrics_compute(a, 10, b, 10, 2, 100, &m), CF_ECORRUPT,
-              "eval set b has Inf at row 9", "Inf in b");
+  EXPECT_FAIL_STATUS(cf_metrics_compute(a, 10, b, 10, 2, 100, &m), CF_ECORRUPT,
+                     "eval set b has Inf at row 9", "Inf in b");
   b[18] = NAN;
-  expect_fail(cf_metrics_compute(a, 10, b, 10, 2, 100, &m), CF_ECORRUPT,
-              "eval set b has NaN at row 9", "NaN in b");
+  EXPECT_FAIL_STATUS(cf_metrics_compute(a, 10, b, 10, 2, 100, &m), CF_ECORRUPT,
+                     "eval set b has NaN at row 9", "NaN in b");
   b[18] = keep;
-  expect_fail(cf_wasserstein_exact(a, b, 0, 2, 2, &w), CF_EINVAL, "at least 1", "W n = 0");
-  expect_fail(cf_wasserstein_exact(a, b, 10, 0, 2, &w), CF_EINVAL, "d >= 1", "W d = 0");
-  expect_fail(cf_wasserstein_exact(a, b, 10, 2, 3, &w), CF_EINVAL, "expected 1 or 2", "W p = 3");
+  EXPECT_FAIL_STATUS(cf_wasserstein_exact(a, b, 0, 2, 2, &w), CF_EINVAL, "at least 1", "W n = 0");
+  EXPECT_FAIL_STATUS(cf_wasserstein_exact(a, b, 10, 0, 2, &w), CF_EINVAL, "d >= 1", "W d = 0");
+  EXPECT_FAIL_STATUS(cf_wasserstein_exact(a, b, 10, 2, 3, &w), CF_EINVAL, "expected 1 or 2",
+                     "W p = 3");
   double c[4] = {0, 1, NAN, 2};
-  expect_fail(cf_lsa_dense(c, 2, NULL, NULL), CF_EINVAL, "not finite", "lsa NaN cost");
+  EXPECT_FAIL_STATUS(cf_lsa_dense(c, 2, NULL, NULL), CF_EINVAL, "not finite", "lsa NaN cost");
   EXPECT(isnan(cf_mmd2_rbf(a, 0, b, 10, 2, 2.0)) && isnan(cf_energy_distance(a, 10, b, 10, 0)),
          "empty input does not give NaN");
   /* The cap: n_ot = min(na, nb, max_exact). */
@@ -403,7 +372,7 @@ static void check_bad_input(void) {
 }
 
 static void bench(int64_t n, int64_t d) {
-  float *a = xalloc((size_t)(n * d)), *b = xalloc((size_t)(n * d));
+  float *a = cf_test_floats((size_t)(n * d)), *b = cf_test_floats((size_t)(n * d));
   normals(a, n, d, 11, 1.0f, 0.0f);
   normals(b, n, d, 12, 1.0f, 0.5f);
   double w2, w1, t0 = now();
@@ -426,7 +395,7 @@ static void bench(int64_t n, int64_t d) {
 int main(int argc, char **argv) {
   if (argc == 4 && strcmp(argv[1], "--bench") == 0) {
     bench(atoll(argv[2]), atoll(argv[3]));
-    return fails != 0;
+    return cf_test_done("test_metrics");
   }
   char path[4096];
   if (argc > 1) {
@@ -443,6 +412,5 @@ int main(int argc, char **argv) {
   EXPECT(cf_alloc_bytes() == 0, "properties: %zu bytes still held", cf_alloc_bytes());
   check_bad_input();
   EXPECT(cf_alloc_bytes() == 0, "bad input: %zu bytes still held", cf_alloc_bytes());
-  printf(fails ? "test_metrics: %d failures\n" : "test_metrics: ok\n", fails);
-  return fails != 0;
+  return cf_test_done("test_metrics");
 }

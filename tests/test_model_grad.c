@@ -17,18 +17,8 @@
 #include "calmflow/mem.h"
 #include "calmflow/model.h"
 #include "calmflow/rng.h"
+#include "cf_test.h"
 #include "model/layers.h"
-
-static int fails;
-#define EXPECT(c, ...)                                                                             \
-  do {                                                                                             \
-    if (!(c)) {                                                                                    \
-      fails++;                                                                                     \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                  \
-      printf(__VA_ARGS__);                                                                         \
-      printf("\n");                                                                                \
-    }                                                                                              \
-  } while (0)
 
 static uint64_t g_stream;
 
@@ -38,15 +28,6 @@ static void randn(float *x, size_t n, float scale, float shift) {
   cf_rng_normal(&r, 0, x, n);
   for (size_t i = 0; i < n; i++)
     x[i] = shift + scale * x[i];
-}
-
-static float *fbuf(size_t n) {
-  float *p = calloc(n ? n : 1, sizeof(float));
-  if (p == NULL) {
-    printf("FAIL: out of memory in the test\n");
-    exit(2);
-  }
-  return p;
 }
 
 static double wsum(const float *w, const float *y, size_t n) {
@@ -186,7 +167,8 @@ static void test_linear(void) {
   printf("linear\n");
   struct lin_ctx c = {.M = 5, .out = 4, .in = 7};
   size_t nx = 35, nw = 28, ny = 20;
-  c.x = fbuf(nx), c.W = fbuf(nw), c.b = fbuf(4), c.y = fbuf(ny), c.w = fbuf(ny);
+  c.x = cf_test_floats(nx), c.W = cf_test_floats(nw), c.b = cf_test_floats(4),
+  c.y = cf_test_floats(ny), c.w = cf_test_floats(ny);
   randn(c.x, nx, 1, 0), randn(c.W, nw, 0.5f, 0), randn(c.b, 4, 0.5f, 0), randn(c.w, ny, 1, 0);
   /* forward against a naive loop, and the accumulate flag */
   lin_loss(&c);
@@ -199,7 +181,7 @@ static void test_linear(void) {
       err = fmax(err, fabs(s - c.y[i * c.out + o]));
     }
   EXPECT(err < 1e-5, "linear forward differs from the naive product by %g", err);
-  float *y2 = fbuf(ny), *y0 = fbuf(ny);
+  float *y2 = cf_test_floats(ny), *y0 = cf_test_floats(ny);
   randn(y0, ny, 1, 0);
   memcpy(y2, y0, ny * sizeof(float));
   cf_linear_fwd(c.x, c.M, c.W, c.b, c.out, c.in, 1, y2);
@@ -207,7 +189,8 @@ static void test_linear(void) {
     y2[i] -= y0[i];
   EXPECT(maxdiff(y2, c.y, ny) < 1e-5, "linear accumulate differs by %g", maxdiff(y2, c.y, ny));
   /* backward: gradients are added to what is there */
-  float *gW = fbuf(nw), *gb = fbuf(4), *dx = fbuf(nx), *c0 = fbuf(nw), *c1 = fbuf(4);
+  float *gW = cf_test_floats(nw), *gb = cf_test_floats(4), *dx = cf_test_floats(nx),
+        *c0 = cf_test_floats(nw), *c1 = cf_test_floats(4);
   randn(c0, nw, 1, 0), randn(c1, 4, 1, 0);
   memcpy(gW, c0, nw * sizeof(float));
   memcpy(gb, c1, 4 * sizeof(float));
@@ -220,7 +203,7 @@ static void test_linear(void) {
   EXPECT(fd_check("linear dx", lin_loss, &c, c.x, nx, dx, o, NULL), "linear dx");
   EXPECT(fd_check("linear dW", lin_loss, &c, c.W, nw, gW, o, NULL), "linear dW");
   EXPECT(fd_check("linear db", lin_loss, &c, c.b, 4, gb, o, NULL), "linear db");
-  float *dx2 = fbuf(nx), *c2 = fbuf(nx);
+  float *dx2 = cf_test_floats(nx), *c2 = cf_test_floats(nx);
   randn(c2, nx, 1, 0);
   memcpy(dx2, c2, nx * sizeof(float));
   cf_linear_bwd(c.x, c.w, c.M, c.W, c.out, c.in, NULL, NULL, dx2, 1);
@@ -245,10 +228,11 @@ static void test_layernorm(int affine) {
   printf("layernorm %s\n", affine ? "with affine" : "without affine");
   struct ln_ctx c = {.M = 4, .n = 9};
   size_t nx = 36;
-  c.x = fbuf(nx), c.xh = fbuf(nx), c.rs = fbuf(4), c.y = fbuf(nx), c.w = fbuf(nx);
+  c.x = cf_test_floats(nx), c.xh = cf_test_floats(nx), c.rs = cf_test_floats(4),
+  c.y = cf_test_floats(nx), c.w = cf_test_floats(nx);
   randn(c.x, nx, 2, 0.7f), randn(c.w, nx, 1, 0);
   if (affine) {
-    c.g = fbuf(9), c.b = fbuf(9);
+    c.g = cf_test_floats(9), c.b = cf_test_floats(9);
     randn(c.g, 9, 0.3f, 1), randn(c.b, 9, 0.3f, 0);
   }
   ln_loss(&c);
@@ -266,7 +250,7 @@ static void test_layernorm(int affine) {
     }
   }
   EXPECT(err < 1e-5, "layernorm forward differs from the formula by %g", err);
-  float *dx = fbuf(nx), *gg = fbuf(9), *gb = fbuf(9);
+  float *dx = cf_test_floats(nx), *gg = cf_test_floats(9), *gb = cf_test_floats(9);
   cf_layernorm_bwd(c.w, c.xh, c.rs, c.M, c.n, c.g, affine ? gg : NULL, affine ? gb : NULL, dx, 0);
   struct fdopt o = {.ncoord = 40, .h = 1e-2, .tol = 1e-3};
   EXPECT(fd_check("layernorm dx", ln_loss, &c, c.x, nx, dx, o, NULL), "layernorm dx");
@@ -291,14 +275,15 @@ static double gelu_loss(void *p) {
 static void test_gelu(void) {
   printf("gelu\n");
   struct gelu_ctx c = {.n = 64};
-  c.x = fbuf(64), c.y = fbuf(64), c.w = fbuf(64), c.cdf = fbuf(64);
+  c.x = cf_test_floats(64), c.y = cf_test_floats(64), c.w = cf_test_floats(64),
+  c.cdf = cf_test_floats(64);
   randn(c.x, 64, 2, 0), randn(c.w, 64, 1, 0);
   gelu_loss(&c);
   double err = 0;
   for (size_t i = 0; i < c.n; i++)
     err = fmax(err, fabs(0.5 * c.x[i] * (1 + erf(c.x[i] / sqrt(2.0))) - c.y[i]));
   EXPECT(err < 1e-6, "gelu forward differs from the erf formula by %g", err);
-  float *dx = fbuf(64), *dx2 = fbuf(64);
+  float *dx = cf_test_floats(64), *dx2 = cf_test_floats(64);
   cf_gelu_bwd(c.x, c.cdf, c.w, dx, c.n);
   cf_gelu_bwd(c.x, NULL, c.w, dx2, c.n);
   EXPECT(maxdiff(dx, dx2, 64) < 1e-6, "gelu backward with and without the saved cdf differ");
@@ -324,12 +309,14 @@ static void test_mlp(int dropout) {
   printf("relu+LN MLP %s\n", dropout ? "with dropout" : "without dropout");
   struct mlp_ctx c = {.M = 6, .in = 5, .hid = 8, .out = 3};
   size_t nx = 30, n1 = 40, nh = 48, n2 = 24, ny = 18;
-  c.x = fbuf(nx), c.W1 = fbuf(n1), c.b1 = fbuf(8), c.W2 = fbuf(n2), c.b2 = fbuf(3);
-  c.xh = fbuf(nh), c.rs = fbuf(6), c.d = fbuf(nh), c.y = fbuf(ny), c.w = fbuf(ny);
+  c.x = cf_test_floats(nx), c.W1 = cf_test_floats(n1), c.b1 = cf_test_floats(8),
+  c.W2 = cf_test_floats(n2), c.b2 = cf_test_floats(3);
+  c.xh = cf_test_floats(nh), c.rs = cf_test_floats(6), c.d = cf_test_floats(nh),
+  c.y = cf_test_floats(ny), c.w = cf_test_floats(ny);
   randn(c.x, nx, 1, 0), randn(c.W1, n1, 0.5f, 0), randn(c.b1, 8, 0.5f, 0);
   randn(c.W2, n2, 0.5f, 0), randn(c.b2, 3, 0.5f, 0), randn(c.w, ny, 1, 0);
   if (dropout) {
-    c.mask = fbuf(nh);
+    c.mask = cf_test_floats(nh);
     struct cf_dropkey dk = {.seed = 5, .step = 2, .seq0 = 3};
     cf_dropout_mask(c.mask, 1, c.M, c.hid, 0.3f, &dk, 1);
     int zeros = 0, scaled = 0;
@@ -357,8 +344,9 @@ static void test_mlp(int dropout) {
     if (mn > 0.02 || tries == 100) break;
     randn(c.x, nx, 1, 0);
   }
-  float *gW1 = fbuf(n1), *gb1 = fbuf(8), *gW2 = fbuf(n2), *gb2 = fbuf(3), *gd = fbuf(nh);
-  float *dx = fbuf(nx);
+  float *gW1 = cf_test_floats(n1), *gb1 = cf_test_floats(8), *gW2 = cf_test_floats(n2),
+        *gb2 = cf_test_floats(3), *gd = cf_test_floats(nh);
+  float *dx = cf_test_floats(nx);
   cf_linear_bwd(c.d, c.w, c.M, c.W2, c.out, c.hid, gW2, gb2, gd, 0);
   cf_lnrelu_bwd(gd, c.xh, c.rs, c.mask, c.M, c.hid, gd);
   cf_linear_bwd(c.x, gd, c.M, c.W1, c.hid, c.in, gW1, gb1, dx, 0);
@@ -439,8 +427,10 @@ static void test_attention(void) {
   struct attn_ctx c = {.B = 2, .T = CF_ATTN_CHUNK + 6, .heads = 2, .dh = 8, .rot = 4};
   int64_t H = c.heads * c.dh, H3 = 3 * H, R = c.B * c.T;
   size_t nq = (size_t)(R * H3), no = (size_t)(R * H);
-  c.pre = fbuf(nq), c.qkv = fbuf(nq), c.probs = fbuf((size_t)(c.B * c.heads * c.T * c.T));
-  c.out = fbuf(no), c.w = fbuf(no), c.cs = fbuf((size_t)(c.T * 2)), c.sn = fbuf((size_t)(c.T * 2));
+  c.pre = cf_test_floats(nq), c.qkv = cf_test_floats(nq),
+  c.probs = cf_test_floats((size_t)(c.B * c.heads * c.T * c.T));
+  c.out = cf_test_floats(no), c.w = cf_test_floats(no), c.cs = cf_test_floats((size_t)(c.T * 2)),
+  c.sn = cf_test_floats((size_t)(c.T * 2));
   randn(c.pre, nq, 1.0f, 0), randn(c.w, no, 1, 0);
   cf_rotary_tables(c.cs, c.sn, c.T, c.rot, 10000.0);
   attn_run(&c);
@@ -456,7 +446,7 @@ static void test_attention(void) {
   EXPECT(err < 2e-5, "attention forward differs from the naive rotary attention by %g", err);
   free(ref);
   /* causality: changing token t changes nothing before t */
-  float *o0 = fbuf(no);
+  float *o0 = cf_test_floats(no);
   memcpy(o0, c.out, no * sizeof(float));
   int64_t tc = 40;
   for (int64_t i = 0; i < H3; i++)
@@ -470,7 +460,7 @@ static void test_attention(void) {
     c.pre[tc * H3 + i] -= 1.0f;
   /* gradients */
   attn_run(&c);
-  float *dqkv = fbuf(nq), *scratch = fbuf((size_t)(CF_ATTN_CHUNK * c.T));
+  float *dqkv = cf_test_floats(nq), *scratch = cf_test_floats((size_t)(CF_ATTN_CHUNK * c.T));
   cf_attn_bwd(c.qkv, c.probs, c.w, c.B, c.T, c.heads, c.dh, dqkv, scratch);
   for (int64_t b = 0; b < c.B; b++)
     cf_rotary_apply(dqkv + b * c.T * H3, c.T, H3, c.heads, c.dh, c.rot, c.cs, c.sn, 0, 1);
@@ -510,7 +500,7 @@ static void test_block(void) {
   printf("one transformer block\n");
   struct block_ctx c = {.B = 2, .T = 9};
   int64_t H = 16, heads = 2, dh = 8, rot = 4, ffn = 24, R = c.B * c.T;
-  float *cs = fbuf((size_t)(c.T * 2)), *sn = fbuf((size_t)(c.T * 2));
+  float *cs = cf_test_floats((size_t)(c.T * 2)), *sn = cf_test_floats((size_t)(c.T * 2));
   cf_rotary_tables(cs, sn, c.T, rot, 10000.0);
   c.d = (struct cf_block_dims){
       .H = H, .heads = heads, .dh = dh, .rot = rot, .ffn = ffn, .cs = cs, .sn = sn};
@@ -534,28 +524,30 @@ static void test_block(void) {
       {"block mlp.fc2.bias", &c.p.fc2.b, &c.p.fc2.gb, 16, 0.2f, 0},
   };
   for (int i = 0; i < 12; i++) {
-    *t[i].w = fbuf(t[i].n);
-    *t[i].g = fbuf(t[i].n);
+    *t[i].w = cf_test_floats(t[i].n);
+    *t[i].g = cf_test_floats(t[i].n);
     randn(*t[i].w, t[i].n, t[i].scale, t[i].shift);
   }
   c.p.qkv.out = 48, c.p.qkv.in = 16, c.p.out.out = 16, c.p.out.in = 16;
   c.p.fc1.out = 24, c.p.fc1.in = 16, c.p.fc2.out = 16, c.p.fc2.in = 24;
   size_t nh = (size_t)(R * H);
-  c.a.x = fbuf(nh), c.a.xh1 = fbuf(nh), c.a.rs1 = fbuf((size_t)R), c.a.u1 = fbuf(nh);
-  c.a.qkv = fbuf(3 * nh), c.a.probs = fbuf((size_t)(c.B * heads * c.T * c.T)), c.a.ao = fbuf(nh);
-  c.a.xh2 = fbuf(nh), c.a.rs2 = fbuf((size_t)R), c.a.u2 = fbuf(nh);
-  c.a.f = fbuf((size_t)(R * ffn)), c.a.g = fbuf((size_t)(R * ffn));
-  c.a.cdf = fbuf((size_t)(R * ffn));
-  c.x = fbuf(nh), c.xn = fbuf(nh), c.w = fbuf(nh);
+  c.a.x = cf_test_floats(nh), c.a.xh1 = cf_test_floats(nh), c.a.rs1 = cf_test_floats((size_t)R),
+  c.a.u1 = cf_test_floats(nh);
+  c.a.qkv = cf_test_floats(3 * nh), c.a.probs = cf_test_floats((size_t)(c.B * heads * c.T * c.T)),
+  c.a.ao = cf_test_floats(nh);
+  c.a.xh2 = cf_test_floats(nh), c.a.rs2 = cf_test_floats((size_t)R), c.a.u2 = cf_test_floats(nh);
+  c.a.f = cf_test_floats((size_t)(R * ffn)), c.a.g = cf_test_floats((size_t)(R * ffn));
+  c.a.cdf = cf_test_floats((size_t)(R * ffn));
+  c.x = cf_test_floats(nh), c.xn = cf_test_floats(nh), c.w = cf_test_floats(nh);
   randn(c.x, nh, 1, 0.3f), randn(c.w, nh, 1, 0);
   block_loss(&c);
-  float *gx = fbuf(nh);
+  float *gx = cf_test_floats(nh);
   memcpy(gx, c.w, nh * sizeof(float));
-  struct cf_block_ws ws = {.gt = fbuf(nh),
-                           .gao = fbuf(nh),
-                           .gqkv = fbuf(3 * nh),
-                           .gf = fbuf((size_t)(R * ffn)),
-                           .gs = fbuf((size_t)(CF_ATTN_CHUNK * c.T))};
+  struct cf_block_ws ws = {.gt = cf_test_floats(nh),
+                           .gao = cf_test_floats(nh),
+                           .gqkv = cf_test_floats(3 * nh),
+                           .gf = cf_test_floats((size_t)(R * ffn)),
+                           .gs = cf_test_floats((size_t)(CF_ATTN_CHUNK * c.T))};
   cf_block_bwd(&c.p, &c.a, c.B, c.T, &c.d, gx, &ws);
   struct fdopt o = {.ncoord = 12, .h = 1e-2, .tol = 2e-3};
   o.ncoord = 24;
@@ -616,7 +608,7 @@ static void model_weights(struct cf_model *m) {
   cf_model_init_weights(m, 77);
   for (int t = 0; t < m->n_tensors; t++) {
     const struct cf_tensor_info *ti = &m->tensors[t];
-    float *noise = fbuf(ti->numel);
+    float *noise = cf_test_floats(ti->numel);
     randn(noise, ti->numel, strstr(ti->name, "layers.") ? 0.25f : 0.1f, 0);
     for (size_t i = 0; i < ti->numel; i++)
       m->params[ti->offset + i] += noise[i];
@@ -712,8 +704,8 @@ static void test_model(enum cf_head head, int dropout, float lsmin, float lsmax,
                         .n_pts = (double)(B * (cfg.N - 1) * cfg.P),
                         .beta = 0.7f};
   size_t nz = (size_t)(B * J * cfg.D), ne = (size_t)(B * T * cfg.H);
-  c.z = fbuf(nz), c.y = fbuf(nz);
-  if (head == CF_HEAD_VAE) c.eps = fbuf(ne);
+  c.z = cf_test_floats(nz), c.y = cf_test_floats(nz);
+  if (head == CF_HEAD_VAE) c.eps = cf_test_floats(ne);
   /* draw data until every ReLU input and log-std is at least 3e-3 from its kink, so the
    * central differences (h = 1e-3) rarely straddle one */
   double margin = 0;
@@ -727,10 +719,8 @@ static void test_model(enum cf_head head, int dropout, float lsmin, float lsmax,
   cf_model_zero_grad(&m);
   uint64_t a0 = cf_alloc_count();
   struct cf_loss l;
-  st = cf_model_forward(&m, B, c.z, c.y, c.eps, c.dk, c.n_pts, c.beta, &l);
-  EXPECT(st == CF_OK, "forward: %s", cf_errmsg());
-  st = cf_model_backward(&m);
-  EXPECT(st == CF_OK, "backward: %s", cf_errmsg());
+  EXPECT_OK(cf_model_forward(&m, B, c.z, c.y, c.eps, c.dk, c.n_pts, c.beta, &l), "forward");
+  EXPECT_OK(cf_model_backward(&m), "backward");
   EXPECT(cf_alloc_count() == a0, "forward/backward allocated %llu times",
          (unsigned long long)(cf_alloc_count() - a0));
   EXPECT(isfinite(l.loss) && l.loss != 0, "loss %g", l.loss);
@@ -744,7 +734,7 @@ static void test_model(enum cf_head head, int dropout, float lsmin, float lsmax,
   printf("  loss %.6f recon %.6f kl %.6f nll %.6f\n", l.loss, l.recon, l.kl, l.nll);
   head_formulas(&m, &c, &l, label);
   /* Backward adds: a second backward doubles the gradients. */
-  float *g1 = fbuf(m.n_params);
+  float *g1 = cf_test_floats(m.n_params);
   memcpy(g1, m.grads, m.n_params * sizeof(float));
   cf_model_backward(&m);
   double derr = 0, gmax = 0;
@@ -765,7 +755,7 @@ static void test_model(enum cf_head head, int dropout, float lsmin, float lsmax,
   }
   /* Negative control: a gradient 5% off is caught. */
   const struct cf_tensor_info *q = cf_model_find(&m, "layers.1.attn.qkv.weight");
-  float *wrong = fbuf(q->numel);
+  float *wrong = cf_test_floats(q->numel);
   for (size_t i = 0; i < q->numel; i++)
     wrong[i] = 1.05f * g1[q->offset + i];
   struct fdopt oq = o;
@@ -796,12 +786,12 @@ static void test_dropout_batching(void) {
   model_weights(&m);
   int64_t J = cfg.N * cfg.P, T = J * cfg.S, B = 3;
   size_t nz = (size_t)(J * cfg.D), ne = (size_t)(T * cfg.H);
-  float *z = fbuf(3 * nz), *y = fbuf(3 * nz), *eps = fbuf(3 * ne);
+  float *z = cf_test_floats(3 * nz), *y = cf_test_floats(3 * nz), *eps = cf_test_floats(3 * ne);
   randn(z, 3 * nz, 1, 0), randn(y, 3 * nz, 1, 0), randn(eps, 3 * ne, 1, 0);
   struct cf_dropkey dk = {.seed = 3, .step = 11, .seq0 = 100};
   struct cf_loss all, one, nodrop;
   cf_model_forward(&m, B, z, y, eps, &dk, 6.0, 1.0f, &all);
-  float *out_all = fbuf((size_t)(B * J * cfg.D));
+  float *out_all = cf_test_floats((size_t)(B * J * cfg.D));
   memcpy(out_all, cf_model_test_output(&m), (size_t)(B * J * cfg.D) * sizeof(float));
   struct cf_dropkey dk2 = {.seed = 3, .step = 11, .seq0 = 102};
   cf_model_forward(&m, 1, z + 2 * nz, y + 2 * nz, eps + 2 * ne, &dk2, 6.0, 1.0f, &one);
@@ -821,42 +811,35 @@ static void test_dropout_batching(void) {
   cf_model_release(&m);
 }
 
-static void expect_cfg_error(struct cf_model_cfg c, const char *opt) {
-  cf_err_clear();
-  cf_status st = cf_model_cfg_check(&c);
-  EXPECT(st == CF_EINVAL && strstr(cf_errmsg(), opt) != NULL, "bad %s: status %d message '%s'", opt,
-         (int)st, cf_errmsg());
-  cf_err_clear();
-}
-
 static void test_cfg_and_layout(void) {
   printf("configuration checks, tensor layout, initialization\n");
   struct cf_model_cfg c = small_cfg(CF_HEAD_GAUSS), b;
   EXPECT(cf_model_cfg_check(&c) == CF_OK, "good config rejected: %s", cf_errmsg());
+  cf_err_clear();
   b = c, b.heads = 3;
-  expect_cfg_error(b, "-net_heads");
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-net_heads", "heads = 3");
   b = c, b.H = 0;
-  expect_cfg_error(b, "-net_hidden");
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-net_hidden", "H = 0");
   b = c, b.layers = 0;
-  expect_cfg_error(b, "-net_layers");
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-net_layers", "layers = 0");
   b = c, b.S = 0;
-  expect_cfg_error(b, "-flow_spatial_tokens");
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-flow_spatial_tokens", "S = 0");
   b = c, b.P = 0;
-  expect_cfg_error(b, "-flow_trajectories");
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-flow_trajectories", "P = 0");
   b = c, b.N = 1;
-  expect_cfg_error(b, "-flow_time_points");
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-flow_time_points", "N = 1");
   b = c, b.D = 0;
-  expect_cfg_error(b, "-data_dim");
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-data_dim", "D = 0");
   b = c, b.dropout = 1.0f;
-  expect_cfg_error(b, "-net_dropout");
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-net_dropout", "dropout = 1.0f");
   b = c, b.dropout = -0.1f;
-  expect_cfg_error(b, "-net_dropout");
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-net_dropout", "dropout = -0.1f");
   b = c, b.logstd_min = 5.0f;
-  expect_cfg_error(b, "logstd");
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "logstd", "logstd_min = 5.0f");
   b = c, b.rotary_pct = 1.5;
-  expect_cfg_error(b, "rotary");
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "rotary", "rotary_pct = 1.5");
   b = c, b.ffn = 0;
-  expect_cfg_error(b, "ffn");
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "ffn", "ffn = 0");
 
   struct cf_model m;
   size_t bytes0 = cf_alloc_bytes();
@@ -892,7 +875,7 @@ static void test_cfg_and_layout(void) {
   double sd = sqrt(s2 / (double)qw->numel);
   EXPECT(sd > 0.015 && sd < 0.025, "transformer init std %g", sd);
   EXPECT(emax <= 1.0 / sqrt(3.0) && emax > 0.4, "encoder init bound %g", emax);
-  float *p1 = fbuf(m.n_params);
+  float *p1 = cf_test_floats(m.n_params);
   memcpy(p1, m.params, m.n_params * sizeof(float));
   cf_model_init_weights(&m, 5);
   EXPECT(memcmp(p1, m.params, m.n_params * sizeof(float)) == 0, "init not deterministic");
@@ -938,6 +921,5 @@ int main(void) {
   test_model(CF_HEAD_VAE, 0, -7.0f, 5.0f, "vae head");
   test_model(CF_HEAD_VAE, 1, -7.0f, 5.0f, "vae head, dropout 0.2");
   test_dropout_batching();
-  printf(fails ? "test_model_grad: %d failures\n" : "test_model_grad: ok\n", fails);
-  return fails != 0;
+  return cf_test_done("test_model_grad");
 }

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "calmflow/model.h"
+#include "cf_test.h"
 
 /* Loss components: float32 forward with the loss sums accumulated in any reasonable way
  * stays within a few 1e-7 relative (the float32 torch run of the same dumps differs from
@@ -490,27 +491,24 @@ int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* report failures ourselves */
   const char *src = getenv("CF_SOURCE_DIR");
-  int nbad = 0;
   if (argc > 1) {
     for (int i = 1; i < argc; i++) {
       char path[4096];
       snprintf(path, sizeof path, "%s", argv[i]);
       if (argv[i][0] != '/' && src && !readable(path))
         snprintf(path, sizeof path, "%s/%s", src, argv[i]);
-      nbad += run_dump(path);
+      EXPECT(run_dump(path) == 0, "reference dump %s failed (see above)", path);
     }
   } else if (src) {
     const char *dumps[3] = {"ref_vae.h5", "ref_gauss.h5", "ref_vae_rot4.h5"};
     for (int i = 0; i < 3; i++) {
       char path[4096];
       snprintf(path, sizeof path, "%s/tests/reference/%s", src, dumps[i]);
-      nbad += run_dump(path);
+      EXPECT(run_dump(path) == 0, "reference dump %s failed (see above)", path);
     }
   } else {
-    printf("FAIL: usage: test_reference DUMP.h5 ... (or set CF_SOURCE_DIR)\n");
-    nbad = 1;
+    EXPECT(0, "usage: test_reference DUMP.h5 ... (or set CF_SOURCE_DIR)");
   }
-  printf(nbad ? "test_reference: %d dumps failed\n" : "test_reference: ok\n", nbad);
   MPI_Finalize();
-  return nbad != 0;
+  return cf_test_done("test_reference");
 }

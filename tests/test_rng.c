@@ -3,17 +3,7 @@
 #include <stdio.h>
 
 #include "calmflow/rng.h"
-
-static int fails;
-#define EXPECT(c, ...)                                                                             \
-  do {                                                                                             \
-    if (!(c)) {                                                                                    \
-      fails++;                                                                                     \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                  \
-      printf(__VA_ARGS__);                                                                         \
-      printf("\n");                                                                                \
-    }                                                                                              \
-  } while (0)
+#include "cf_test.h"
 
 int main(void) {
   /* Known-answer tests from the Random123 distribution (kat_vectors, philox4x32 10 rounds). */
@@ -68,6 +58,5 @@ int main(void) {
   EXPECT(fabs(s) < 0.01, "normal mean %g", s);
   EXPECT(fabs(s2 - 1) < 0.015, "normal variance %g", s2);
   EXPECT(fabs(su - 0.5) < 0.005, "uniform mean %g", su);
-  printf(fails ? "test_rng: %d failures\n" : "test_rng: ok\n", fails);
-  return fails != 0;
+  return cf_test_done("test_rng");
 }
