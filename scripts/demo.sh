@@ -10,7 +10,7 @@ NP=${NP:-2}
 CONFIG=${CONFIG:-configs/demo.yaml}
 R=${RUN_DIR:-runs/demo}
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j "$(nproc)" --target calmflow >/dev/null
+cmake --build build -j "$(getconf _NPROCESSORS_ONLN)" --target calmflow >/dev/null
 CF="mpiexec -n $NP build/calmflow"
 start=$(date +%s)
 mkdir -p "$R"

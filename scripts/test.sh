@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 . scripts/env.sh
-jobs=$(nproc)
+jobs=$(getconf _NPROCESSORS_ONLN)  # not nproc: it follows OMP_NUM_THREADS=1 from env.sh
 
 echo "== build (Release, -Werror)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCF_WERROR=ON >/dev/null

@@ -83,7 +83,10 @@ void cf_ckpt_table_release(struct cf_ckpt_table *ct);
 
 /* What a run leaves behind. */
 struct cf_train_result {
-  double final_loss; /* mean of the last min(50, steps) logged losses */
+  double peak_rss;            /* largest peak resident set over the ranks, bytes */
+  double state_bytes;         /* this rank's parameters, gradients and AdamW moments, bytes */
+  double grad_bytes_per_step; /* gradient bytes this rank all-reduced per step */
+  double final_loss;          /* mean of the last min(50, steps) logged losses */
   double seconds;
   double tokens_per_s;
   char last_ckpt[4096];

@@ -150,8 +150,12 @@ cf_status cf_cmd_train(MPI_Comm comm) {
   struct cf_train_result res;
   CF_TRY(cf_train_run(comm, &tc, &mc, &fc, &src, &tgt, run_dir, yaml, &res));
   if (rank == 0 && !tc.quiet)
-    printf("trained %lld steps in %.1f s (%.0f tokens/s), final loss %.5f, checkpoint %s\n",
-           (long long)tc.steps, res.seconds, res.tokens_per_s, res.final_loss, res.last_ckpt);
+    printf("trained %lld steps in %.1f s (%.0f tokens/s), final loss %.5f, checkpoint %s\n"
+           "memory: peak RSS %.1f MiB on the largest rank; parameters + gradients + AdamW state "
+           "%.2f MiB per rank; gradient all-reduce %.2f MiB per step and rank\n",
+           (long long)tc.steps, res.seconds, res.tokens_per_s, res.final_loss, res.last_ckpt,
+           res.peak_rss / 1048576.0, res.state_bytes / 1048576.0,
+           res.grad_bytes_per_step / 1048576.0);
   cf_free((void **)&yaml);
   cf_free((void **)&src_pts);
   cf_free((void **)&tgt_pts);

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "calmflow/cfpetsc.h"
@@ -336,6 +337,14 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
   res->seconds = now_s() - t0;
   res->tokens_per_s = tokens_per_step * (double)tc->steps / res->seconds;
   res->final_loss = tail_n ? tail_sum / (double)tail_n : NAN;
+  res->grad_bytes_per_step = red.bytes / (double)(tc->steps > 0 ? tc->steps : 1);
+  res->state_bytes = (double)(2 * m.n_params + 2 * opt.n) * sizeof(float);
+  {
+    struct rusage ru;
+    double mine = getrusage(RUSAGE_SELF, &ru) == 0 ? (double)ru.ru_maxrss * 1024.0 : 0;
+    if (MPI_Allreduce(&mine, &res->peak_rss, 1, MPI_DOUBLE, MPI_MAX, comm) != MPI_SUCCESS)
+      res->peak_rss = mine;
+  }
   if (log) fclose(log);
   cf_ckpt_table_release(&ct);
   cf_arena_release(&ar);
