@@ -1,0 +1,8 @@
+# parallel: the DP x PP x CP x TP process grid (coordinates, sub-communicator membership,
+# layout check, stage layers, balanced causal token chunks, release without leaks) at 1-4 ranks
+# (4 is oversubscribed on a 2-core machine).
+set(CF_TEST_LIBS cf_parallel)
+foreach(np 1 2 3 4)
+  cf_mpi_test(grid test_grid ${np} fast)
+endforeach()
+unset(CF_TEST_LIBS)
