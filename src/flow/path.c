@@ -61,7 +61,8 @@ void cf_flow_path(const struct cf_flow_cfg *f, const float *x0, const float *x1,
     for (int64_t d = 0; d < D; d++)
       z[i * D + d] = (float)((1.0 - t) * x0[d] + t * x1[d]);
   }
-  if (f->path == CF_PATH_STRAIGHT || f->sigma == 0) return;
+  if (f->path == CF_PATH_STRAIGHT) return;
+  if (f->sigma == 0 && (f->path == CF_PATH_BRIDGE || f->sigma_min == 0)) return; /* no noise */
   if (f->path == CF_PATH_BRIDGE) {
     /* W_i = sum_{k<=i} sqrt(dt) xi_k (W_0 = 0); bridge B_i = W_i - t_i W_{N-1}. */
     double dt = 1.0 / (double)(N - 1), sq = sqrt(dt);

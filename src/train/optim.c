@@ -56,6 +56,9 @@ void cf_optim_step(struct cf_optim *o, const struct cf_train_cfg *c, float *p, c
                    double lr) {
   o->t++;
   const float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->adam_eps;
+  /* 1 - beta in double, as torch does: (1.0f - (float)0.999) is off by 1.3e-5 relative and
+   * would no longer match the bias correction computed in double */
+  const float omb1 = (float)(1.0 - c->beta1), omb2 = (float)(1.0 - c->beta2);
   const float wd = (float)c->weight_decay;
   const float bc1 = (float)(1.0 - pow(c->beta1, (double)o->t));
   const float bc2 = (float)(1.0 - pow(c->beta2, (double)o->t));
@@ -68,8 +71,8 @@ void cf_optim_step(struct cf_optim *o, const struct cf_train_cfg *c, float *p, c
       gi += wd * p[i];
     else
       p[i] -= lrf * wd * p[i];
-    m[i] = b1 * m[i] + (1.0f - b1) * gi;
-    v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+    m[i] = b1 * m[i] + omb1 * gi;
+    v[i] = b2 * v[i] + omb2 * gi * gi;
     /* torch's form: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) */
     p[i] -= (lrf / bc1) * m[i] / (sqrtf(v[i]) / sbc2 + eps);
   }
