@@ -57,8 +57,10 @@ cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv);
 cf_status cf_app_dist(MPI_Comm comm, const char *spec, int64_t dim, const char *option,
                       struct cf_dist *d, float **owned);
 
-/* Local. -par_tp/-par_pp/-par_cp must be 1 until calmflow 2. */
-cf_status cf_check_parallel_1(const struct cf_opts *o);
+/* Local. Read -par_tp/-par_pp/-par_cp into par[3] and check the layout against the world size
+ * and the model (cf_grid_check); degrees above 1 are refused until calmflow 2 implements them. */
+cf_status cf_app_layout(const struct cf_opts *o, int world, const struct cf_model_cfg *mc,
+                        int64_t microbatches, int par[3]);
 
 /* Collective on comm. Rebuild the model stored in checkpoint `path` (options into *to, flow
  * configuration into *fc) and load its parameters; with_optim also reads (and checks) the

@@ -61,7 +61,6 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   CF_TRY(cf_alloc((void **)&to, sizeof *to, "options"));
   CF_TRY(cf_opts_load(o, NULL, CMD_SAMPLE));
   CF_TRY(cf_opts_check_unknown("sample"));
-  CF_TRY(cf_check_parallel_1(o));
   struct cf_sample_cfg sc;
   memset(&sc, 0, sizeof sc);
   int64_t seed, kv, traj;
@@ -91,6 +90,8 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   struct cf_flow_cfg fc;
   struct cf_ckpt_meta meta;
   CF_TRY(cf_load_model(comm, ck, to, &m, &fc, &meta, 0));
+  int par[3];
+  CF_TRY(cf_app_layout(o, world, &m.cfg, 1, par));
   const char *tau_s = cf_opt_str(o, "sample_temperature");
   if (strcmp(tau_s, "auto") == 0)
     sc.tau = m.cfg.head == CF_HEAD_VAE ? 0.5 : 1.0;

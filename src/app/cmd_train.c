@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "app.h"
+#include "calmflow/grid.h"
 #include "calmflow/mem.h"
 
 /* Rank 0: start afresh or refuse to clobber an existing run. */
@@ -72,16 +73,22 @@ static cf_status train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
   return CF_OK;
 }
 
-cf_status cf_check_parallel_1(const struct cf_opts *o) {
+cf_status cf_app_layout(const struct cf_opts *o, int world, const struct cf_model_cfg *mc,
+                        int64_t microbatches, int par[3]) {
   static const char *axes[3] = {"par_tp", "par_pp", "par_cp"};
+  static const char *what[3] = {"tensor", "pipeline", "context"};
   for (int i = 0; i < 3; i++) {
     int64_t v;
     CF_TRY(cf_opt_int(o, axes[i], 1, 1 << 20, &v));
-    CF_CHECK(v == 1, CF_EINVAL,
-             "option -%s: only 1 is supported in this version (tensor, pipeline and context "
-             "parallelism come with calmflow 2); data parallelism uses all ranks",
-             axes[i]);
+    par[i] = (int)v;
   }
+  CF_TRY(cf_grid_check(world, par[0], par[1], par[2], mc->layers, mc->heads, mc->N * mc->P * mc->S,
+                       microbatches));
+  for (int i = 0; i < 3; i++)
+    CF_CHECK(par[i] == 1, CF_EINVAL,
+             "option -%s: %s parallelism is not implemented yet (it comes with calmflow 2); "
+             "data parallelism over all ranks works now",
+             axes[i], what[i]);
   return CF_OK;
 }
 
@@ -98,12 +105,13 @@ cf_status cf_cmd_train(MPI_Comm comm) {
            "option -model: 'cfm' (the ODE baseline) is not implemented yet (calmflow 5)");
   CF_CHECK(strcmp(model, "calmflow") == 0, CF_EINVAL,
            "option -model: unknown method '%s' (expected calmflow)", model);
-  CF_TRY(cf_check_parallel_1(o));
   struct cf_model_cfg mc;
   struct cf_flow_cfg fc;
   struct cf_train_cfg tc;
   CF_TRY(cf_app_model_cfg(o, &mc, &fc));
   CF_TRY(train_cfg(o, &tc));
+  int par[3];
+  CF_TRY(cf_app_layout(o, world, &mc, tc.microbatches, par));
   CF_TRY(cf_train_cfg_check(&tc, &mc, world));
   int overwrite;
   CF_TRY(cf_opt_bool(o, "run_overwrite", &overwrite));
@@ -147,8 +155,17 @@ cf_status cf_cmd_train(MPI_Comm comm) {
            world > 1 ? "s" : "");
     fflush(stdout);
   }
+  struct cf_grid grid;
+  CF_TRY(cf_grid_init(&grid, comm, par[0], par[1], par[2]));
+  if (rank == 0 && !tc.quiet) {
+    char lay[128];
+    cf_grid_describe(&grid, lay, sizeof lay);
+    printf("layout: %s\n", lay);
+  }
   struct cf_train_result res;
-  CF_TRY(cf_train_run(comm, &tc, &mc, &fc, &src, &tgt, run_dir, yaml, &res));
+  cf_status st_run = cf_train_run(grid.dp, &tc, &mc, &fc, &src, &tgt, run_dir, yaml, &res);
+  cf_grid_release(&grid);
+  CF_TRY(st_run);
   if (rank == 0 && !tc.quiet)
     printf("trained %lld steps in %.1f s (%.0f tokens/s), final loss %.5f, checkpoint %s\n"
            "memory: peak RSS %.1f MiB on the largest rank; parameters + gradients + AdamW state "
