@@ -9,7 +9,7 @@
 
 #define CF_EXIT_OK 0       /* finished */
 #define CF_EXIT_ERROR 1    /* an error was reported (one "calmflow: error:" line) */
-#define CF_EXIT_USAGE 2    /* bad command line or option value; nothing was run */
+#define CF_EXIT_USAGE 2    /* no command or an unknown command; nothing was run */
 #define CF_EXIT_WATCHDOG 3 /* -par_timeout: a rank was stuck in one communication too long */
 #define CF_EXIT_REQUEUE                                                                            \
   75 /* checkpoint committed on a preemption/time-limit signal: requeue                            \

@@ -10,6 +10,7 @@
 #include "calmflow/h5io.h"
 #include "calmflow/mem.h"
 #include "calmflow/rollout.h"
+#include "calmflow/watchdog.h"
 
 /* Collective on comm. The training options stored in checkpoint `path`. */
 static cf_status ckpt_options(MPI_Comm comm, const char *path, struct cf_opts *to,
@@ -90,6 +91,9 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   struct cf_flow_cfg fc;
   struct cf_ckpt_meta meta;
   CF_TRY(cf_load_model(comm, ck, to, &m, &fc, &meta, 0));
+  double timeout;
+  CF_TRY(cf_opt_real(o, "par_timeout", 0, 1e9, &timeout));
+  CF_TRY(cf_watchdog_start(timeout, rank));
   int par[3];
   CF_TRY(cf_app_layout(o, world, &m.cfg, 1, par));
   const char *tau_s = cf_opt_str(o, "sample_temperature");

@@ -9,6 +9,7 @@
 #include "app.h"
 #include "calmflow/grid.h"
 #include "calmflow/mem.h"
+#include "calmflow/watchdog.h"
 
 /* Rank 0: start afresh or refuse to clobber an existing run. */
 static cf_status prepare_run_dir(const char *dir, int overwrite) {
@@ -110,6 +111,9 @@ cf_status cf_cmd_train(MPI_Comm comm) {
   struct cf_train_cfg tc;
   CF_TRY(cf_app_model_cfg(o, &mc, &fc));
   CF_TRY(train_cfg(o, &tc));
+  double timeout;
+  CF_TRY(cf_opt_real(o, "par_timeout", 0, 1e9, &timeout));
+  CF_TRY(cf_watchdog_start(timeout, rank));
   int par[3];
   CF_TRY(cf_app_layout(o, world, &mc, tc.microbatches, par));
   CF_TRY(cf_train_cfg_check(&tc, &mc, world));

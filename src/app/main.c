@@ -10,6 +10,9 @@
 #include <sys/stat.h>
 
 #include "app/app.h"
+#include "calmflow/exitcodes.h"
+#include "calmflow/fault.h"
+#include "calmflow/watchdog.h"
 
 static void usage(FILE *f) {
   fprintf(f, "usage: calmflow <command> [-options_file_yaml FILE] [-option value ...]\n"
@@ -55,7 +58,8 @@ static cf_status load_yaml(MPI_Comm comm, const char *file) {
 }
 
 int main(int argc, char **argv) {
-  MPI_Init(&argc, &argv);
+  int provided = 0; /* the watchdog's monitor thread never calls MPI */
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
   MPI_Comm comm;
   MPI_Comm_dup(MPI_COMM_WORLD, &comm);
   MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
@@ -67,7 +71,7 @@ int main(int argc, char **argv) {
                              strcmp(argv[1], "--help") == 0);
     if (rank == 0) usage(help ? stdout : stderr);
     MPI_Finalize();
-    return help ? 0 : 2;
+    return help ? CF_EXIT_OK : CF_EXIT_USAGE;
   }
   const char *cmd = argv[1];
   unsigned mask = strcmp(cmd, "data") == 0     ? CMD_DATA
@@ -83,7 +87,7 @@ int main(int argc, char **argv) {
           "calmflow: error: unknown command '%s' (expected data, train, sample, eval or ckpt)\n",
           cmd);
     MPI_Finalize();
-    return 2;
+    return CF_EXIT_USAGE;
   }
 
   /* argv for PETSc: options only; positional words (ckpt info FILE) kept aside */
@@ -127,8 +131,8 @@ int main(int argc, char **argv) {
     MPI_Finalize();
     return 1;
   }
-  cf_status st = CF_OK;
-  if (yaml) {
+  cf_status st = cf_fault_init(rank);
+  if (st == CF_OK && yaml) {
     st = load_yaml(comm, yaml);
     if (st == CF_OK) st = reapply_args(pargc0, pargv0);
   }
@@ -152,20 +156,26 @@ int main(int argc, char **argv) {
     }
   }
 
-  /* one error line, from the lowest rank that failed */
-  int mine = st != CF_OK ? rank : 1 << 30, first = 1 << 30;
-  MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm);
-  if (first != 1 << 30 && rank == first) {
+  /* one error line: from the lowest rank with a failure of its own (not CF_EREMOTE, which
+   * only echoes another rank's), else from the lowest rank that failed */
+  const int none = 1 << 30;
+  int own = st != CF_OK && st != CF_EREMOTE ? rank : none, any = st != CF_OK ? rank : none;
+  int first_own = none, first_any = none;
+  MPI_Allreduce(&own, &first_own, 1, MPI_INT, MPI_MIN, comm);
+  MPI_Allreduce(&any, &first_any, 1, MPI_INT, MPI_MIN, comm);
+  int first = first_own != none ? first_own : first_any;
+  if (first != none && rank == first) {
     if (cf_errmsg()[0])
       fprintf(stderr, "calmflow: error: %s\n", cf_errmsg());
     else
       fprintf(stderr, "calmflow: error: %s\n", cf_status_name(st));
     if (getenv("CALMFLOW_TRACE")) fprintf(stderr, "%s", cf_errtrace());
   }
+  cf_watchdog_stop();
   free(pargv0);
   free(pos);
   PetscFinalize();
   MPI_Comm_free(&comm);
   MPI_Finalize();
-  return first != 1 << 30 ? 1 : 0;
+  return first != none ? CF_EXIT_ERROR : CF_EXIT_OK;
 }

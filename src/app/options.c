@@ -70,6 +70,9 @@ static const struct optdef {
     {"par_tp", "1", TR | SA, "tensor-parallel degree (only 1 until calmflow 2)"},
     {"par_pp", "1", TR | SA, "pipeline-parallel degree (only 1 until calmflow 2)"},
     {"par_cp", "1", TR | SA, "context-parallel degree (only 1 until calmflow 2)"},
+    {"par_timeout", "0", TR | SA,
+     "watchdog: abort (exit code 3) when a rank waits longer than this many seconds in one "
+     "communication (0: off)"},
     {"par_zero", "0", TR,
      "1: ZeRO-1, shard the AdamW moments over the data-parallel ranks (memory / ranks)"},
     {"par_bucket_mb", "4", TR, "gradient all-reduce bucket size in MiB (started during backward)"},

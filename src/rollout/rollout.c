@@ -4,8 +4,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "calmflow/fault.h"
 #include "calmflow/mem.h"
 #include "calmflow/rollout.h"
+#include "calmflow/watchdog.h"
 
 static double now_s(void) {
   struct timespec t;
@@ -117,6 +119,8 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
   cf_status st = CF_OK;
   for (int64_t s = lo; s < hi && st == CF_OK; s += B) {
     int64_t b = hi - s < B ? hi - s : B;
+    st = cf_fault_point("sample_batch");
+    if (st != CF_OK) break;
     st = rollout_batch(m, fc, src, sc, &c, &w, s, b, mine + (s - lo) * per_seq);
     double tn = now_s();
     if (rank == 0 && !sc->quiet && (tn - last > 2.0 || s + b >= hi)) {
@@ -129,7 +133,10 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
     }
   }
   int bad = st != CF_OK, anybad = 0;
-  CF_MPI(MPI_Allreduce(&bad, &anybad, 1, MPI_INT, MPI_LOR, comm));
+  cf_watchdog_enter("sample_agree", -1);
+  int e_agree = MPI_Allreduce(&bad, &anybad, 1, MPI_INT, MPI_LOR, comm);
+  cf_watchdog_leave();
+  CF_MPI(e_agree);
   if (anybad) {
     cf_kvcache_release(&c);
     cf_arena_release(&ar);
@@ -143,7 +150,11 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
     counts[r] = (int)((e - a) * per_seq);
     displs[r] = (int)(a * per_seq);
   }
-  CF_MPI(MPI_Allgatherv(mine, counts[rank], MPI_FLOAT, all, counts, displs, MPI_FLOAT, comm));
+  cf_watchdog_enter("sample_gather", -1);
+  int e_gather =
+      MPI_Allgatherv(mine, counts[rank], MPI_FLOAT, all, counts, displs, MPI_FLOAT, comm);
+  cf_watchdog_leave();
+  CF_MPI(e_gather);
   for (int64_t i = 0; i < sc->n; i++) {
     const float *tr = all + i * N * D; /* sequence-major then trajectory: index i = s*P + p */
     memcpy(x + i * D, tr + (N - 1) * D, (size_t)D * sizeof(float));

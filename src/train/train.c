@@ -9,9 +9,11 @@
 
 #include "calmflow/cfpetsc.h"
 #include "calmflow/ckpt.h"
+#include "calmflow/fault.h"
 #include "calmflow/mem.h"
 #include "calmflow/reducer.h"
 #include "calmflow/train.h"
+#include "calmflow/watchdog.h"
 
 static double now_s(void) {
   struct timespec t;
@@ -244,6 +246,7 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
     double part[4] = {0, 0, 0, 0};
     for (int64_t s0 = lo; s0 < hi; s0 += mb) {
       int64_t b = hi - s0 < mb ? hi - s0 : mb;
+      cf_watchdog_where(step, 0, (s0 - lo) / mb);
       cf_flow_batch(fc, src, tgt, tc->seed, (uint32_t)step, (uint64_t)s0, b, lb.z, lb.y, lb.work);
       if (mc->head == CF_HEAD_VAE)
         for (int64_t i = 0; i < b; i++) {
@@ -271,18 +274,27 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
       part[2] += l.kl;
       part[3] += l.nll;
     }
-    /* A rank that failed inside forward or backward has not started its buckets and the others
+    /* Every rank that got through backward completes its buckets, then all agree on success.
+     * A rank that failed inside forward or backward has not started its buckets and the others
      * wait for it in cf_reducer_finish: -par_timeout (the watchdog) ends such a job. */
     PetscLogEventBegin(ev_red, 0, 0, 0, 0);
+    cf_watchdog_enter("grad_allreduce", -1);
     if (st == CF_OK) st = cf_reducer_finish(&red);
-    PetscLogEventEnd(ev_red, 0, 0, 0, 0);
+    cf_watchdog_leave();
+    if (st == CF_OK) st = cf_fault_point("grad_allreduce"); /* hang here = never arrives */
     int bad = st != CF_OK, anybad = 0;
-    CF_MPI(MPI_Allreduce(&bad, &anybad, 1, MPI_INT, MPI_LOR, comm));
+    cf_watchdog_enter("grad_allreduce", -1);
+    if (MPI_Allreduce(&bad, &anybad, 1, MPI_INT, MPI_LOR, comm) != MPI_SUCCESS) anybad = 1;
+    cf_watchdog_leave();
+    PetscLogEventEnd(ev_red, 0, 0, 0, 0);
     if (anybad) {
       if (st == CF_OK) st = cf_err(CF_EREMOTE, "another rank failed at step %lld", (long long)step);
       break;
     }
-    CF_MPI(MPI_Allreduce(MPI_IN_PLACE, part, 4, MPI_DOUBLE, MPI_SUM, comm));
+    cf_watchdog_enter("loss_allreduce", -1);
+    int e_part = MPI_Allreduce(MPI_IN_PLACE, part, 4, MPI_DOUBLE, MPI_SUM, comm);
+    cf_watchdog_leave();
+    CF_MPI(e_part);
     PetscLogEventBegin(ev_opt, 0, 0, 0, 0);
     double gnorm = cf_clip_grad(m.grads, m.n_params, tc->clip);
     if (!isfinite(part[0]) || !isfinite(gnorm)) {

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# test_faults.sh: injected faults through the real binary (CF_FAULT, include/calmflow/fault.h).
+#  - a rank that hangs before the gradient all-reduce: the watchdog (-par_timeout) of the rank
+#    waiting for it ends the job with exit code 3 and one "stuck" line naming the step;
+#  - an injected I/O error at the all-reduce or in sampling: one error line, exit 1, no output;
+#  - a malformed CF_FAULT: one error line naming the variable.
+set -u
+CF=${CF_BINARY:?set by ctest}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fails=0
+TR=(train -train_steps 6 -train_batch 32 -net_hidden 16 -train_quiet 1 -train_log_every 1)
+
+start=$(date +%s)
+CF_FAULT=grad_allreduce:1:3:hang timeout 60 mpiexec --quiet -n 2 "$CF" "${TR[@]}" \
+  -run_dir "$T/hang" -par_timeout 2 >"$T/out" 2>"$T/err"
+rc=$?
+took=$(( $(date +%s) - start ))
+if [ $rc -ne 3 ] || ! grep -q "stuck .* in grad_allreduce (collective) at step 2" "$T/err" ||
+   [ "$(grep -c stuck "$T/err")" -ne 1 ] || [ $took -gt 30 ]; then
+  echo "FAIL hang: exit $rc after ${took}s (want 3 within 30 s):"; cat "$T/err"; fails=$((fails + 1))
+else
+  echo "ok   hang: exit 3 after ${took}s: $(grep stuck "$T/err")"
+fi
+
+check() { # NAME WANT_SUBSTRING -- command...: exit 1 and the error line
+  local name=$1 want=$2; shift 2
+  "$@" >"$T/out" 2>"$T/err"
+  local rc=$?
+  if [ $rc -ne 1 ] || ! grep -q "^calmflow: error: .*$want" "$T/err" ||
+     [ "$(grep -c 'calmflow: error' "$T/err")" -ne 1 ]; then
+    echo "FAIL $name: exit $rc:"; cat "$T/err"; fails=$((fails + 1))
+  else
+    echo "ok   $name: $(grep 'calmflow: error' "$T/err")"
+  fi
+}
+CF_FAULT=grad_allreduce:1:2:eio check eio-allreduce "injected fault at grad_allreduce" \
+  timeout 60 mpiexec --quiet -n 2 "$CF" "${TR[@]}" -run_dir "$T/eio" -par_timeout 20
+CF_FAULT=nonsense check malformed "CF_FAULT" mpiexec --quiet -n 1 "$CF" "${TR[@]}" -run_dir "$T/bad"
+mpiexec --quiet -n 1 "$CF" "${TR[@]}" -run_dir "$T/ok" >/dev/null 2>&1 || { echo "FAIL clean run"; fails=$((fails + 1)); }
+CF_FAULT=sample_batch:0:1:eio check eio-sample "injected fault at sample_batch" \
+  mpiexec --quiet -n 2 "$CF" sample -run_dir "$T/ok" -sample_n 50 -sample_out "$T/s.h5"
+[ -e "$T/s.h5" ] && { echo "FAIL failed sampling left $T/s.h5"; fails=$((fails + 1)); }
+
+if [ $fails -ne 0 ]; then echo "test_faults: $fails failures"; exit 1; fi
+echo "test_faults: ok"
