@@ -97,12 +97,15 @@ struct cf_train_result {
 cf_status cf_train_cfg_check(const struct cf_train_cfg *tc, const struct cf_model_cfg *mc,
                              int world);
 
-/* Collective on comm. Train from scratch into run_dir (which must exist with a ckpt/
- * subfolder): appends run_dir/log.jsonl, writes run_dir/ckpt/step-NNNNNNN.h5 and ckpt/LATEST.
- * options_yaml is the resolved configuration stored in every checkpoint. */
+/* Collective on comm. Train into run_dir (which must exist with a ckpt/ subfolder): appends
+ * run_dir/log.jsonl, writes run_dir/ckpt/step-NNNNNNN.h5 and ckpt/LATEST. options_yaml is the
+ * resolved configuration stored in every checkpoint. resume (NULL: from scratch) names a
+ * checkpoint to continue from: its parameters, AdamW moments and step; because every draw is
+ * keyed by the step, the continued run is bit-identical to an uninterrupted one at the same
+ * layout. */
 cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struct cf_model_cfg *mc,
                        const struct cf_flow_cfg *fc, const struct cf_dist *src,
                        const struct cf_dist *tgt, const char *run_dir, const char *options_yaml,
-                       struct cf_train_result *res);
+                       const char *resume, struct cf_train_result *res);
 
 #endif

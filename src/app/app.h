@@ -62,10 +62,19 @@ cf_status cf_app_dist(MPI_Comm comm, const char *spec, int64_t dim, const char *
 cf_status cf_app_layout(const struct cf_opts *o, int world, const struct cf_model_cfg *mc,
                         int64_t microbatches, int par[3]);
 
+/* Collective on comm. The training options stored in checkpoint `path` (into *to) and its
+ * metadata (meta->options_yaml is not kept). */
+struct cf_ckpt_meta;
+cf_status cf_app_ckpt_options(MPI_Comm comm, const char *path, struct cf_opts *to,
+                              struct cf_ckpt_meta *meta);
+/* Local. The first option of `cmds` whose value differs between a and b, skipping those named
+ * in `skip` (NULL-terminated, names without the dash); NULL when all agree. */
+const char *cf_opts_first_difference(const struct cf_opts *a, const struct cf_opts *b,
+                                     unsigned cmds, const char *const *skip);
+
 /* Collective on comm. Rebuild the model stored in checkpoint `path` (options into *to, flow
  * configuration into *fc) and load its parameters; with_optim also reads (and checks) the
  * optimizer moments. */
-struct cf_ckpt_meta;
 cf_status cf_load_model(MPI_Comm comm, const char *path, struct cf_opts *to, struct cf_model *m,
                         struct cf_flow_cfg *fc, struct cf_ckpt_meta *meta, int with_optim);
 

@@ -12,8 +12,7 @@
 #include "calmflow/rollout.h"
 #include "calmflow/watchdog.h"
 
-/* Collective on comm. The training options stored in checkpoint `path`. */
-static cf_status ckpt_options(MPI_Comm comm, const char *path, struct cf_opts *to,
+cf_status cf_app_ckpt_options(MPI_Comm comm, const char *path, struct cf_opts *to,
                               struct cf_ckpt_meta *meta) {
   char *yaml = NULL;
   CF_TRY(cf_ckpt_read_meta(comm, path, meta, &yaml));
@@ -33,7 +32,7 @@ static cf_status ckpt_options(MPI_Comm comm, const char *path, struct cf_opts *t
 cf_status cf_load_model(MPI_Comm comm, const char *path, struct cf_opts *to, struct cf_model *m,
                         struct cf_flow_cfg *fc, struct cf_ckpt_meta *meta, int with_optim) {
   struct cf_model_cfg mc;
-  CF_TRY(ckpt_options(comm, path, to, meta));
+  CF_TRY(cf_app_ckpt_options(comm, path, to, meta));
   CF_TRY(cf_app_model_cfg(to, &mc, fc));
   CF_TRY(cf_model_init(m, &mc, 1));
   float *moments = NULL; /* (2, n_params) scratch: read to verify, then dropped */

@@ -7,23 +7,58 @@
 #include <unistd.h>
 
 #include "app.h"
+#include "calmflow/ckpt.h"
 #include "calmflow/grid.h"
 #include "calmflow/mem.h"
 #include "calmflow/watchdog.h"
 
-/* Rank 0: start afresh or refuse to clobber an existing run. */
-static cf_status prepare_run_dir(const char *dir, int overwrite) {
+/* Lines of log.jsonl up to step `keep` (a resumed run rewrites what came after). */
+static cf_status truncate_log(const char *dir, int64_t keep) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/log.jsonl", dir);
+  FILE *f = fopen(p, "r");
+  if (f == NULL) return CF_OK;
+  char *text = NULL, line[4096];
+  size_t len = 0, cap = 1 << 16;
+  cf_status st = cf_alloc((void **)&text, cap, "log.jsonl");
+  while (st == CF_OK && fgets(line, sizeof line, f) != NULL) {
+    long long step = -1;
+    if (sscanf(line, "{\"step\": %lld", &step) != 1 || step > keep) continue;
+    size_t n = strlen(line);
+    if (len + n + 1 > cap) {
+      char *bigger = NULL;
+      st = cf_alloc((void **)&bigger, 2 * cap + n, "log.jsonl");
+      if (st != CF_OK) break;
+      memcpy(bigger, text, len);
+      cf_free((void **)&text);
+      text = bigger;
+      cap = 2 * cap + n;
+    }
+    memcpy(text + len, line, n + 1);
+    len += n;
+  }
+  fclose(f);
+  if (st == CF_OK) st = cf_write_text_atomic(p, text);
+  cf_free((void **)&text);
+  return st;
+}
+
+/* Rank 0: make the run directory; a directory that already holds a run is resumed
+ * (resume_step >= 0: the log is cut back to it), started afresh with -run_overwrite 1, or
+ * refused. */
+static cf_status prepare_run_dir(const char *dir, int overwrite, int64_t resume_step) {
   char p[4200];
   CF_TRY(cf_mkdirs(dir));
   snprintf(p, sizeof p, "%s/ckpt", dir);
   CF_TRY(cf_mkdirs(p));
+  if (resume_step >= 0) return truncate_log(dir, resume_step);
   snprintf(p, sizeof p, "%s/ckpt/LATEST", dir);
   struct stat sb;
   int has_run = stat(p, &sb) == 0;
   snprintf(p, sizeof p, "%s/log.jsonl", dir);
   has_run = has_run || stat(p, &sb) == 0;
   CF_CHECK(!has_run || overwrite, CF_EINVAL,
-           "run directory '%s' already holds a run (log.jsonl or ckpt/LATEST); pass "
+           "run directory '%s' holds a log but no checkpoint to resume from; pass "
            "-run_overwrite 1 to start afresh or choose a new -run_dir",
            dir);
   if (!has_run) return CF_OK;
@@ -40,6 +75,48 @@ static cf_status prepare_run_dir(const char *dir, int overwrite) {
   }
   closedir(d);
   return CF_OK;
+}
+
+/* Collective. The checkpoint to resume from: -train_resume, else run_dir/ckpt/LATEST when it
+ * exists and -run_overwrite is 0; "" for a fresh start. Checks that the checkpoint was trained
+ * with the same options (those that may change on resume are listed in `free_opts`). */
+static cf_status find_resume(MPI_Comm comm, const struct cf_opts *o, int overwrite, char *path,
+                             size_t cap, int64_t *step) {
+  static const char *const free_opts[] = {
+      "run_dir",          "run_overwrite",   "train_steps",  "train_quiet",   "train_log_every",
+      "train_ckpt_every", "train_ckpt_keep", "train_resume", "par_tp",        "par_pp",
+      "par_cp",           "par_timeout",     "par_zero",     "par_bucket_mb", NULL};
+  path[0] = '\0';
+  *step = -1;
+  const char *given = cf_opt_str(o, "train_resume");
+  char latest[4300];
+  struct stat sb;
+  snprintf(latest, sizeof latest, "%s/ckpt/LATEST", cf_opt_str(o, "run_dir"));
+  if (given[0] != '\0') {
+    snprintf(path, cap, "%s", given);
+  } else if (!overwrite && stat(latest, &sb) == 0) {
+    char dir[4300];
+    snprintf(dir, sizeof dir, "%s/ckpt", cf_opt_str(o, "run_dir"));
+    CF_TRY(cf_ckpt_latest_read(dir, path, cap));
+  } else {
+    return CF_OK;
+  }
+  struct cf_opts *ck = NULL;
+  struct cf_ckpt_meta meta;
+  CF_TRY(cf_alloc((void **)&ck, sizeof *ck, "options"));
+  cf_status st = cf_app_ckpt_options(comm, path, ck, &meta);
+  if (st == CF_OK) {
+    const char *diff = cf_opts_first_difference(o, ck, CMD_TRAIN, free_opts);
+    int idx_ok = diff == NULL;
+    if (!idx_ok)
+      st = cf_err(CF_EINVAL,
+                  "option -%s is '%s' but checkpoint '%s' was trained with '%s'; resume with the "
+                  "same options, or start afresh with -run_overwrite 1 or a new -run_dir",
+                  diff, cf_opt_str(o, diff), path, cf_opt_str(ck, diff));
+    *step = meta.step;
+  }
+  cf_free((void **)&ck);
+  return st;
 }
 
 static cf_status train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
@@ -132,12 +209,25 @@ cf_status cf_cmd_train(MPI_Comm comm) {
     CF_TRY(cf_dist_by_name(&tgt, cf_opt_str(o, "data_name"), mc.D, "-data_name"));
   CF_TRY(cf_app_dist(comm, cf_opt_str(o, "data_source"), mc.D, "-data_source", &src, &src_pts));
 
+  char resume[4096];
+  int64_t resume_step;
+  CF_TRY(find_resume(comm, o, overwrite, resume, sizeof resume, &resume_step));
+  if (resume_step >= tc.steps) {
+    if (rank == 0 && !tc.quiet)
+      printf("calmflow train: '%s' is at step %lld of %lld: nothing to do\n", resume,
+             (long long)resume_step, (long long)tc.steps);
+    cf_free((void **)&src_pts);
+    cf_free((void **)&tgt_pts);
+    cf_free((void **)&o);
+    return CF_OK;
+  }
+
   char *yaml = NULL;
   CF_TRY(cf_alloc((void **)&yaml, 1 << 16, "resolved options"));
   CF_TRY(cf_opts_yaml(o, CMD_TRAIN, yaml, 1 << 16));
   cf_status st = CF_OK;
   if (rank == 0) {
-    st = prepare_run_dir(run_dir, overwrite);
+    st = prepare_run_dir(run_dir, overwrite, resume_step);
     if (st == CF_OK) {
       char p[4200];
       snprintf(p, sizeof p, "%s/config.yaml", run_dir);
@@ -165,9 +255,11 @@ cf_status cf_cmd_train(MPI_Comm comm) {
     char lay[128];
     cf_grid_describe(&grid, lay, sizeof lay);
     printf("layout: %s\n", lay);
+    if (resume[0]) printf("resuming from %s (step %lld)\n", resume, (long long)resume_step);
   }
   struct cf_train_result res;
-  cf_status st_run = cf_train_run(grid.dp, &tc, &mc, &fc, &src, &tgt, run_dir, yaml, &res);
+  cf_status st_run = cf_train_run(grid.dp, &tc, &mc, &fc, &src, &tgt, run_dir, yaml,
+                                  resume[0] ? resume : NULL, &res);
   cf_grid_release(&grid);
   CF_TRY(st_run);
   if (rank == 0 && !tc.quiet)

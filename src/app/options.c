@@ -67,6 +67,8 @@ static const struct optdef {
     {"train_ckpt_every", "0", TR, "checkpoint every k steps (0: only at the end)"},
     {"train_ckpt_keep", "3", TR, "checkpoints kept in run_dir/ckpt"},
     {"train_quiet", "0", TR, "1: no progress lines"},
+    {"train_resume", "", TR,
+     "continue from this checkpoint (default: run_dir/ckpt/LATEST when it exists)"},
     {"par_tp", "1", TR | SA, "tensor-parallel degree (only 1 until calmflow 2)"},
     {"par_pp", "1", TR | SA, "pipeline-parallel degree (only 1 until calmflow 2)"},
     {"par_cp", "1", TR | SA, "context-parallel degree (only 1 until calmflow 2)"},
@@ -304,4 +306,16 @@ cf_status cf_app_model_cfg(const struct cf_opts *o, struct cf_model_cfg *mc,
     CF_TRY(cf_predict_parse(pred, &fc->predict));
   CF_TRY(cf_flow_cfg_check(fc));
   return CF_OK;
+}
+
+const char *cf_opts_first_difference(const struct cf_opts *a, const struct cf_opts *b,
+                                     unsigned cmds, const char *const *skip) {
+  for (int i = 0; i < NOPT; i++) {
+    if (!(g_opts[i].cmds & cmds)) continue;
+    int skipped = 0;
+    for (const char *const *k = skip; k && *k && !skipped; k++)
+      skipped = strcmp(*k, g_opts[i].name) == 0;
+    if (!skipped && strcmp(a->val[i], b->val[i]) != 0) return g_opts[i].name;
+  }
+  return NULL;
 }

@@ -165,6 +165,25 @@ static cf_status checkpoint(MPI_Comm comm, const char *run_dir, int64_t step,
   return st;
 }
 
+/* Collective. Parameters and AdamW moments from checkpoint `path` (ZeRO: this rank's shard of
+ * the moments). The moments are read into a temporary full buffer, as they were written. */
+static cf_status load(MPI_Comm comm, const char *path, struct cf_model *m, struct cf_optim *o,
+                      const struct zero_shard *z) {
+  const size_t n = m->n_params;
+  float *g = NULL;
+  struct cf_ckpt_table t;
+  CF_TRY(cf_alloc((void **)&g, 2 * n * sizeof(float), "checkpoint moments"));
+  cf_status st = cf_ckpt_table_init(&t, m, g, g + n);
+  if (st == CF_OK) st = cf_ckpt_read_tensors(comm, path, t.t, t.nt);
+  if (st == CF_OK) {
+    memcpy(o->m, g + z->lo, (size_t)(z->hi - z->lo) * sizeof(float));
+    memcpy(o->v, g + n + z->lo, (size_t)(z->hi - z->lo) * sizeof(float));
+  }
+  cf_ckpt_table_release(&t);
+  cf_free((void **)&g);
+  return st;
+}
+
 struct loop_bufs {
   float *z, *y, *eps, *work;
 };
@@ -172,7 +191,7 @@ struct loop_bufs {
 cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struct cf_model_cfg *mc,
                        const struct cf_flow_cfg *fc, const struct cf_dist *src,
                        const struct cf_dist *tgt, const char *run_dir, const char *options_yaml,
-                       struct cf_train_result *res) {
+                       const char *resume, struct cf_train_result *res) {
   int rank, world;
   CF_MPI(MPI_Comm_rank(comm, &rank));
   CF_MPI(MPI_Comm_size(comm, &world));
@@ -201,6 +220,19 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
   struct cf_ckpt_table ct; /* with ZeRO it is built at each checkpoint (checkpoint()) */
   memset(&ct, 0, sizeof ct);
   if (!tc->zero) CF_TRY(cf_ckpt_table_init(&ct, &m, opt.m, opt.v));
+  int64_t start = 0;
+  if (resume) {
+    struct cf_ckpt_meta meta;
+    char *yaml_ck = NULL;
+    CF_TRY(cf_ckpt_read_meta(comm, resume, &meta, &yaml_ck));
+    cf_free((void **)&yaml_ck);
+    CF_CHECK(meta.step >= 0 && meta.step < tc->steps, CF_EINVAL,
+             "option -train_steps: checkpoint '%s' is at step %lld, expected fewer than %lld",
+             resume, (long long)meta.step, (long long)tc->steps);
+    CF_TRY(load(comm, resume, &m, &opt, &z));
+    start = meta.step;
+    opt.t = start;
+  }
   struct cf_arena ar;
   struct loop_bufs lb;
   for (int pass = 0; pass < 2; pass++) {
@@ -239,7 +271,7 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
   int64_t tail_n = 0;
   uint64_t step_allocs = 0; /* cf_alloc calls inside steps after the first (must stay 0) */
   cf_status st = CF_OK;
-  for (int64_t step = 0; step < tc->steps && st == CF_OK; step++) {
+  for (int64_t step = start; step < tc->steps && st == CF_OK; step++) {
     double ts = now_s();
     uint64_t a0 = cf_alloc_count();
     cf_model_zero_grad(&m);
@@ -311,7 +343,7 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
       CF_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, m.params, z.counts, z.displs, MPI_FLOAT,
                             comm));
     PetscLogEventEnd(ev_opt, 0, 0, 0, 0);
-    if (step > 0) step_allocs += cf_alloc_count() - a0;
+    if (step > start) step_allocs += cf_alloc_count() - a0;
 
     double tn = now_s(), el = tn - t0;
     if (step >= tc->steps - 50) tail_sum += part[0], tail_n++;
@@ -328,10 +360,10 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
     if (rank == 0 && !tc->quiet && (tn - last_print >= 2.0 || done == tc->steps || done == 1)) {
       char e1[32], e2[32];
       fmt_dur(e1, sizeof e1, el);
-      fmt_dur(e2, sizeof e2, el / (double)done * (double)(tc->steps - done));
+      fmt_dur(e2, sizeof e2, el / (double)(done - start) * (double)(tc->steps - done));
       printf("step %6lld/%lld  loss %9.5f  lr %.2e  |g| %8.3g  %8.0f tok/s  %s elapsed  ETA %s\n",
              (long long)done, (long long)tc->steps, part[0], lr, gnorm,
-             tokens_per_step * (double)done / el, e1, e2);
+             tokens_per_step * (double)(done - start) / el, e1, e2);
       fflush(stdout);
       last_print = tn;
     }
@@ -347,7 +379,7 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
     PetscLogEventEnd(ev_ckpt, 0, 0, 0, 0);
   }
   res->seconds = now_s() - t0;
-  res->tokens_per_s = tokens_per_step * (double)tc->steps / res->seconds;
+  res->tokens_per_s = tokens_per_step * (double)(tc->steps - start) / res->seconds;
   res->final_loss = tail_n ? tail_sum / (double)tail_n : NAN;
   res->grad_bytes_per_step = red.bytes / (double)(tc->steps > 0 ? tc->steps : 1);
   res->state_bytes = (double)(2 * m.n_params + 2 * opt.n) * sizeof(float);
