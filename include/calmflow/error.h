@@ -24,6 +24,7 @@ typedef enum {
   CF_ENUM,     /* numerical failure (NaN/Inf in loss or gradients) */
   CF_EPETSC,   /* a PETSc call failed */
   CF_EMPI,     /* an MPI call failed */
+  CF_STOPPED,  /* not an error: stopped on a signal after writing a checkpoint (exit 75) */
   CF_NSTATUS
 } cf_status;
 

@@ -83,6 +83,8 @@ void cf_ckpt_table_release(struct cf_ckpt_table *ct);
 
 /* What a run leaves behind. */
 struct cf_train_result {
+  int64_t stopped_at;         /* CF_STOPPED: the step whose checkpoint was written */
+  int stop_signal;            /* the signal that stopped it (SIGUSR1 or SIGTERM) */
   double peak_rss;            /* largest peak resident set over the ranks, bytes */
   double state_bytes;         /* this rank's parameters, gradients and AdamW moments, bytes */
   double grad_bytes_per_step; /* gradient bytes this rank all-reduced per step */
@@ -102,7 +104,8 @@ cf_status cf_train_cfg_check(const struct cf_train_cfg *tc, const struct cf_mode
  * resolved configuration stored in every checkpoint. resume (NULL: from scratch) names a
  * checkpoint to continue from: its parameters, AdamW moments and step; because every draw is
  * keyed by the step, the continued run is bit-identical to an uninterrupted one at the same
- * layout. */
+ * layout. SIGUSR1 or SIGTERM on any rank stops the run at the next step boundary (the ranks
+ * agree through the loss all-reduce): a checkpoint is written and CF_STOPPED returned. */
 cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struct cf_model_cfg *mc,
                        const struct cf_flow_cfg *fc, const struct cf_dist *src,
                        const struct cf_dist *tgt, const char *run_dir, const char *options_yaml,

@@ -1,6 +1,7 @@
 /* cmd_train.c: `calmflow train` — resolve options, prepare the run directory (config.yaml,
  * log.jsonl, ckpt/), load or name the source and target, and run the training loop. */
 #include <dirent.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -261,6 +262,14 @@ cf_status cf_cmd_train(MPI_Comm comm) {
   cf_status st_run = cf_train_run(grid.dp, &tc, &mc, &fc, &src, &tgt, run_dir, yaml,
                                   resume[0] ? resume : NULL, &res);
   cf_grid_release(&grid);
+  if (st_run == CF_STOPPED) {
+    if (rank == 0)
+      printf("calmflow train: stopped by %s after step %lld; checkpoint %s written; exit code 75 "
+             "means: requeue me, the same command resumes\n",
+             res.stop_signal == SIGTERM ? "SIGTERM" : "SIGUSR1", (long long)res.stopped_at,
+             res.last_ckpt);
+    return CF_STOPPED;
+  }
   CF_TRY(st_run);
   if (rank == 0 && !tc.quiet)
     printf("trained %lld steps in %.1f s (%.0f tokens/s), final loss %.5f, checkpoint %s\n"

@@ -156,6 +156,10 @@ int main(int argc, char **argv) {
     }
   }
 
+  /* a run stopped on a signal after its checkpoint: exit 75 on every rank, no error line */
+  int stopped = st == CF_STOPPED, all_stopped = 0;
+  MPI_Allreduce(&stopped, &all_stopped, 1, MPI_INT, MPI_LAND, comm);
+  if (all_stopped) st = CF_OK;
   /* one error line: from the lowest rank with a failure of its own (not CF_EREMOTE, which
    * only echoes another rank's), else from the lowest rank that failed */
   const int none = 1 << 30;
@@ -177,5 +181,5 @@ int main(int argc, char **argv) {
   PetscFinalize();
   MPI_Comm_free(&comm);
   MPI_Finalize();
-  return first != none ? CF_EXIT_ERROR : CF_EXIT_OK;
+  return first != none ? CF_EXIT_ERROR : all_stopped ? CF_EXIT_REQUEUE : CF_EXIT_OK;
 }

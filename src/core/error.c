@@ -42,7 +42,8 @@ void cf_err_clear(void) {
 const char *cf_status_name(cf_status st) {
   static const char *names[CF_NSTATUS] = {
       "ok",         "invalid argument", "out of memory",     "i/o error",   "corrupt input",
-      "bad layout", "remote failure",   "numerical failure", "petsc error", "mpi error"};
+      "bad layout", "remote failure",   "numerical failure", "petsc error", "mpi error",
+      "stopped"};
   return (st >= 0 && st < CF_NSTATUS) ? names[st] : "unknown";
 }
 

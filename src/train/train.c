@@ -2,6 +2,7 @@
  * backward through the model, one gradient all-reduce, clipping, the optimizer, log.jsonl,
  * progress lines and checkpoints. Nothing is allocated inside a step. */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -184,6 +185,12 @@ static cf_status load(MPI_Comm comm, const char *path, struct cf_model *m, struc
   return st;
 }
 
+/* SIGUSR1 / SIGTERM (Slurm's --signal and preemption): remember, act at the step boundary */
+static volatile sig_atomic_t g_stop_signal;
+static void on_stop_signal(int sig) {
+  g_stop_signal = sig;
+}
+
 struct loop_bufs {
   float *z, *y, *eps, *work;
 };
@@ -270,12 +277,19 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
   double t0 = now_s(), last_print = -1e9, tail_sum = 0;
   int64_t tail_n = 0;
   uint64_t step_allocs = 0; /* cf_alloc calls inside steps after the first (must stay 0) */
+  struct sigaction sa, old_usr1, old_term;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  g_stop_signal = 0;
+  sigaction(SIGUSR1, &sa, &old_usr1);
+  sigaction(SIGTERM, &sa, &old_term);
   cf_status st = CF_OK;
   for (int64_t step = start; step < tc->steps && st == CF_OK; step++) {
     double ts = now_s();
     uint64_t a0 = cf_alloc_count();
     cf_model_zero_grad(&m);
-    double part[4] = {0, 0, 0, 0};
+    double part[5] = {0, 0, 0, 0, 0}; /* loss, recon, kl, nll, ranks that got a stop signal */
     for (int64_t s0 = lo; s0 < hi; s0 += mb) {
       int64_t b = hi - s0 < mb ? hi - s0 : mb;
       cf_watchdog_where(step, 0, (s0 - lo) / mb);
@@ -324,7 +338,8 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
       break;
     }
     cf_watchdog_enter("loss_allreduce", -1);
-    int e_part = MPI_Allreduce(MPI_IN_PLACE, part, 4, MPI_DOUBLE, MPI_SUM, comm);
+    part[4] = g_stop_signal != 0;
+    int e_part = MPI_Allreduce(MPI_IN_PLACE, part, 5, MPI_DOUBLE, MPI_SUM, comm);
     cf_watchdog_leave();
     CF_MPI(e_part);
     PetscLogEventBegin(ev_opt, 0, 0, 0, 0);
@@ -367,10 +382,15 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
       fflush(stdout);
       last_print = tn;
     }
-    if (tc->ckpt_every > 0 && done % tc->ckpt_every == 0 && done != tc->steps) {
+    int stop = part[4] > 0 && done != tc->steps; /* every rank sees the same sum */
+    if (stop || (tc->ckpt_every > 0 && done % tc->ckpt_every == 0 && done != tc->steps)) {
       PetscLogEventBegin(ev_ckpt, 0, 0, 0, 0);
       st = checkpoint(comm, run_dir, done, tc, options_yaml, &m, &opt, &z, &ct, res);
       PetscLogEventEnd(ev_ckpt, 0, 0, 0, 0);
+    }
+    if (stop && st == CF_OK) {
+      res->stopped_at = done;
+      st = CF_STOPPED;
     }
   }
   if (st == CF_OK) {
@@ -378,8 +398,13 @@ cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struc
     st = checkpoint(comm, run_dir, tc->steps, tc, options_yaml, &m, &opt, &z, &ct, res);
     PetscLogEventEnd(ev_ckpt, 0, 0, 0, 0);
   }
+  sigaction(SIGUSR1, &old_usr1, NULL);
+  sigaction(SIGTERM, &old_term, NULL);
+  res->stop_signal = g_stop_signal;
   res->seconds = now_s() - t0;
-  res->tokens_per_s = tokens_per_step * (double)(tc->steps - start) / res->seconds;
+  res->tokens_per_s = tokens_per_step *
+                      (double)((st == CF_STOPPED ? res->stopped_at : tc->steps) - start) /
+                      res->seconds;
   res->final_loss = tail_n ? tail_sum / (double)tail_n : NAN;
   res->grad_bytes_per_step = red.bytes / (double)(tc->steps > 0 ? tc->steps : 1);
   res->state_bytes = (double)(2 * m.n_params + 2 * opt.n) * sizeof(float);
