@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # test_resume.sh: a run killed mid-training resumes from ckpt/LATEST and ends bit-identical to
 # an uninterrupted run at the same layout (loss at every step, parameters and AdamW moments),
-# and equal to round-off at another rank count; resuming with different options is refused;
-# a finished run has nothing to do.
+# and equal to round-off at another rank count; a damaged newest checkpoint is skipped with a
+# warning; resuming with different options is refused; a finished run has nothing to do.
 set -u
 CF=${CF_BINARY:?set by ctest}
 T=$(mktemp -d)
@@ -23,11 +23,22 @@ run mpiexec -n 2 "$CF" "${TR[@]}" -run_dir "$T/b"
 # the same crash, resumed on 1 rank, with ZeRO-1 on the way
 CF_FAULT='grad_allreduce:*:13:exit' mpiexec --quiet -n 2 "$CF" "${TR[@]}" -run_dir "$T/c" >/dev/null 2>&1
 run mpiexec -n 1 "$CF" "${TR[@]}" -run_dir "$T/c" -par_zero 1
+# the newest checkpoint is damaged (a value changed behind its checksum): resume skips it with
+# a warning and continues from the one before, ending the same as the uninterrupted run
+CF_FAULT='grad_allreduce:*:13:exit' mpiexec --quiet -n 2 "$CF" "${TR[@]}" -run_dir "$T/d" >/dev/null 2>&1
+$PY -c "
+import h5py
+with h5py.File('$T/d/ckpt/step-0000010.h5', 'r+') as f: f['params/enc.fc1.weight'][0, 0] += 1.0
+"
+mpiexec -n 2 "$CF" "${TR[@]}" -run_dir "$T/d" >"$T/out" 2>"$T/err" || { cat "$T/err"; fail "resume past a damaged checkpoint"; }
+grep -q "warning: skipping checkpoint '.*step-0000010.h5'.*enc.fc1.weight" "$T/err" ||
+  { cat "$T/err"; fail "no warning naming the damaged checkpoint and tensor"; }
 $PY - "$T" <<'PYEOF' || fail "resumed runs differ"
 import json, sys, h5py, numpy as np
 t = sys.argv[1]
 def losses(r): return [(j["step"], j["loss"]) for j in map(json.loads, open(f"{t}/{r}/log.jsonl"))]
-a, b, c = losses("a"), losses("b"), losses("c")
+a, b, c, d = losses("a"), losses("b"), losses("c"), losses("d")
+assert d == a, "resumed from the older checkpoint: losses not bit-identical"
 assert [s for s, _ in a] == list(range(1, 21)), a
 assert b == a, "same layout: the loss sequence is not bit-identical"
 worst = max(abs(x[1] - y[1]) / abs(y[1]) for x, y in zip(c, a))

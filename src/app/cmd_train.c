@@ -78,6 +78,56 @@ static cf_status prepare_run_dir(const char *dir, int overwrite, int64_t resume_
   return CF_OK;
 }
 
+/* Local. The checkpoint step-NNNNNNN.h5 in dir with the largest step below `below`; "" if none. */
+static void older_checkpoint(const char *dir, int64_t below, char *path, size_t cap) {
+  long long best = -1, k;
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  char tail[8];
+  while (d != NULL && (e = readdir(d)) != NULL)
+    if (sscanf(e->d_name, "step-%lld.h%1s", &k, tail) == 2 && strcmp(tail, "5") == 0 &&
+        strlen(e->d_name) == 15 && k < below && k > best)
+      best = k;
+  if (d) closedir(d);
+  path[0] = '\0';
+  if (best >= 0) snprintf(path, cap, "%s/step-%07lld.h5", dir, best);
+}
+
+/* Collective. Starting from `path` (what LATEST names), the newest checkpoint that passes
+ * verification (structure, shapes and checksums of every tensor); each one that fails is
+ * skipped with a warning. */
+static cf_status newest_valid(MPI_Comm comm, const char *dir, char *path, size_t cap) {
+  int rank;
+  CF_MPI(MPI_Comm_rank(comm, &rank));
+  struct cf_opts *tmp = NULL;
+  CF_TRY(cf_alloc((void **)&tmp, sizeof *tmp, "options"));
+  char first_err[1024] = "";
+  cf_status st = CF_OK;
+  while (path[0] != '\0') {
+    struct cf_model m;
+    struct cf_flow_cfg fc;
+    struct cf_ckpt_meta meta;
+    memset(&m, 0, sizeof m);
+    st = cf_load_model(comm, path, tmp, &m, &fc, &meta, 1);
+    cf_model_release(&m);
+    if (st == CF_OK) break;
+    if (rank == 0)
+      fprintf(stderr, "calmflow: warning: skipping checkpoint '%s': %s\n", path, cf_errmsg());
+    if (first_err[0] == '\0') snprintf(first_err, sizeof first_err, "%s", cf_errmsg());
+    cf_err_clear();
+    long long k = -1;
+    const char *b = strrchr(path, '/');
+    if (sscanf(b ? b + 1 : path, "step-%lld", &k) != 1) k = -1;
+    older_checkpoint(dir, k < 0 ? INT64_MAX : k, path, cap);
+  }
+  cf_free((void **)&tmp);
+  CF_CHECK(path[0] != '\0', CF_ECORRUPT,
+           "no valid checkpoint to resume from in '%s' (the newest failed: %s); pass "
+           "-run_overwrite 1 to start afresh",
+           dir, first_err);
+  return CF_OK;
+}
+
 /* Collective. The checkpoint to resume from: -train_resume, else run_dir/ckpt/LATEST when it
  * exists and -run_overwrite is 0; "" for a fresh start. Checks that the checkpoint was trained
  * with the same options (those that may change on resume are listed in `free_opts`). */
@@ -99,6 +149,7 @@ static cf_status find_resume(MPI_Comm comm, const struct cf_opts *o, int overwri
     char dir[4300];
     snprintf(dir, sizeof dir, "%s/ckpt", cf_opt_str(o, "run_dir"));
     CF_TRY(cf_ckpt_latest_read(dir, path, cap));
+    CF_TRY(newest_valid(comm, dir, path, cap));
   } else {
     return CF_OK;
   }
