@@ -159,8 +159,7 @@ static cf_status find_resume(MPI_Comm comm, const struct cf_opts *o, int overwri
   cf_status st = cf_app_ckpt_options(comm, path, ck, &meta);
   if (st == CF_OK) {
     const char *diff = cf_opts_first_difference(o, ck, CMD_TRAIN, free_opts);
-    int idx_ok = diff == NULL;
-    if (!idx_ok)
+    if (diff != NULL)
       st = cf_err(CF_EINVAL,
                   "option -%s is '%s' but checkpoint '%s' was trained with '%s'; resume with the "
                   "same options, or start afresh with -run_overwrite 1 or a new -run_dir",
