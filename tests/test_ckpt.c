@@ -1,9 +1,18 @@
-/* test_ckpt.c: checkpoints under MPI (run at 1, 2 and 3 ranks for uneven row splits):
+/* test_ckpt.c: checkpoints under MPI (run at 1 to 4 ranks for uneven splits):
  * tensor and metadata round trip (7x3, 5, 1x1, nested groups, a 100 KB options string),
  * shape mismatch and missing tensor errors, checksum mismatch after overwriting one element
  * through HDF5 and after flipping a raw byte in the dataset region, missing completion
  * mark, foreign file, newer format version, diverged replicas, failed writes that leave no
- * temporary file and the old checkpoint intact, ckpt/LATEST, and pruning to the newest K. */
+ * temporary file and the old checkpoint intact, ckpt/LATEST, and pruning to the newest K.
+ * Sharded tensors: written from row blocks, column blocks (with empty blocks when there are
+ * more ranks than rows), whole tensors held by a subset of ranks (pipeline stages, replicas
+ * inferred or explicit), column blocks replicated over data-parallel groups, and replicated
+ * whole tensors; read back at every other blocking and compared bit for bit with the global
+ * values; the stored checksums against an independent whole-tensor computation (and pinned
+ * values from docs/checkpoint-format.md's numpy recipe); flipped bits detected under any read
+ * blocking; layouts that do not tile a tensor, bad blocks, differing tensor lists or metadata
+ * and diverged replicas of a block refused; version-1 files (FNV-1a) still read; writing and
+ * reading through a 4-D Cartesian communicator. */
 #include <fcntl.h>
 #include <hdf5.h>
 #include <math.h>
@@ -58,6 +67,7 @@ static float *src[NT];
 
 static void make_tensors(struct cf_ckpt_tensor *t, float **data) {
   for (int i = 0; i < NT; i++) {
+    memset(&t[i], 0, sizeof t[i]); /* block fields zero: whole tensor, replicated */
     t[i].name = names[i];
     t[i].ndim = ndims[i];
     t[i].shape[0] = shapes[i][0];
@@ -219,7 +229,7 @@ static void test_corruption(void) {
   EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, u, NT), "incomplete", "missing mark (tensors)");
 
   edited_copy("future.h5", future_version, p, sizeof p);
-  EXPECT_FAIL(cf_ckpt_read_meta(comm, p, &m, &opt), "format_version 2, newer than this build",
+  EXPECT_FAIL(cf_ckpt_read_meta(comm, p, &m, &opt), "format_version 3, newer than this build",
               "future version");
 
   float x[4] = {1, 2, 3, 4};
@@ -375,6 +385,510 @@ static void test_latest_and_prune(void) {
   MPI_Barrier(comm);
 }
 
+/* ---- checksums and sharded tensors ---- */
+
+/* The version-1 checksum (FNV-1a 64 over the little-endian bytes), to make version-1 files. */
+static uint64_t fnv1a64(const float *x, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], sizeof u);
+    for (int k = 0; k < 4; k++) {
+      h ^= (u >> (8 * k)) & 0xff;
+      h *= 0x100000001b3ull;
+    }
+  }
+  return h;
+}
+
+static void test_checksum(void) {
+  /* Pinned with the numpy recipe of docs/checkpoint-format.md. */
+  float one = 1.0f, v[6];
+  for (int k = 0; k < 6; k++)
+    v[k] = 0.5f * (float)k - 1.0f;
+  EXPECT(cf_ckpt_checksum(&one, 1, 0, 0, 1, 1) == 0x420ff4a59b4c94c3ull,
+         "checksum of [1.0f] is %016llx",
+         (unsigned long long)cf_ckpt_checksum(&one, 1, 0, 0, 1, 1));
+  EXPECT(cf_ckpt_checksum(v, 3, 0, 0, 2, 3) == 0x2b458ec5e3e40141ull,
+         "checksum of the 2x3 tensor is %016llx",
+         (unsigned long long)cf_ckpt_checksum(v, 3, 0, 0, 2, 3));
+  /* Blocks add up: column 0..1 and column 2 of the 2x3 tensor; and rows 0 and 1. */
+  float left[4] = {v[0], v[1], v[3], v[4]}, right[2] = {v[2], v[5]};
+  uint64_t cols = cf_ckpt_checksum(left, 3, 0, 0, 2, 2) + cf_ckpt_checksum(right, 3, 0, 2, 2, 1);
+  uint64_t rows = cf_ckpt_checksum(v, 3, 0, 0, 1, 3) + cf_ckpt_checksum(v + 3, 3, 1, 0, 1, 3);
+  EXPECT(cols == 0x2b458ec5e3e40141ull && rows == cols, "block checksums do not add up");
+  /* Position matters: the same value elsewhere, or two values swapped, changes it. */
+  float sw[6];
+  memcpy(sw, v, sizeof sw);
+  sw[1] = v[2];
+  sw[2] = v[1];
+  EXPECT(cf_ckpt_checksum(sw, 3, 0, 0, 2, 3) != 0x2b458ec5e3e40141ull, "swap not seen");
+  EXPECT(cf_ckpt_checksum(&one, 1, 1, 0, 1, 1) != 0x420ff4a59b4c94c3ull, "index not mixed in");
+  /* The test's FNV-1a (for version-1 files) against the value version 1 pinned. */
+  EXPECT(fnv1a64(&one, 1) == 0x4b72477f9c5c2f98ull, "fnv1a64 of 1.0f");
+}
+
+#define NS 6
+static const char *snames[NS] = {"tp/qkv.weight",   "tp/out.weight", "tp/out.bias",
+                                 "pp/stage.weight", "dp/ln.scale",   "tp/tiny"};
+static const int sndims[NS] = {2, 2, 1, 2, 2, 2};
+static const int64_t sshapes[NS][2] = {{9, 5}, {6, 7}, {11, 1}, {5, 4}, {4, 3}, {2, 6}};
+static float *gref[NS]; /* the global values */
+
+static int64_t scols(int i) {
+  return sndims[i] == 2 ? sshapes[i][1] : 1;
+}
+
+/* How the ranks hold a tensor. */
+enum {
+  K_REPL,       /* whole on every rank, zero-initialised fields (plain data parallelism) */
+  K_ROWS,       /* row blocks over all ranks (empty ones are data = NULL) */
+  K_COLS,       /* column blocks over all ranks (1-D: row blocks) */
+  K_STAGE_AUTO, /* whole on the upper half of the ranks only, replicas inferred */
+  K_STAGE_ROWS, /* row blocks over the lower half of the ranks only, n_replicas 1 */
+  K_TPDP,       /* column blocks over 2 tensor-parallel groups (rank % 2), replicated rank / 2 */
+  K_STAGE_EXPL, /* whole on the upper half, explicit replica and n_replicas */
+  NK
+};
+
+static void split(int64_t n, int r, int R, int64_t *lo, int64_t *hi) {
+  *lo = n * r / R;
+  *hi = n * (r + 1) / R;
+}
+
+/* Fill e (name, shape, block) for tensor i held as `kind` on this rank; *buf receives a fresh
+ * buffer for the block (NULL when nothing is held). */
+static void make_entry(struct cf_ckpt_tensor *e, int i, int kind, float **buf) {
+  memset(e, 0, sizeof *e);
+  e->name = snames[i];
+  e->ndim = sndims[i];
+  e->shape[0] = sshapes[i][0];
+  e->shape[1] = sndims[i] == 2 ? sshapes[i][1] : 0;
+  int64_t rows = sshapes[i][0], cols = scols(i);
+  int64_t r0 = 0, nr = rows, c0 = 0, nc = cols, lo, hi;
+  int held = 1, whole = 0, lower = size / 2 > 0 ? size / 2 : 1, upper = size / 2;
+  switch (kind) {
+  case K_REPL:
+    whole = 1;
+    break;
+  case K_ROWS:
+    split(rows, rank, size, &lo, &hi);
+    r0 = lo;
+    nr = hi - lo;
+    break;
+  case K_COLS:
+    if (sndims[i] == 1) {
+      split(rows, rank, size, &lo, &hi);
+      r0 = lo;
+      nr = hi - lo;
+    } else {
+      split(cols, rank, size, &lo, &hi);
+      c0 = lo;
+      nc = hi - lo;
+    }
+    break;
+  case K_STAGE_AUTO:
+    held = rank >= upper;
+    whole = 1;
+    break;
+  case K_STAGE_ROWS:
+    held = rank < lower;
+    split(rows, rank, lower, &lo, &hi);
+    r0 = lo;
+    nr = hi - lo;
+    e->replica = 0;
+    e->n_replicas = 1;
+    break;
+  case K_TPDP: {
+    int groups = size >= 2 ? 2 : 1, g = rank % groups;
+    if (sndims[i] == 1) {
+      split(rows, g, groups, &lo, &hi);
+      r0 = lo;
+      nr = hi - lo;
+    } else {
+      split(cols, g, groups, &lo, &hi);
+      c0 = lo;
+      nc = hi - lo;
+    }
+    e->replica = rank / groups;
+    e->n_replicas = (size - g + groups - 1) / groups;
+    break;
+  }
+  case K_STAGE_EXPL:
+    held = rank >= upper;
+    e->replica = rank - upper;
+    e->n_replicas = size - upper;
+    whole = 1;
+    break;
+  }
+  *buf = NULL;
+  if (!held || nr == 0 || nc == 0) return;
+  if (!whole) {
+    e->start[0] = r0;
+    e->start[1] = c0;
+    e->count[0] = nr;
+    e->count[1] = sndims[i] == 2 ? nc : 0;
+  }
+  *buf = cf_test_floats((size_t)(nr * nc));
+  e->data = *buf;
+}
+
+/* The block of entry e, from the global values (or, with to_ref, back into the global array). */
+static void block_copy(const struct cf_ckpt_tensor *e, int i, float *blk, int to_ref) {
+  int64_t cols = scols(i), r0 = e->start[0], c0 = sndims[i] == 2 ? e->start[1] : 0;
+  int64_t nr = e->count[0], nc = sndims[i] == 2 ? e->count[1] : 1;
+  if (e->count[0] == 0 && e->count[1] == 0) {
+    nr = sshapes[i][0];
+    nc = cols;
+  }
+  for (int64_t r = 0; r < nr; r++)
+    for (int64_t c = 0; c < nc; c++) {
+      if (to_ref)
+        gref[i][(r0 + r) * cols + c0 + c] = blk[r * nc + c];
+      else
+        blk[r * nc + c] = gref[i][(r0 + r) * cols + c0 + c];
+    }
+}
+
+static size_t block_len(const struct cf_ckpt_tensor *e, int i) {
+  if (e->count[0] == 0 && e->count[1] == 0) return (size_t)(sshapes[i][0] * scols(i));
+  return (size_t)(e->count[0] * (sndims[i] == 2 ? e->count[1] : 1));
+}
+
+/* A table where tensor i is held as kind (i + shift) % NK; write tables get the values. */
+static void make_table(struct cf_ckpt_tensor *t, float **bufs, int shift, int for_write) {
+  for (int i = 0; i < NS; i++) {
+    make_entry(&t[i], i, (i + shift) % NK, &bufs[i]);
+    if (bufs[i] == NULL) continue;
+    if (for_write)
+      block_copy(&t[i], i, bufs[i], 0);
+    else
+      memset(bufs[i], 0xff, block_len(&t[i], i) * sizeof(float)); /* NaN: must be overwritten */
+  }
+}
+
+static void free_table(float **bufs) {
+  for (int i = 0; i < NS; i++) {
+    free(bufs[i]);
+    bufs[i] = NULL;
+  }
+}
+
+/* Read `path` with blocking `shift` and compare every held block bit for bit. */
+static void read_and_compare(const char *path, int shift, const char *what) {
+  struct cf_ckpt_tensor t[NS];
+  float *bufs[NS];
+  make_table(t, bufs, shift, 0);
+  char msg[160];
+  snprintf(msg, sizeof msg, "%s: read with blocking %d", what, shift);
+  EXPECT_OK(cf_ckpt_read_tensors(comm, path, t, NS), msg);
+  for (int i = 0; i < NS; i++) {
+    if (bufs[i] == NULL) continue;
+    float *want = cf_test_floats(block_len(&t[i], i));
+    block_copy(&t[i], i, want, 0);
+    EXPECT(memcmp(want, bufs[i], block_len(&t[i], i) * sizeof(float)) == 0,
+           "%s: tensor %s (kind %d) differs", msg, snames[i], (i + shift) % NK);
+    free(want);
+  }
+  free_table(bufs);
+}
+
+/* Rank 0, plain HDF5: the stored data and checksums of a sharded file against the globals. */
+static void check_stored(const char *path) {
+  if (rank == 0) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    EXPECT(f >= 0, "open %s", path);
+    int64_t ver = 0;
+    hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
+    H5Aread(a, H5T_NATIVE_INT64, &ver);
+    H5Aclose(a);
+    EXPECT(ver == 2, "format_version %lld", (long long)ver);
+    char alg[64] = "";
+    a = H5Aopen(f, "checksum_algorithm", H5P_DEFAULT);
+    hid_t ty = H5Aget_type(a);
+    if (H5Tget_size(ty) < sizeof alg) H5Aread(a, ty, alg);
+    H5Tclose(ty);
+    H5Aclose(a);
+    EXPECT(strcmp(alg, "mix64sum-f32") == 0, "checksum_algorithm '%s'", alg);
+    for (int i = 0; i < NS; i++) {
+      size_t n = (size_t)(sshapes[i][0] * scols(i));
+      float *x = cf_test_floats(n);
+      char d[128];
+      snprintf(d, sizeof d, "/%s", snames[i]);
+      hid_t ds = H5Dopen2(f, d, H5P_DEFAULT);
+      uint64_t sum = 0;
+      EXPECT(ds >= 0 && H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, x) >= 0,
+             "read %s", d);
+      a = H5Aopen(ds, "checksum", H5P_DEFAULT);
+      H5Aread(a, H5T_NATIVE_UINT64, &sum);
+      H5Aclose(a);
+      H5Dclose(ds);
+      EXPECT(memcmp(x, gref[i], n * sizeof(float)) == 0, "%s: stored %s differs", path, d);
+      uint64_t want = cf_ckpt_checksum(gref[i], scols(i), 0, 0, sshapes[i][0], scols(i));
+      EXPECT(sum == want, "%s: %s checksum %016llx, expected %016llx", path, d,
+             (unsigned long long)sum, (unsigned long long)want);
+      free(x);
+    }
+    H5Fclose(f);
+  }
+  MPI_Barrier(comm);
+}
+
+static void write_sharded(const char *name, int shift, char *p, size_t cap) {
+  struct cf_ckpt_tensor t[NS];
+  float *bufs[NS];
+  make_table(t, bufs, shift, 1);
+  struct cf_ckpt_meta m = {.step = 5, .world = size, .options_yaml = "x: 1\n", .model_kind = "cfm"};
+  cf_test_path(p, cap, name);
+  char msg[160];
+  snprintf(msg, sizeof msg, "write %s with blocking %d", name, shift);
+  EXPECT_OK(cf_ckpt_write(comm, p, &m, t, NS), msg);
+  free_table(bufs);
+}
+
+static void test_sharded(void) {
+  for (int i = 0; i < NS; i++) {
+    size_t n = (size_t)(sshapes[i][0] * scols(i));
+    gref[i] = cf_test_floats(n);
+    for (size_t k = 0; k < n; k++)
+      gref[i][k] = cosf(0.61f * (float)k + 0.3f * (float)i) * (float)(i + 2);
+  }
+  gref[1][0] = -0.0f; /* sign bits must survive */
+  char p[512];
+  static const int wshifts[] = {0, 3, 5};
+  for (size_t w = 0; w < sizeof wshifts / sizeof *wshifts; w++) {
+    char name[64];
+    snprintf(name, sizeof name, "shard-w%d.h5", wshifts[w]);
+    write_sharded(name, wshifts[w], p, sizeof p);
+    check_stored(p);
+    for (int r = 0; r < NK; r++)
+      read_and_compare(p, r, name);
+  }
+  /* A checkpoint written by plain data parallelism (all whole) reads into every blocking. */
+  struct cf_ckpt_tensor t[NS];
+  float *bufs[NS];
+  for (int i = 0; i < NS; i++) {
+    make_entry(&t[i], i, K_REPL, &bufs[i]);
+    block_copy(&t[i], i, bufs[i], 0);
+  }
+  struct cf_ckpt_meta m = {.step = 6, .world = size, .options_yaml = "", .model_kind = "cfm"};
+  cf_test_path(p, sizeof p, "shard-dp.h5");
+  EXPECT_OK(cf_ckpt_write(comm, p, &m, t, NS), "write whole tensors");
+  free_table(bufs);
+  check_stored(p);
+  for (int r = 0; r < NK; r++)
+    read_and_compare(p, r, "shard-dp.h5");
+  /* Through a 4-D Cartesian communicator (like the training grid): Open MPI's OMPIO lost data
+   * of collective writes on one until the io layer gave MPI-IO a topology-free copy. */
+  MPI_Comm plain = comm, cart;
+  int dims[4] = {size, 1, 1, 1}, periods[4] = {0, 0, 0, 0};
+  MPI_Cart_create(plain, 4, dims, periods, 0, &cart);
+  comm = cart;
+  for (int w = 0; w < 3; w++) {
+    char name[64];
+    snprintf(name, sizeof name, "shard-cart%d.h5", w);
+    write_sharded(name, 2 * w, p, sizeof p);
+    check_stored(p);
+    for (int r = 0; r < NK; r++)
+      read_and_compare(p, r, name);
+  }
+  comm = plain;
+  MPI_Comm_free(&cart);
+}
+
+/* Rank 0 flips bits of one element of tp/out.weight (row 2, column 5) and of tp/out.bias. */
+static void flip_element_bits(const char *path) {
+  hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+  static const char *which[2] = {"/tp/out.weight", "/tp/out.bias"};
+  static const hsize_t at[2][2] = {{2, 5}, {7, 0}};
+  for (int k = 0; k < 2; k++) {
+    hid_t d = H5Dopen2(f, which[k], H5P_DEFAULT);
+    hid_t fs = H5Dget_space(d);
+    hsize_t count[2] = {1, 1}, one = 1;
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, at[k], NULL, count, NULL);
+    hid_t ms = H5Screate_simple(1, &one, NULL);
+    float v = 0;
+    uint32_t u;
+    EXPECT(H5Dread(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, &v) >= 0, "read element");
+    memcpy(&u, &v, sizeof u);
+    u ^= k == 0 ? 0x00400000u : 0x00000001u; /* a mantissa bit; the last bit */
+    memcpy(&v, &u, sizeof v);
+    EXPECT(H5Dwrite(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, &v) >= 0, "write element");
+    H5Sclose(ms);
+    H5Sclose(fs);
+    H5Dclose(d);
+  }
+  H5Fclose(f);
+}
+
+/* Rank 0 turns a version-2 file with the sharded tensors into a version-1 file. */
+static void to_version1(const char *path) {
+  hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+  hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
+  int64_t v = 1;
+  EXPECT(H5Awrite(a, H5T_NATIVE_INT64, &v) >= 0, "write format_version 1");
+  H5Aclose(a);
+  for (int i = 0; i < NS; i++) {
+    size_t n = (size_t)(sshapes[i][0] * scols(i));
+    float *x = cf_test_floats(n);
+    char d[128];
+    snprintf(d, sizeof d, "/%s", snames[i]);
+    hid_t ds = H5Dopen2(f, d, H5P_DEFAULT);
+    EXPECT(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, x) >= 0, "read %s", d);
+    uint64_t sum = fnv1a64(x, n);
+    a = H5Aopen(ds, "checksum", H5P_DEFAULT);
+    EXPECT(H5Awrite(a, H5T_NATIVE_UINT64, &sum) >= 0, "write v1 checksum");
+    H5Aclose(a);
+    H5Dclose(ds);
+    free(x);
+  }
+  H5Fclose(f);
+}
+
+static void edited_sharded(const char *name, edit_fn edit, char *p, size_t cap) {
+  char from[512];
+  cf_test_path(from, sizeof from, "shard-w0.h5");
+  cf_test_path(p, cap, name);
+  copy_file(from, p);
+  if (rank == 0) edit(p);
+  MPI_Barrier(comm);
+}
+
+static void test_layout_errors(void) {
+  char p[512], q[512];
+  struct cf_ckpt_meta m = {.step = 1, .world = size, .options_yaml = "", .model_kind = "cfm"};
+  struct cf_ckpt_tensor t[NS];
+  float *bufs[NS];
+  cf_test_path(q, sizeof q, "shard-w0.h5");
+
+  /* Flipped bits are found whichever blocking reads the file (the first named, others counted). */
+  edited_sharded("shard-flip.h5", flip_element_bits, p, sizeof p);
+  for (int r = 0; r < NK; r++) {
+    make_table(t, bufs, r, 0);
+    EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, t, NS),
+                "tensor 'tp/out.weight' fails its checksum (stored",
+                "flipped bits under some blocking");
+    EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, t + 2, 1), "tensor 'tp/out.bias' fails its checksum",
+                "flipped last bit");
+    free_table(bufs);
+  }
+  make_table(t, bufs, 1, 0);
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, t, NS), "(and 1 more tensors fail theirs)",
+              "two corrupt tensors");
+  free_table(bufs);
+
+  /* A gap: the last rank drops its row block. */
+  make_table(t, bufs, 0, 1); /* tensor 0 is K_REPL, tensor 1 K_ROWS, ... */
+  float *keep = t[1].data;
+  if (rank == size - 1) t[1].data = NULL;
+  cf_test_path(p, sizeof p, "bad.h5");
+  EXPECT_FAIL(cf_ckpt_write(comm, p, &m, t, NS),
+              "checkpoint tensor 'tp/out.weight': the blocks the ranks hold do not cover it "
+              "exactly once",
+              "gap in row blocks (write)");
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, q, t, NS), "'tp/out.weight': the blocks the ranks hold",
+              "gap in row blocks (read)");
+  t[1].data = keep;
+  /* An overlap: every rank claims to be the only holder of the whole tensor. */
+  if (size > 1) {
+    t[0].n_replicas = 1;
+    EXPECT_FAIL(cf_ckpt_write(comm, p, &m, t, NS), "'tp/qkv.weight': the blocks the ranks hold",
+                "overlapping whole tensors");
+    EXPECT_FAIL(cf_ckpt_read_tensors(comm, q, t, NS), "'tp/qkv.weight': the blocks the ranks hold",
+                "overlapping whole tensors (read)");
+    t[0].n_replicas = 0;
+  }
+  /* Bad blocks and replica fields (checked on every rank, reported by all). */
+  struct cf_ckpt_tensor b = t[1];
+  if (rank == 0) {
+    b.start[0] = 5;
+    b.count[0] = 2;
+    b.start[1] = 3;
+    b.count[1] = 5;
+  }
+  EXPECT_FAIL(cf_ckpt_write(comm, p, &m, &b, 1), "is empty or outside its shape 6x7",
+              "block outside");
+  b = t[2];
+  if (rank == 0) {
+    b.count[0] = 1;
+    b.count[1] = 1;
+    b.start[1] = 1;
+  }
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, q, &b, 1), "is 1-D but its block has start[1] = 1",
+              "1-D block with a column offset");
+  b = t[0];
+  if (rank == 0) b.start[0] = 1;
+  EXPECT_FAIL(cf_ckpt_write(comm, p, &m, &b, 1), "count 0 (the whole tensor) but start 1,0",
+              "whole tensor with a start");
+  b = t[0];
+  if (rank == 0) {
+    b.replica = 2;
+    b.n_replicas = 2;
+  }
+  EXPECT_FAIL(cf_ckpt_write(comm, p, &m, &b, 1), "has replica 2 of n_replicas 2", "bad replica");
+  /* The ranks disagree on the list. */
+  b = t[0];
+  if (rank == size - 1) {
+    b.shape[1] = 6;
+    b.data = NULL;
+  }
+  if (size > 1)
+    EXPECT_FAIL(cf_ckpt_write(comm, p, &m, &b, 1), "different checkpoint tensor lists",
+                "different lists");
+  /* ... or different metadata (HDF5 would hang on attributes of different sizes). */
+  struct cf_ckpt_meta m2 = m;
+  if (rank == size - 1) m2.options_yaml = "y: 2\nlonger: text\n";
+  if (size > 1)
+    EXPECT_FAIL(cf_ckpt_write(comm, p, &m2, t, NS), "or different metadata (step, seed",
+                "different options");
+  free_table(bufs);
+
+  /* Replicas of a column block that diverged (size >= 3: ranks 0 and 2 hold the same block),
+   * also in rows that the other replica writes; and duplicate replica indices. */
+  if (size >= 3) {
+    make_table(t, bufs, K_TPDP, 1); /* tensor 0 is K_TPDP */
+    EXPECT(t[0].n_replicas == 2 || rank == 1 || rank == 3, "TPDP layout");
+    if (rank == 2) t[0].data[0] += 1.0f; /* block row 0: written by replica 0 (rank 0) */
+    EXPECT_FAIL(cf_ckpt_write(comm, p, &m, t, NS), "'tp/qkv.weight' differs between ranks",
+                "diverged replicas of a block");
+    if (rank == 2) {
+      t[0].data[0] -= 1.0f;
+      t[0].replica = 0;
+    }
+    EXPECT_FAIL(cf_ckpt_write(comm, p, &m, t, NS), "'tp/qkv.weight': the blocks the ranks hold",
+                "two replicas with index 0");
+    free_table(bufs);
+  }
+  EXPECT(cf_test_count_tmp(cf_test_dir) == 0, "temporary file left after refused writes");
+  EXPECT(!exists("bad.h5"), "a refused write left bad.h5");
+}
+
+static void test_version1(void) {
+  char p[512];
+  edited_sharded("shard-v1.h5", to_version1, p, sizeof p);
+  struct cf_ckpt_meta m;
+  char *opt = NULL;
+  EXPECT_OK(cf_ckpt_read_meta(comm, p, &m, &opt), "meta of a version-1 file");
+  cf_free((void **)&opt);
+  for (int r = 0; r < NK; r++)
+    read_and_compare(p, r, "shard-v1.h5");
+  /* Corruption in a version-1 file is still found by the ranks holding the tensor. */
+  char from[512];
+  cf_test_path(from, sizeof from, "shard-v1.h5");
+  cf_test_path(p, sizeof p, "shard-v1-flip.h5");
+  copy_file(from, p);
+  if (rank == 0) flip_element_bits(p);
+  MPI_Barrier(comm);
+  struct cf_ckpt_tensor t[NS];
+  float *bufs[NS];
+  make_table(t, bufs, 4, 0);
+  EXPECT_FAIL(cf_ckpt_read_tensors(comm, p, t, NS), "tensor 'tp/out.weight' fails its checksum",
+              "corrupt version-1 file");
+  free_table(bufs);
+  for (int i = 0; i < NS; i++)
+    free(gref[i]);
+}
+
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   cf_test_mpi_begin("test_ckpt", &comm, &rank, &size);
@@ -383,14 +897,14 @@ int main(int argc, char **argv) {
     for (size_t k = 0; k < count_of(i); k++)
       src[i][k] = sinf(0.37f * (float)k + (float)i) * (float)(i + 1);
   }
-  /* The checksum is FNV-1a 64 over the little-endian bytes: pin one value. */
-  float one = 1.0f; /* bytes 00 00 80 3f */
-  EXPECT(cf_ckpt_checksum(&one, 1) == 0x4b72477f9c5c2f98ull, "checksum of 1.0f is %016llx",
-         (unsigned long long)cf_ckpt_checksum(&one, 1));
+  test_checksum();
   test_roundtrip();
   test_corruption();
   test_failed_writes();
   test_latest_and_prune();
+  test_sharded();
+  test_layout_errors();
+  test_version1();
   for (int i = 0; i < NT; i++)
     cf_free((void **)&src[i]);
   EXPECT(cf_alloc_bytes() == 0, "%zu bytes still allocated", cf_alloc_bytes());

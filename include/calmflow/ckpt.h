@@ -6,10 +6,13 @@
  * count or layout loads at any other. The on-disk layout is documented in
  * docs/checkpoint-format.md.
  *
- * Writing follows the atomic-commit sequence of reliability.md G1: a temporary name agreed
- * on by all ranks, each rank writing its row range collectively, the "complete" mark written
- * last, close, fsync, rename, fsync of the directory. Reading checks the format, version,
- * completion mark, every tensor's shape, and a per-tensor FNV-1a checksum.
+ * A rank may hold a whole tensor, a block of it (rows and/or columns, as under tensor
+ * parallelism), or nothing of it (another pipeline stage's layers); blocks may be replicated
+ * (data parallelism). Writing follows the atomic-commit sequence of reliability.md G1: a
+ * temporary name agreed on by all ranks, the replicas of each block splitting its rows and
+ * writing them collectively, the "complete" mark written last, close, fsync, rename, fsync of
+ * the directory. Reading checks the format, version, completion mark, every tensor's shape,
+ * and a per-tensor checksum that is a sum over elements, so it is computed from blocks.
  *
  * All functions except cf_ckpt_latest_read and cf_ckpt_checksum are collective on comm and
  * return the same status on every rank.
@@ -24,16 +27,36 @@
 #include "calmflow/error.h"
 
 #define CF_CKPT_FORMAT "calmflow-ckpt"
-#define CF_CKPT_FORMAT_VERSION 1
+#define CF_CKPT_FORMAT_VERSION 2
+#define CF_CKPT_CHECKSUM_ALGORITHM "mix64sum-f32" /* version 2; version 1: "fnv1a64-f32le" */
 
 /* One tensor: dataset "/<name>" where name is like "params/enc.fc1.weight" (slash-separated
- * groups, no leading slash, no empty, "." or ".." components). ndim is 1 (shape[0]) or 2
- * (shape[0] x shape[1]); rows (shape[0]) are what the ranks split. data is (shape) row-major. */
+ * groups, no leading slash, no empty, "." or ".." components). ndim is 1 (shape[0]; shape[1]
+ * is ignored) or 2 (shape[0] x shape[1]): the GLOBAL shape. Every rank passes the same list
+ * of names and shapes in the same order (checked); only data and the block fields differ.
+ * A zero-initialised entry with data set means what it always meant: this rank holds the
+ * whole tensor, as do all ranks of comm.
+ *
+ *   data        this rank's block, row-major (count[0] x count[1]; 1-D: count[0]); NULL: this
+ *               rank holds nothing of the tensor (the block fields are then ignored).
+ *   start,count the block in global coordinates (rows start[0] .. start[0]+count[0]-1, columns
+ *               start[1] .. start[1]+count[1]-1). count all zero (start zero too): the whole
+ *               tensor. Otherwise each count >= 1 and the block lies inside shape; for 1-D
+ *               tensors start[1] is 0 and count[1] is 0 or 1. An empty block is data = NULL.
+ *   replica,    among the ranks holding this same block: this rank's index 0..n_replicas-1
+ *   n_replicas  and their number. n_replicas 0: for a whole tensor, the ranks holding it whole
+ *               with n_replicas 0 are its replicas in rank order (all ranks: today's data
+ *               parallelism; a pipeline stage's ranks: that stage); for a part block, this rank
+ *               is its only holder.
+ * The held blocks, counted once per replica set, must tile the tensor exactly (checked, on
+ * writing and on reading). */
 struct cf_ckpt_tensor {
   const char *name;
   int ndim;
   int64_t shape[2];
   float *data;
+  int64_t start[2], count[2];
+  int replica, n_replicas;
 };
 
 struct cf_ckpt_meta {
@@ -45,16 +68,26 @@ struct cf_ckpt_meta {
   const char *model_kind;   /* e.g. "calmflow" or "cfm" */
 };
 
-/* Local. 64-bit FNV-1a of the little-endian bytes of x[0..n-1] (the stored checksum). */
-uint64_t cf_ckpt_checksum(const float *x, size_t n);
+/* Local. The version-2 checksum of the block x (nr x nc, row-major) that sits at rows r0..,
+ * columns c0.. of a tensor with `cols` columns (1 for a 1-D tensor): the sum (mod 2^64) over
+ * its elements of mix(mix(i + 0x9e3779b97f4a7c15) ^ b), where i is the element's row-major
+ * index in the global tensor, b the float's IEEE-754 bit pattern (as a uint32) and mix the
+ * splitmix64 finaliser (docs/checkpoint-format.md). Sums of disjoint blocks add up (mod 2^64)
+ * to the checksum of their union; the stored one covers the whole tensor. */
+uint64_t cf_ckpt_checksum(const float *x, int64_t cols, int64_t r0, int64_t c0, int64_t nr,
+                          int64_t nc);
 
-/* Collective on comm. Write the nt tensors t (data identical on every rank, as under data
- * parallelism; checked by comparing checksums across ranks) and meta into `path`
- * atomically. Rank r of R writes rows [r*rows/R, (r+1)*rows/R) of every tensor with
- * collective transfers. Root attributes: format, format_version, step, seed, world,
- * data_cursor, options, model_kind, n_tensors, checksum_algorithm, and "complete" = 1
- * written last; each dataset carries a "checksum" attribute (cf_ckpt_checksum, uint64).
- * On failure the temporary file is removed and an existing `path` is untouched. */
+/* Collective on comm. Write the nt tensors t (each rank's blocks, see struct cf_ckpt_tensor)
+ * and meta into `path` atomically. Checked first, before the file is created: the tensor lists
+ * agree across ranks, the blocks tile every tensor exactly, and the replicas of each block
+ * hold the same values (compared through block checksums: "replicas diverged"). Replica i of n
+ * of a block writes its rows [i*nr/n, (i+1)*nr/n) with a collective transfer (all ranks of
+ * comm holding whole tensors: rank r of R writes rows [r*rows/R, (r+1)*rows/R)). Root
+ * attributes: format, format_version, step, seed, world, data_cursor, options, model_kind,
+ * n_tensors, checksum_algorithm, and "complete" = 1 written last; each dataset carries a
+ * "checksum" attribute (cf_ckpt_checksum of the whole tensor, uint64, summed from the
+ * writers' parts with MPI_Allreduce). On failure the temporary file is removed and an
+ * existing `path` is untouched. */
 cf_status cf_ckpt_write(MPI_Comm comm, const char *path, const struct cf_ckpt_meta *meta,
                         const struct cf_ckpt_tensor *t, int nt);
 
@@ -67,13 +100,18 @@ cf_status cf_ckpt_write(MPI_Comm comm, const char *path, const struct cf_ckpt_me
 cf_status cf_ckpt_read_meta(MPI_Comm comm, const char *path, struct cf_ckpt_meta *meta,
                             char **options_yaml);
 
-/* Collective on comm. Read each tensor t[i] by name into t[i].data (caller-owned, sized by
- * t[i].shape). First every tensor's presence, type and shape are checked against t[i]
- * (error "'ck.h5' tensor 'params/x' has shape 4x3, expected 4x5", plus how many other
- * tensors do not match) before any data is read; then each rank reads its row range
- * collectively, the ranges are all-gathered (MPI_Allgatherv) and the checksum is verified
- * (error naming the tensor). On failure the contents of the t[i].data buffers are
- * unspecified: load into scratch state and adopt it only on success. */
+/* Collective on comm. Read each tensor t[i] by name into this rank's block t[i].data
+ * (caller-owned, sized by the block; see struct cf_ckpt_tensor), whatever layout wrote the
+ * file. First every tensor's presence, type and global shape are checked against t[i] (error
+ * "'ck.h5' tensor 'params/x' has shape 4x3, expected 4x5", plus how many other tensors do not
+ * match) and the blocks must tile each tensor, before any data is read; then each holding
+ * rank reads its own block with a collective transfer (empty selections elsewhere), and the
+ * checksum is verified: the replicas of a block split its rows as when writing, their partial
+ * checksums are summed with MPI_Allreduce and compared with the stored one (error naming the
+ * tensor). Version-1 files (whole-tensor FNV-1a checksums) are read too: each holding rank
+ * reads the whole tensor into scratch memory, verifies it and keeps its block. On failure the
+ * contents of the t[i].data buffers are unspecified: load into scratch state and adopt it
+ * only on success. */
 cf_status cf_ckpt_read_tensors(MPI_Comm comm, const char *path, const struct cf_ckpt_tensor *t,
                                int nt);
 

@@ -1,6 +1,6 @@
 /* h5util.c: private helpers of the io layer (see h5util.h): HDF5 error capture, status
- * agreement across ranks, input checks, row-range hyperslab transfers, attributes,
- * fsync of files and directories. */
+ * agreement across ranks, input checks, row-range and block hyperslab transfers, float32
+ * dataset creation, attributes, fsync of files and directories. */
 #include "io/h5util.h"
 
 #include <errno.h>
@@ -98,14 +98,25 @@ cf_status cf_io_check_input(MPI_Comm comm, const char *path) {
 }
 
 hid_t cf_io_fapl(MPI_Comm comm) {
-  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-  if (fapl < 0) return fapl;
-  if (H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL) < 0 ||
-      H5Pset_all_coll_metadata_ops(fapl, 1) < 0 || H5Pset_coll_metadata_write(fapl, 1) < 0 ||
-      H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18) < 0) {
-    H5Pclose(fapl);
+  /* MPI-IO gets a copy of comm without its process topology: Open MPI 4.1's OMPIO corrupted
+   * collective writes on a 4-D Cartesian communicator (the training grid) of 3 ranks, losing
+   * parts of some ranks' data, while the same writes on a plain communicator are correct.
+   * HDF5 duplicates the communicator it is given, so ours is freed at once. */
+  int topo = MPI_UNDEFINED, rank = 0;
+  MPI_Comm plain = MPI_COMM_NULL;
+  if (MPI_Topo_test(comm, &topo) != MPI_SUCCESS) return -1;
+  if (topo != MPI_UNDEFINED && (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS ||
+                                MPI_Comm_split(comm, 0, rank, &plain) != MPI_SUCCESS))
     return -1;
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  if (fapl >= 0 &&
+      (H5Pset_fapl_mpio(fapl, plain != MPI_COMM_NULL ? plain : comm, MPI_INFO_NULL) < 0 ||
+       H5Pset_all_coll_metadata_ops(fapl, 1) < 0 || H5Pset_coll_metadata_write(fapl, 1) < 0 ||
+       H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18) < 0)) {
+    H5Pclose(fapl);
+    fapl = -1;
   }
+  if (plain != MPI_COMM_NULL) MPI_Comm_free(&plain);
   return fapl;
 }
 
@@ -138,21 +149,18 @@ void cf_io_row_range(int64_t rows, int rank, int size, int64_t *lo, int64_t *hi)
   *hi = rows / size * (rank + 1) + (rows % size) * (rank + 1) / size;
 }
 
-/* Select rows [lo, hi) of the file space and a matching memory space (or none of either). */
-static cf_status slab_spaces(hid_t dset, int ndim, const hsize_t *dims, int64_t lo, int64_t hi,
+/* Select the block start/count of the file space and a matching memory space (count[0] == 0:
+ * none of either). Returns CF_EIO without a message on failure. */
+static cf_status slab_spaces(hid_t dset, int ndim, const hsize_t *start, const hsize_t *count,
                              hid_t *fs, hid_t *ms) {
-  hsize_t start[CF_IO_MAXDIM] = {0}, count[CF_IO_MAXDIM], one[CF_IO_MAXDIM];
-  for (int i = 0; i < ndim; i++) {
-    count[i] = dims[i];
+  hsize_t one[CF_IO_MAXDIM];
+  for (int i = 0; i < ndim; i++)
     one[i] = 1;
-  }
-  start[0] = (hsize_t)lo;
-  count[0] = (hsize_t)(hi - lo);
   *ms = -1;
   *fs = H5Dget_space(dset);
   if (*fs < 0) return CF_EIO;
   herr_t e;
-  if (hi > lo) {
+  if (count[0] > 0) {
     e = H5Sselect_hyperslab(*fs, H5S_SELECT_SET, start, NULL, count, NULL);
     *ms = H5Screate_simple(ndim, count, NULL);
   } else {
@@ -164,30 +172,42 @@ static cf_status slab_spaces(hid_t dset, int ndim, const hsize_t *dims, int64_t 
   return CF_OK;
 }
 
-static cf_status transfer_rows(int write, hid_t dset, int ndim, const hsize_t *dims, int64_t lo,
-                               int64_t hi, hid_t memtype, void *buf, const char *path,
-                               const char *what) {
+/* Collective. The transfer itself; CF_EIO without a message on failure. */
+static cf_status transfer(int write, hid_t dset, int ndim, const hsize_t *start,
+                          const hsize_t *count, hid_t memtype, void *buf) {
   hid_t fs = -1, ms = -1, dxpl = -1;
-  cf_status st = slab_spaces(dset, ndim, dims, lo, hi, &fs, &ms);
-  char why[256];
+  cf_status st = slab_spaces(dset, ndim, start, count, &fs, &ms);
   float dummy[1] = {0};
   if (st == CF_OK) {
     dxpl = H5Pcreate(H5P_DATASET_XFER);
     if (dxpl < 0 || H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE) < 0) st = CF_EIO;
   }
   if (st == CF_OK) {
-    void *b = hi > lo ? buf : (void *)dummy;
+    void *b = count[0] > 0 ? buf : (void *)dummy;
     herr_t e =
         write ? H5Dwrite(dset, memtype, ms, fs, dxpl, b) : H5Dread(dset, memtype, ms, fs, dxpl, b);
     if (e < 0) st = CF_EIO;
   }
+  if (dxpl >= 0) H5Pclose(dxpl);
+  if (ms >= 0) H5Sclose(ms);
+  if (fs >= 0) H5Sclose(fs);
+  return st;
+}
+
+static cf_status transfer_rows(int write, hid_t dset, int ndim, const hsize_t *dims, int64_t lo,
+                               int64_t hi, hid_t memtype, void *buf, const char *path,
+                               const char *what) {
+  hsize_t start[CF_IO_MAXDIM] = {0}, count[CF_IO_MAXDIM];
+  for (int i = 0; i < ndim; i++)
+    count[i] = dims[i];
+  start[0] = (hsize_t)lo;
+  count[0] = (hsize_t)(hi - lo);
+  cf_status st = transfer(write, dset, ndim, start, count, memtype, buf);
+  char why[256];
   if (st != CF_OK)
     st = cf_err(write ? CF_EIO : CF_ECORRUPT, "cannot %s %s rows %lld..%lld of '%s': %s",
                 write ? "write" : "read", what, (long long)lo, (long long)hi, path,
                 cf_io_h5_reason(why, sizeof why));
-  if (dxpl >= 0) H5Pclose(dxpl);
-  if (ms >= 0) H5Sclose(ms);
-  if (fs >= 0) H5Sclose(fs);
   return st;
 }
 
@@ -199,6 +219,78 @@ cf_status cf_io_read_rows(hid_t dset, int ndim, const hsize_t *dims, int64_t lo,
 cf_status cf_io_write_rows(hid_t dset, int ndim, const hsize_t *dims, int64_t lo, int64_t hi,
                            const float *buf, const char *path, const char *what) {
   return transfer_rows(1, dset, ndim, dims, lo, hi, H5T_NATIVE_FLOAT, (void *)buf, path, what);
+}
+
+static cf_status transfer_block(int write, hid_t dset, int ndim, const int64_t *start,
+                                const int64_t *count, hid_t memtype, void *buf, const char *path,
+                                const char *what) {
+  CF_CHECK(ndim >= 1 && ndim <= CF_IO_MAXDIM, CF_EINVAL, "%s of '%s': %d dimensions", what, path,
+           ndim);
+  hsize_t s[CF_IO_MAXDIM] = {0}, c[CF_IO_MAXDIM] = {0};
+  int empty = 0;
+  for (int i = 0; i < ndim; i++) {
+    s[i] = (hsize_t)start[i];
+    c[i] = (hsize_t)count[i];
+    if (count[i] <= 0) empty = 1;
+  }
+  if (empty) c[0] = 0;
+  cf_status st = transfer(write, dset, ndim, s, c, memtype, buf);
+  char why[256], at[160] = "";
+  if (st != CF_OK) {
+    size_t used = 0;
+    for (int i = 0; i < ndim && used < sizeof at; i++) {
+      int w = snprintf(at + used, sizeof at - used, "%s%lld..%lld", i ? ", " : "",
+                       (long long)start[i], (long long)(start[i] + count[i]));
+      if (w < 0) break;
+      used += (size_t)w;
+    }
+    st = cf_err(write ? CF_EIO : CF_ECORRUPT, "cannot %s %s block [%s] of '%s': %s",
+                write ? "write" : "read", what, at, path, cf_io_h5_reason(why, sizeof why));
+  }
+  return st;
+}
+
+cf_status cf_io_read_block(hid_t dset, int ndim, const int64_t *start, const int64_t *count,
+                           hid_t memtype, void *buf, const char *path, const char *what) {
+  return transfer_block(0, dset, ndim, start, count, memtype, buf, path, what);
+}
+
+cf_status cf_io_write_block(hid_t dset, int ndim, const int64_t *start, const int64_t *count,
+                            const float *buf, const char *path, const char *what) {
+  return transfer_block(1, dset, ndim, start, count, H5T_NATIVE_FLOAT, (void *)buf, path, what);
+}
+
+cf_status cf_io_create_f32(hid_t fid, const char *dset, int ndim, const int64_t *shape,
+                           const char *path, hid_t *did) {
+  *did = -1;
+  CF_CHECK(ndim >= 1 && ndim <= CF_IO_MAXDIM, CF_EINVAL,
+           "dataset '%s' of '%s' has %d dimensions, expected 1..%d", dset, path, ndim,
+           CF_IO_MAXDIM);
+  hsize_t dims[CF_IO_MAXDIM];
+  for (int i = 0; i < ndim; i++) {
+    CF_CHECK(shape[i] >= 1, CF_EINVAL,
+             "dataset '%s' of '%s' has dimension %d = %lld, expected >= 1", dset, path, i,
+             (long long)shape[i]);
+    dims[i] = (hsize_t)shape[i];
+  }
+  char why[256];
+  cf_status st = CF_OK;
+  hid_t lcpl = H5Pcreate(H5P_LINK_CREATE), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  hid_t sp = H5Screate_simple(ndim, dims, NULL);
+  if (lcpl < 0 || dcpl < 0 || sp < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0 ||
+      H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) < 0)
+    st = cf_err(CF_EIO, "cannot set up dataset '%s' of '%s': %s", dset, path,
+                cf_io_h5_reason(why, sizeof why));
+  if (st == CF_OK) {
+    *did = H5Dcreate2(fid, dset, H5T_IEEE_F32LE, sp, lcpl, dcpl, H5P_DEFAULT);
+    if (*did < 0)
+      st = cf_err(CF_EIO, "cannot create dataset '%s' in '%s': %s", dset, path,
+                  cf_io_h5_reason(why, sizeof why));
+  }
+  if (sp >= 0) H5Sclose(sp);
+  if (dcpl >= 0) H5Pclose(dcpl);
+  if (lcpl >= 0) H5Pclose(lcpl);
+  return st;
 }
 
 cf_status cf_io_allgather_rows(MPI_Comm comm, float *buf, int64_t rows, int64_t rowlen,

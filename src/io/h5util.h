@@ -1,6 +1,7 @@
 /* h5util.h: private helpers of the io layer: HDF5 error capture, agreement of a status
- * across ranks, opening input files, row-range hyperslab transfers, attributes, and the
- * durable-rename steps. Not a public header (only src/io/ includes it). */
+ * across ranks, opening input files, row-range and block hyperslab transfers, float32 dataset
+ * creation, attributes, and the durable-rename steps. Not a public header (only src/io/ includes
+ * it). */
 #ifndef CALMFLOW_IO_H5UTIL_H
 #define CALMFLOW_IO_H5UTIL_H
 
@@ -29,7 +30,9 @@ cf_status cf_io_agree(MPI_Comm comm, cf_status st);
 cf_status cf_io_check_input(MPI_Comm comm, const char *path);
 /* Collective on comm. cf_io_check_input, then open read-only with the MPI-IO driver. */
 cf_status cf_io_open_read(MPI_Comm comm, const char *path, hid_t *fid);
-/* Local. File access properties: MPI-IO on comm, collective metadata, v1.8 format bounds. */
+/* File access properties: MPI-IO on comm (on a topology-free copy when comm has a process
+ * topology, e.g. a Cartesian grid), collective metadata, v1.8 format bounds. Local for a plain
+ * comm; collective on comm (MPI_Comm_split) for one with a topology. -1 on failure. */
 hid_t cf_io_fapl(MPI_Comm comm);
 
 /* Local. Rank r of R owns rows [r*rows/R, (r+1)*rows/R). */
@@ -41,6 +44,19 @@ cf_status cf_io_read_rows(hid_t dset, int ndim, const hsize_t *dims, int64_t lo,
                           hid_t memtype, void *buf, const char *path, const char *what);
 cf_status cf_io_write_rows(hid_t dset, int ndim, const hsize_t *dims, int64_t lo, int64_t hi,
                            const float *buf, const char *path, const char *what);
+/* Collective (H5Dread/H5Dwrite). Transfer the block at start[0..ndim-1] of extent
+ * count[0..ndim-1] of dataset dset between the file and buf (the block, contiguous row-major,
+ * in memtype), collectively; a block with any count <= 0 takes part with an empty selection.
+ * Messages name `what` of `path` and the block's index ranges. */
+cf_status cf_io_read_block(hid_t dset, int ndim, const int64_t *start, const int64_t *count,
+                           hid_t memtype, void *buf, const char *path, const char *what);
+cf_status cf_io_write_block(hid_t dset, int ndim, const int64_t *start, const int64_t *count,
+                            const float *buf, const char *path, const char *what);
+/* Collective (H5Dcreate2 in a file opened with the MPI-IO driver). Create the little-endian
+ * float32 dataset `dset` of shape[0..ndim-1] (all >= 1) in fid: contiguous, never filled,
+ * intermediate groups created; *did receives it (-1 on failure). `path` names the file. */
+cf_status cf_io_create_f32(hid_t fid, const char *dset, int ndim, const int64_t *shape,
+                           const char *path, hid_t *did);
 /* Collective on comm. buf (rows, rowlen) holds this rank's cf_io_row_range rows; afterwards
  * every rank holds all rows (MPI_Allgatherv in place). */
 cf_status cf_io_allgather_rows(MPI_Comm comm, float *buf, int64_t rows, int64_t rowlen,
