@@ -73,7 +73,8 @@ static int64_t rule(const int n[4], const int co[4]) { /* n, co: {dp, pp, cp, tp
 
 static int all_null(const struct cf_grid *g) {
   return g->cart == MPI_COMM_NULL && g->tp == MPI_COMM_NULL && g->cp == MPI_COMM_NULL &&
-         g->pp == MPI_COMM_NULL && g->dp == MPI_COMM_NULL;
+         g->pp == MPI_COMM_NULL && g->dp == MPI_COMM_NULL && g->dpcp == MPI_COMM_NULL &&
+         g->mp == MPI_COMM_NULL;
 }
 
 /* every (tp, pp, cp) with tp*pp*cp dividing world */
@@ -348,7 +349,29 @@ static void test_layout(MPI_Comm comm, int tp, int pp, int cp) {
   snprintf(want, sizeof want, "dp%d x pp%d x cp%d x tp%d (%d rank%s)", dp, pp, cp, tp, size,
            size == 1 ? "" : "s");
   EXPECT(strcmp(buf, want) == 0, "%s: describe '%s', expected '%s'", what, buf, want);
-  EXPECT(live_comms == live0 + 5, "%s: grid holds %ld communicators, expected 5 (cart + 4)", what,
+  /* the two combined groups: dp x cp (same parameters) and pp x tp (one whole model) */
+  {
+    int s1 = -1, s2 = -1;
+    long long want1 = 0, want2 = 0, got1 = -1, got2 = -1, mine = rank;
+    MPI_Comm_size(g.dpcp, &s1);
+    MPI_Comm_size(g.mp, &s2);
+    EXPECT(s1 == n[0] * n[2] && s2 == n[1] * n[3], "%s: dpcp size %d, mp size %d", what, s1, s2);
+    for (int u = 0; u < n[0]; u++)
+      for (int v = 0; v < n[2]; v++) {
+        int c2[4] = {u, co[1], v, co[3]};
+        want1 += rule(n, c2);
+      }
+    for (int u = 0; u < n[1]; u++)
+      for (int v = 0; v < n[3]; v++) {
+        int c2[4] = {co[0], u, co[2], v};
+        want2 += rule(n, c2);
+      }
+    MPI_Allreduce(&mine, &got1, 1, MPI_LONG_LONG, MPI_SUM, g.dpcp);
+    MPI_Allreduce(&mine, &got2, 1, MPI_LONG_LONG, MPI_SUM, g.mp);
+    EXPECT(got1 == want1 && got2 == want2, "%s: dpcp / mp members wrong (%lld/%lld, %lld/%lld)",
+           what, got1, want1, got2, want2);
+  }
+  EXPECT(live_comms == live0 + 7, "%s: grid holds %ld communicators, expected 7 (cart + 6)", what,
          live_comms - live0);
 
   cf_grid_release(&g);

@@ -26,6 +26,9 @@
 struct cf_grid {
   MPI_Comm cart;           /* dims {dp, pp, cp, tp}, periods 0, reorder 0 */
   MPI_Comm tp, cp, pp, dp; /* MPI_Cart_sub of cart: the ranks differing only in that coordinate */
+  MPI_Comm dpcp;           /* ranks differing only in dp and cp: they hold the same parameters and
+                              sum their gradients */
+  MPI_Comm mp;             /* ranks differing only in pp and tp: together one whole model */
   int size, rank;          /* of cart (== of the comm given to init) */
   int n_dp, n_pp, n_cp, n_tp;
   int dp_rank, pp_rank, cp_rank, tp_rank; /* this rank's coordinates */
@@ -36,11 +39,12 @@ struct cf_grid {
 /* Local. Check a layout before any communicator is built. CF_EINVAL when a degree is < 1 or a
  * size is < 1; CF_ETOPO, with one message naming the options, when the world size is not
  * divisible by -par_tp x -par_pp x -par_cp, -net_layers is not divisible by -par_pp, -net_heads
- * is not divisible by -par_tp, the sequence (tokens per sequence T = N*P*S) is shorter than
- * 2 x -par_cp (two chunks per context rank), or -train_microbatches < -par_pp. Callers without
- * a pipeline schedule (sampling) pass microbatches = pp. */
+ * is not divisible by -par_tp, the sequence (points per sequence N*P; context ranks split at
+ * point boundaries) is shorter than 2 x -par_cp (two chunks per context rank), or
+ * -train_microbatches < -par_pp. Callers without a pipeline schedule (sampling) pass
+ * microbatches = pp. */
 cf_status cf_grid_check(int world, int tp, int pp, int cp, int64_t layers, int64_t heads,
-                        int64_t tokens, int64_t microbatches);
+                        int64_t points, int64_t microbatches);
 
 /* Collective on comm. Build the grid on `comm` (duplicated first; the caller's communicator is
  * not modified) with dp = size / (tp*pp*cp). CF_ETOPO / CF_EINVAL (same messages as

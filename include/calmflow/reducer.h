@@ -18,6 +18,7 @@
 
 struct cf_reducer {
   MPI_Comm comm; /* borrowed: the data-parallel communicator */
+  int size;      /* of comm */
   float *buf;    /* (n) the gradient arena, borrowed */
   size_t n;
   size_t bucket; /* floats per bucket (>= 1) */

@@ -20,12 +20,12 @@ static cf_status check_degrees(int world, int tp, int pp, int cp) {
 }
 
 cf_status cf_grid_check(int world, int tp, int pp, int cp, int64_t layers, int64_t heads,
-                        int64_t tokens, int64_t microbatches) {
+                        int64_t points, int64_t microbatches) {
   CF_TRY(check_degrees(world, tp, pp, cp));
   CF_CHECK(layers >= 1, CF_EINVAL, "-net_layers must be >= 1 (got %lld)", (long long)layers);
   CF_CHECK(heads >= 1, CF_EINVAL, "-net_heads must be >= 1 (got %lld)", (long long)heads);
-  CF_CHECK(tokens >= 1, CF_EINVAL, "the sequence length T = N*P*S must be >= 1 (got %lld)",
-           (long long)tokens);
+  CF_CHECK(points >= 1, CF_EINVAL, "the sequence length N*P must be >= 1 point (got %lld)",
+           (long long)points);
   CF_CHECK(microbatches >= 1, CF_EINVAL, "-train_microbatches must be >= 1 (got %lld)",
            (long long)microbatches);
   CF_CHECK(layers % pp == 0, CF_ETOPO,
@@ -36,10 +36,11 @@ cf_status cf_grid_check(int world, int tp, int pp, int cp, int64_t layers, int64
            "-net_heads %lld is not divisible by -par_tp %d (each tensor-parallel rank owns an "
            "equal share of the heads)",
            (long long)heads, tp);
-  CF_CHECK(tokens >= 2 * (int64_t)cp, CF_ETOPO,
-           "the sequence of T = N*P*S = %lld tokens is too short for -par_cp %d: need T >= 2 x "
-           "-par_cp = %lld (two chunks per context rank)",
-           (long long)tokens, cp, 2 * (long long)cp);
+  CF_CHECK(points >= 2 * (int64_t)cp, CF_ETOPO,
+           "the sequence of N*P = %lld points (-flow_time_points x -flow_trajectories) is too "
+           "short for -par_cp %d: need at least 2 x -par_cp = %lld (each context rank owns two "
+           "chunks of whole points)",
+           (long long)points, cp, 2 * (long long)cp);
   CF_CHECK(microbatches >= pp, CF_ETOPO,
            "-train_microbatches %lld is less than -par_pp %d (the pipeline needs at least one "
            "micro-batch per stage)",
@@ -79,9 +80,10 @@ static cf_status build(struct cf_grid *g, MPI_Comm comm, int tp, int pp, int cp)
   g->cp_rank = co[2];
   g->tp_rank = co[3];
 
-  static const int remain[4][4] = {{0, 0, 0, 1}, {0, 0, 1, 0}, {0, 1, 0, 0}, {1, 0, 0, 0}};
-  MPI_Comm *sub[4] = {&g->tp, &g->cp, &g->pp, &g->dp};
-  for (int i = 0; i < 4; i++) {
+  static const int remain[6][4] = {{0, 0, 0, 1}, {0, 0, 1, 0}, {0, 1, 0, 0},
+                                   {1, 0, 0, 0}, {1, 0, 1, 0}, {0, 1, 0, 1}};
+  MPI_Comm *sub[6] = {&g->tp, &g->cp, &g->pp, &g->dp, &g->dpcp, &g->mp};
+  for (int i = 0; i < 6; i++) {
     CF_MPI(MPI_Cart_sub(g->cart, remain[i], sub[i]));
     CF_TRY(errors_return(*sub[i]));
   }
@@ -90,7 +92,7 @@ static cf_status build(struct cf_grid *g, MPI_Comm comm, int tp, int pp, int cp)
 
 cf_status cf_grid_init(struct cf_grid *g, MPI_Comm comm, int tp, int pp, int cp) {
   memset(g, 0, sizeof *g);
-  g->cart = g->tp = g->cp = g->pp = g->dp = MPI_COMM_NULL;
+  g->cart = g->tp = g->cp = g->pp = g->dp = g->dpcp = g->mp = MPI_COMM_NULL;
   CF_MPI(MPI_Comm_size(comm, &g->size));
   CF_MPI(MPI_Comm_rank(comm, &g->rank));
   CF_TRY(check_degrees(g->size, tp, pp, cp));
@@ -106,8 +108,8 @@ cf_status cf_grid_init(struct cf_grid *g, MPI_Comm comm, int tp, int pp, int cp)
 
 void cf_grid_release(struct cf_grid *g) {
   if (!g || !g->built) return;
-  MPI_Comm *c[5] = {&g->tp, &g->cp, &g->pp, &g->dp, &g->cart};
-  for (int i = 0; i < 5; i++) {
+  MPI_Comm *c[7] = {&g->tp, &g->cp, &g->pp, &g->dp, &g->dpcp, &g->mp, &g->cart};
+  for (int i = 0; i < 7; i++) {
     if (*c[i] != MPI_COMM_NULL) MPI_Comm_free(c[i]);
     *c[i] = MPI_COMM_NULL;
   }

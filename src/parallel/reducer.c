@@ -1,6 +1,8 @@
 /* reducer.c: bucketed, overlapped gradient all-reduce (see reducer.h). */
 #include "calmflow/reducer.h"
 
+#include "calmflow/commstat.h"
+
 #include <string.h>
 
 cf_status cf_reducer_init(struct cf_reducer *r, MPI_Comm comm, float *buf, size_t n,
@@ -8,6 +10,7 @@ cf_status cf_reducer_init(struct cf_reducer *r, MPI_Comm comm, float *buf, size_
   memset(r, 0, sizeof *r);
   CF_CHECK(bucket >= 1, CF_EINVAL, "option -par_bucket_mb: bucket must hold at least one value");
   r->comm = comm;
+  CF_MPI(MPI_Comm_size(comm, &r->size));
   r->buf = buf;
   r->n = n;
   /* never more buckets than requests we can hold */
@@ -32,6 +35,7 @@ static cf_status start(struct cf_reducer *r, size_t lo) {
     r->hi -= piece;
     cnt -= piece;
     r->bytes += (double)piece * sizeof(float);
+    if (r->size > 1) cf_commstat_add(CF_COMM_DP, (double)piece * sizeof(float), 0.0);
     r->buckets++;
   }
   return CF_OK;
@@ -49,7 +53,10 @@ cf_status cf_reducer_ready(void *reducer, size_t offset) {
 
 cf_status cf_reducer_finish(struct cf_reducer *r) {
   if (r->hi > 0) CF_TRY(start(r, 0));
-  CF_MPI(MPI_Waitall(r->nreq, r->req, MPI_STATUSES_IGNORE));
+  double t0 = cf_commstat_now();
+  int e = MPI_Waitall(r->nreq, r->req, MPI_STATUSES_IGNORE);
+  if (r->size > 1) cf_commstat_add(CF_COMM_DP, 0.0, cf_commstat_now() - t0);
+  CF_MPI(e);
   r->nreq = 0;
   return CF_OK;
 }
