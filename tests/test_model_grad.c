@@ -502,8 +502,15 @@ static void test_block(void) {
   int64_t H = 16, heads = 2, dh = 8, rot = 4, ffn = 24, R = c.B * c.T;
   float *cs = cf_test_floats((size_t)(c.T * 2)), *sn = cf_test_floats((size_t)(c.T * 2));
   cf_rotary_tables(cs, sn, c.T, rot, 10000.0);
-  c.d = (struct cf_block_dims){
-      .H = H, .heads = heads, .dh = dh, .rot = rot, .ffn = ffn, .cs = cs, .sn = sn};
+  c.d = (struct cf_block_dims){.H = H,
+                               .heads = heads,
+                               .dh = dh,
+                               .rot = rot,
+                               .ffn = ffn,
+                               .cs = cs,
+                               .sn = sn,
+                               .tp = MPI_COMM_NULL,
+                               .ring = NULL};
   struct {
     const char *name;
     float **w, **g;
@@ -543,7 +550,7 @@ static void test_block(void) {
   block_loss(&c);
   float *gx = cf_test_floats(nh);
   memcpy(gx, c.w, nh * sizeof(float));
-  struct cf_block_ws ws = {.gt = cf_test_floats(nh),
+  struct cf_block_ws ws = {.gt = cf_test_floats(2 * nh),
                            .gao = cf_test_floats(nh),
                            .gqkv = cf_test_floats(3 * nh),
                            .gf = cf_test_floats((size_t)(R * ffn)),

@@ -45,8 +45,22 @@
  * kept elements scaled by 1/(1-dropout). Sites: 0 encoder, 1 mu mlp, 2 lv mlp, 3 dec after fc1,
  * 4 dec after fc2; e = row-within-sequence * width + column. The transformer has no dropout.
  *
- * Nothing here knows about MPI: the caller splits sequences across ranks and sums gradients.
- * No function allocates after cf_model_init / cf_kvcache_init.
+ * Parallel parts (cf_model_init_part with a process grid, grid.h): a rank holds
+ *   - pipeline: the layers [l0, l1) of its stage (cf_grid_stage_layers); stage 0 also the
+ *     encoder, the last stage also lnf, the head and the decoder;
+ *   - tensor (Megatron): heads [t*heads/tp, (t+1)*heads/tp) of every block it holds, i.e. the
+ *     row block of attn.qkv (weight and bias), the column block of attn.out.weight, the row
+ *     block of mlp.fc1 (ffn/tp rows) and the column block of mlp.fc2.weight; LayerNorms, the
+ *     out / fc2 biases, encoder, head and decoder are replicated. One all-reduce over the
+ *     tensor group per block in forward, one in backward;
+ *   - context: the points [plo[0], phi[0]) and [plo[1], phi[1]) of every sequence
+ *     (cf_grid_cp_chunks over the N*P points, so a point's S tokens stay together); attention
+ *     runs over the ring (ring.h). Inputs stay whole sequences; the rank uses its rows.
+ * The tensor table lists every tensor of the whole model on every rank (checkpoints name
+ * them all) with this rank's block; tensors of other stages have held = 0.
+ * Weights are initialized by global element index, so any layout starts from the same model.
+ * Summing gradients over the ranks holding the same parameters (data and context groups) is
+ * the caller's job (reducer.h). No function allocates after cf_model_init / cf_kvcache_init.
  */
 #ifndef CALMFLOW_MODEL_H
 #define CALMFLOW_MODEL_H
@@ -55,6 +69,7 @@
 #include <stdint.h>
 
 #include "calmflow/error.h"
+#include "calmflow/grid.h"
 
 enum cf_head { CF_HEAD_VAE = 0, CF_HEAD_GAUSS = 1 };
 
@@ -82,12 +97,22 @@ struct cf_dropkey {
   uint64_t seq0;
 };
 
+enum cf_split {
+  CF_SPLIT_NONE = 0, /* whole tensor on every rank of the tensor group */
+  CF_SPLIT_ROWS = 1, /* row block per tensor rank */
+  CF_SPLIT_COLS = 2  /* column block per tensor rank */
+};
+
 struct cf_tensor_info {
   const char *name;
-  int ndim; /* 1 or 2 */
-  int64_t shape[2];
-  size_t offset; /* in floats, into params / grads */
-  size_t numel;
+  int ndim;         /* 1 or 2 */
+  int64_t shape[2]; /* global shape (shape[1] = 0 for ndim 1) */
+  int held;         /* 0: another pipeline stage's tensor (offset, numel 0) */
+  enum cf_split split;
+  int64_t start[2]; /* this rank's block in global coordinates */
+  int64_t count[2]; /* its shape (count[1] = 1 for ndim 1) */
+  size_t offset;    /* in floats, into params / grads */
+  size_t numel;     /* floats held */
 };
 
 /* Per-call loss contributions: sums over this call's positions divided by the given
@@ -123,6 +148,20 @@ cf_status cf_model_cfg_check(const struct cf_model_cfg *cfg);
 /* Local. Allocate parameters, gradients and training activations for up to max_batch
  * sequences. Weights are zero until cf_model_init_weights. */
 cf_status cf_model_init(struct cf_model *m, const struct cf_model_cfg *cfg, int64_t max_batch);
+/* Local. The same for this rank's part of the model on grid g (NULL: the whole model, as
+ * cf_model_init). Checks that tensor parallelism divides heads and ffn and that context
+ * parallelism leaves every rank points (errors name the options). The grid must outlive m. */
+cf_status cf_model_init_part(struct cf_model *m, const struct cf_model_cfg *cfg, int64_t max_batch,
+                             const struct cf_grid *g);
+/* Local. Whether this rank holds the encoder (first stage) / the head (last stage). */
+int cf_model_first(const struct cf_model *m);
+int cf_model_last(const struct cf_model *m);
+/* Local. Token rows per sequence on this rank (T, or its context-parallel share). */
+int64_t cf_model_local_tokens(const struct cf_model *m);
+/* Local. Sum of squares of the gradients this rank counts for the global gradient norm: its
+ * blocks of tensor-split tensors, replicated tensors on tensor rank 0 only. Summed over the
+ * model group (grid.mp) it is the squared norm of the whole model's gradient. */
+double cf_model_grad_sqnorm(const struct cf_model *m);
 void cf_model_release(struct cf_model *m); /* idempotent; *m all-zero after */
 
 /* Local. Deterministic initialization from seed: transformer linears N(0, 0.02), biases 0,
@@ -130,7 +169,12 @@ void cf_model_release(struct cf_model *m); /* idempotent; *m all-zero after */
  * U(-1/sqrt(in), 1/sqrt(in)) for weight and bias. Uses CF_RNG_INIT with index = tensor id. */
 void cf_model_init_weights(struct cf_model *m, uint64_t seed);
 
-/* Local. Look up a tensor by name (NULL if absent). */
+/* Local. Floating-point operations of one training forward + backward of one sequence of the
+ * whole model (matrix products counted as 2 flops per multiply-add, causal attention as half
+ * the full score matrix, backward as twice the forward); for MFU figures. */
+double cf_model_flops(const struct cf_model_cfg *c);
+
+/* Local. Look up a tensor this rank holds by name (NULL if absent or not held). */
 const struct cf_tensor_info *cf_model_find(const struct cf_model *m, const char *name);
 
 void cf_model_zero_grad(struct cf_model *m);
@@ -150,6 +194,29 @@ cf_status cf_model_forward(struct cf_model *m, int64_t B, const float *z, const 
 
 /* Local. Backward of the last cf_model_forward; adds into m->grads. */
 cf_status cf_model_backward(struct cf_model *m);
+
+/* ---- pipeline stages ----
+ * The activation storage holds max_batch sequences; a call at b0 uses sequences
+ * [b0, b0 + B) of it, so several micro-batches can be in flight (1F1B keeps up to pp - stage).
+ * cf_model_forward / cf_model_backward are the calls at b0 = 0 on a whole model. */
+
+/* Collective on the tensor and context groups. Forward of this rank's part for B sequences
+ * stored at b0. First stage: from z. Other stages: the input hidden states must be in
+ * cf_model_stage_in(m, b0, B) already. Last stage: computes the loss (z, y, eps as in
+ * cf_model_forward); other stages leave *out zero and ignore y and eps. */
+cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const float *z,
+                              const float *y, const float *eps, const struct cf_dropkey *dk,
+                              double n_pts, float beta, struct cf_loss *out);
+/* Collective as cf_model_forward_at. Backward of the forward at b0 (same B). Last stage: from
+ * the loss. Other stages: d loss / d (stage output) must be in cf_model_stage_grad(m, b0, B);
+ * on return (stages after the first) it holds d loss / d (stage input). */
+cf_status cf_model_backward_at(struct cf_model *m, int64_t b0, int64_t B);
+/* Local. Buffers of the stage boundary, each (B * local tokens, H) for sequences at b0:
+ * the input of the first layer held (receive here), the output of the last layer held
+ * (send from here after forward), and the boundary gradient (see cf_model_backward_at). */
+float *cf_model_stage_in(struct cf_model *m, int64_t b0, int64_t B);
+const float *cf_model_stage_out(struct cf_model *m, int64_t b0, int64_t B);
+float *cf_model_stage_grad(struct cf_model *m, int64_t b0, int64_t B);
 
 /* ---- inference with a KV cache ---- */
 struct cf_kvcache {

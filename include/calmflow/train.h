@@ -19,6 +19,7 @@
 #include "calmflow/ckpt.h"
 #include "calmflow/error.h"
 #include "calmflow/flow.h"
+#include "calmflow/grid.h"
 #include "calmflow/model.h"
 
 enum cf_optimizer { CF_OPT_ADAMW, CF_OPT_ADAM_L2 };
@@ -57,6 +58,9 @@ double cf_train_lr(const struct cf_train_cfg *c, int64_t step);
 /* Local. Scale g (n) so its 2-norm is at most maxnorm (maxnorm <= 0: no clipping); returns the
  * norm before clipping. */
 double cf_clip_grad(float *g, size_t n, double maxnorm);
+/* Local. The scaling step of cf_clip_grad for a norm computed elsewhere (model parallel: the
+ * norm of the whole model's gradient). */
+void cf_clip_apply(float *g, size_t n, double norm, double maxnorm);
 /* Local. One AdamW / Adam-L2 update of p (n) with gradient g at learning rate lr. */
 void cf_optim_step(struct cf_optim *o, const struct cf_train_cfg *c, float *p, const float *g,
                    double lr);
@@ -76,9 +80,12 @@ struct cf_ckpt_table {
   struct cf_ckpt_tensor *t; /* (nt) */
   char *names;              /* (nt, CF_CKPT_NAME_MAX) */
 };
-/* Local. adam_m and adam_v may both be NULL (parameters only). */
+/* Local. adam_m and adam_v may both be NULL (parameters only). Every tensor of the whole model
+ * is listed (checkpoints hold them all); a tensor this rank does not hold has data NULL. grid:
+ * the layout m was made for (blocks and replica sets from it), or NULL for a whole model on
+ * every rank of the checkpoint's communicator. */
 cf_status cf_ckpt_table_init(struct cf_ckpt_table *ct, const struct cf_model *m,
-                             const float *adam_m, const float *adam_v);
+                             const struct cf_grid *grid, const float *adam_m, const float *adam_v);
 void cf_ckpt_table_release(struct cf_ckpt_table *ct);
 
 /* What a run leaves behind. */
@@ -91,6 +98,12 @@ struct cf_train_result {
   double final_loss;          /* mean of the last min(50, steps) logged losses */
   double seconds;
   double tokens_per_s;
+  /* steady state: the steps after the first, without checkpoints (benchmarks) */
+  double steady_tokens_per_s;
+  double comm_bytes[4];   /* per step, by commstat.h kind (dp, tp, pp, cp): max over ranks */
+  double comm_seconds[4]; /* per step, the same */
+  double state_bytes_max; /* state_bytes, max over ranks */
+  double flops_per_step;  /* model FLOPs of one step (forward + backward), cf_model_flops */
   char last_ckpt[4096];
 };
 
@@ -99,16 +112,16 @@ struct cf_train_result {
 cf_status cf_train_cfg_check(const struct cf_train_cfg *tc, const struct cf_model_cfg *mc,
                              int world);
 
-/* Collective on comm. Train into run_dir (which must exist with a ckpt/ subfolder): appends
+/* Collective on the grid. Train into run_dir (which must exist with a ckpt/ subfolder): appends
  * run_dir/log.jsonl, writes run_dir/ckpt/step-NNNNNNN.h5 and ckpt/LATEST. options_yaml is the
  * resolved configuration stored in every checkpoint. resume (NULL: from scratch) names a
  * checkpoint to continue from: its parameters, AdamW moments and step; because every draw is
  * keyed by the step, the continued run is bit-identical to an uninterrupted one at the same
  * layout. SIGUSR1 or SIGTERM on any rank stops the run at the next step boundary (the ranks
  * agree through the loss all-reduce): a checkpoint is written and CF_STOPPED returned. */
-cf_status cf_train_run(MPI_Comm comm, const struct cf_train_cfg *tc, const struct cf_model_cfg *mc,
-                       const struct cf_flow_cfg *fc, const struct cf_dist *src,
-                       const struct cf_dist *tgt, const char *run_dir, const char *options_yaml,
-                       const char *resume, struct cf_train_result *res);
+cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
+                       const struct cf_model_cfg *mc, const struct cf_flow_cfg *fc,
+                       const struct cf_dist *src, const struct cf_dist *tgt, const char *run_dir,
+                       const char *options_yaml, const char *resume, struct cf_train_result *res);
 
 #endif

@@ -58,9 +58,10 @@ cf_status cf_app_dist(MPI_Comm comm, const char *spec, int64_t dim, const char *
                       struct cf_dist *d, float **owned);
 
 /* Local. Read -par_tp/-par_pp/-par_cp into par[3] and check the layout against the world size
- * and the model (cf_grid_check); degrees above 1 are refused until calmflow 2 implements them. */
+ * and the model (cf_grid_check, and -net_ffn divisible by -par_tp). whole_model (sampling):
+ * degrees above 1 are refused, every rank holds the whole model. */
 cf_status cf_app_layout(const struct cf_opts *o, int world, const struct cf_model_cfg *mc,
-                        int64_t microbatches, int par[3]);
+                        int64_t microbatches, int whole_model, int par[3]);
 
 /* Collective on comm. The training options stored in checkpoint `path` (into *to) and its
  * metadata (meta->options_yaml is not kept). */

@@ -39,7 +39,7 @@ cf_status cf_load_model(MPI_Comm comm, const char *path, struct cf_opts *to, str
   if (with_optim)
     CF_TRY(cf_alloc((void **)&moments, 2 * m->n_params * sizeof(float), "optimizer state"));
   struct cf_ckpt_table ct;
-  CF_TRY(cf_ckpt_table_init(&ct, m, moments, moments ? moments + m->n_params : NULL));
+  CF_TRY(cf_ckpt_table_init(&ct, m, NULL, moments, moments ? moments + m->n_params : NULL));
   cf_status st = cf_ckpt_read_tensors(comm, path, ct.t, ct.nt);
   cf_ckpt_table_release(&ct);
   cf_free((void **)&moments);
@@ -94,7 +94,7 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   CF_TRY(cf_opt_real(o, "par_timeout", 0, 1e9, &timeout));
   CF_TRY(cf_watchdog_start(timeout, rank));
   int par[3];
-  CF_TRY(cf_app_layout(o, world, &m.cfg, 1, par));
+  CF_TRY(cf_app_layout(o, world, &m.cfg, 1, 1, par));
   const char *tau_s = cf_opt_str(o, "sample_temperature");
   if (strcmp(tau_s, "auto") == 0)
     sc.tau = m.cfg.head == CF_HEAD_VAE ? 0.5 : 1.0;

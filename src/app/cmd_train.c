@@ -203,7 +203,7 @@ static cf_status train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
 }
 
 cf_status cf_app_layout(const struct cf_opts *o, int world, const struct cf_model_cfg *mc,
-                        int64_t microbatches, int par[3]) {
+                        int64_t microbatches, int whole_model, int par[3]) {
   static const char *axes[3] = {"par_tp", "par_pp", "par_cp"};
   static const char *what[3] = {"tensor", "pipeline", "context"};
   for (int i = 0; i < 3; i++) {
@@ -211,13 +211,18 @@ cf_status cf_app_layout(const struct cf_opts *o, int world, const struct cf_mode
     CF_TRY(cf_opt_int(o, axes[i], 1, 1 << 20, &v));
     par[i] = (int)v;
   }
-  CF_TRY(cf_grid_check(world, par[0], par[1], par[2], mc->layers, mc->heads, mc->N * mc->P * mc->S,
+  if (whole_model)
+    for (int i = 0; i < 3; i++)
+      CF_CHECK(par[i] == 1, CF_EINVAL,
+               "option -%s: sampling keeps the whole model on every rank, so %s parallelism "
+               "does not apply (use -%s 1; it splits training only)",
+               axes[i], what[i], axes[i]);
+  CF_TRY(cf_grid_check(world, par[0], par[1], par[2], mc->layers, mc->heads, mc->N * mc->P,
                        microbatches));
-  for (int i = 0; i < 3; i++)
-    CF_CHECK(par[i] == 1, CF_EINVAL,
-             "option -%s: %s parallelism is not implemented yet (it comes with calmflow 2); "
-             "data parallelism over all ranks works now",
-             axes[i], what[i]);
+  CF_CHECK(mc->ffn % par[0] == 0, CF_ETOPO,
+           "-net_ffn %lld is not divisible by -par_tp %d (each tensor-parallel rank owns an equal "
+           "share of the MLP)",
+           (long long)mc->ffn, par[0]);
   return CF_OK;
 }
 
@@ -243,8 +248,8 @@ cf_status cf_cmd_train(MPI_Comm comm) {
   CF_TRY(cf_opt_real(o, "par_timeout", 0, 1e9, &timeout));
   CF_TRY(cf_watchdog_start(timeout, rank));
   int par[3];
-  CF_TRY(cf_app_layout(o, world, &mc, tc.microbatches, par));
-  CF_TRY(cf_train_cfg_check(&tc, &mc, world));
+  CF_TRY(cf_app_layout(o, world, &mc, tc.microbatches, 0, par));
+  CF_TRY(cf_train_cfg_check(&tc, &mc, world / (par[0] * par[1] * par[2])));
   int overwrite;
   CF_TRY(cf_opt_bool(o, "run_overwrite", &overwrite));
   const char *run_dir = cf_opt_str(o, "run_dir");
@@ -309,7 +314,7 @@ cf_status cf_cmd_train(MPI_Comm comm) {
     if (resume[0]) printf("resuming from %s (step %lld)\n", resume, (long long)resume_step);
   }
   struct cf_train_result res;
-  cf_status st_run = cf_train_run(grid.dp, &tc, &mc, &fc, &src, &tgt, run_dir, yaml,
+  cf_status st_run = cf_train_run(&grid, &tc, &mc, &fc, &src, &tgt, run_dir, yaml,
                                   resume[0] ? resume : NULL, &res);
   cf_grid_release(&grid);
   if (st_run == CF_STOPPED) {
@@ -328,6 +333,26 @@ cf_status cf_cmd_train(MPI_Comm comm) {
            (long long)tc.steps, res.seconds, res.tokens_per_s, res.final_loss, res.last_ckpt,
            res.peak_rss / 1048576.0, res.state_bytes / 1048576.0,
            res.grad_bytes_per_step / 1048576.0);
+  if (rank == 0) {
+    /* machine-readable figures of the run, for benchmarks (bench/) */
+    char path[4200], text[2048];
+    snprintf(path, sizeof path, "%s/summary.json", run_dir);
+    snprintf(text, sizeof text,
+             "{\"ranks\": %d, \"dp\": %d, \"tp\": %d, \"pp\": %d, \"cp\": %d, "
+             "\"steps\": %lld, \"seconds\": %.6g, \"tokens_per_s\": %.6g, "
+             "\"steady_tokens_per_s\": %.6g, \"flops_per_step\": %.6g, \"peak_rss\": %.6g, "
+             "\"state_bytes_max\": %.6g, \"final_loss\": %.8g, "
+             "\"comm_bytes_per_step\": {\"dp\": %.6g, \"tp\": %.6g, \"pp\": %.6g, "
+             "\"cp\": %.6g}, \"comm_seconds_per_step\": {\"dp\": %.6g, \"tp\": %.6g, "
+             "\"pp\": %.6g, \"cp\": %.6g}}\n",
+             world, world / (par[0] * par[1] * par[2]), par[0], par[1], par[2], (long long)tc.steps,
+             res.seconds, res.tokens_per_s, res.steady_tokens_per_s, res.flops_per_step,
+             res.peak_rss, res.state_bytes_max, res.final_loss, res.comm_bytes[0],
+             res.comm_bytes[1], res.comm_bytes[2], res.comm_bytes[3], res.comm_seconds[0],
+             res.comm_seconds[1], res.comm_seconds[2], res.comm_seconds[3]);
+    cf_status sw = cf_write_text_atomic(path, text);
+    if (sw != CF_OK) fprintf(stderr, "calmflow: warning: %s\n", cf_errmsg());
+  }
   cf_free((void **)&yaml);
   cf_free((void **)&src_pts);
   cf_free((void **)&tgt_pts);

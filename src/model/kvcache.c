@@ -73,6 +73,10 @@ cf_status cf_kvcache_init(struct cf_kvcache *c, const struct cf_model *m, int64_
   memset(c, 0, sizeof *c);
   CF_CHECK(m != NULL && m->impl != NULL, CF_EINVAL, "kvcache: model not initialized");
   const struct cf_model_cfg *mc = &m->cfg;
+  const struct cf_model_impl *mi = m->impl;
+  CF_CHECK(mi->first && mi->last && mi->n_tp == 1 && mi->n_cp == 1, CF_EINVAL,
+           "kvcache: sampling needs the whole model on each rank (no tensor, pipeline or "
+           "context split)");
   CF_CHECK(B >= 1 && max_len >= 1, CF_EINVAL,
            "kvcache: need at least one sequence and one token (got B %lld, max_len %lld)",
            (long long)B, (long long)max_len);

@@ -215,20 +215,27 @@ void cf_lnrelu_bwd(const float *dd, const float *xhat, const float *rstd, const 
   cf_layernorm_bwd(da, xhat, rstd, M, n, NULL, NULL, NULL, da, 0);
 }
 
-void cf_dropout_mask(float *mask, int64_t B, int64_t rows, int64_t width, float p,
-                     const struct cf_dropkey *dk, int site) {
-  size_t per = (size_t)rows * (size_t)width;
+void cf_dropout_mask_rows(float *mask, int64_t B, const int64_t lo[2], const int64_t hi[2],
+                          int64_t width, float p, const struct cf_dropkey *dk, int site) {
+  size_t n0 = (size_t)(hi[0] - lo[0]) * (size_t)width, n1 = (size_t)(hi[1] - lo[1]) * (size_t)width;
   float keep = 1.0f / (1.0f - p);
   for (int64_t b = 0; b < B; b++) {
     struct cf_rng r = {.seed = dk->seed,
                        .domain = (uint32_t)(CF_RNG_DROPOUT + site),
                        .step = dk->step,
                        .index = dk->seq0 + (uint64_t)b};
-    float *mb = mask + (size_t)b * per;
-    cf_rng_uniform(&r, 0, mb, per);
-    for (size_t e = 0; e < per; e++)
+    float *mb = mask + (size_t)b * (n0 + n1);
+    if (n0) cf_rng_uniform(&r, (uint64_t)lo[0] * (uint64_t)width, mb, n0);
+    if (n1) cf_rng_uniform(&r, (uint64_t)lo[1] * (uint64_t)width, mb + n0, n1);
+    for (size_t e = 0; e < n0 + n1; e++)
       mb[e] = mb[e] < p ? 0.0f : keep;
   }
+}
+
+void cf_dropout_mask(float *mask, int64_t B, int64_t rows, int64_t width, float p,
+                     const struct cf_dropkey *dk, int site) {
+  const int64_t lo[2] = {0, rows}, hi[2] = {rows, rows};
+  cf_dropout_mask_rows(mask, B, lo, hi, width, p, dk, site);
 }
 
 void cf_rotary_tables(float *cs, float *sn, int64_t npos, int64_t rot, double base) {

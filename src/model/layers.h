@@ -15,6 +15,7 @@
 
 #include "calmflow/mem.h"
 #include "calmflow/model.h"
+#include "calmflow/ring.h"
 
 #define CF_LN_EPS 1e-5
 /* Rows of queries handled per attention block; keys beyond the block's last row are skipped
@@ -58,6 +59,11 @@ void cf_lnrelu_bwd(const float *dd, const float *xhat, const float *rstd, const 
  * mask[b][e] = 0 if u(seed, CF_RNG_DROPOUT + site, step, seq0 + b; e) < p else 1/(1-p). */
 void cf_dropout_mask(float *mask, int64_t B, int64_t rows, int64_t width, float p,
                      const struct cf_dropkey *dk, int site);
+/* The same for a context-parallel rank: its rows of each sequence are the global rows
+ * [lo[0], hi[0]) then [lo[1], hi[1]); mask (B, rows held, width) holds exactly the values
+ * cf_dropout_mask gives those rows. */
+void cf_dropout_mask_rows(float *mask, int64_t B, const int64_t lo[2], const int64_t hi[2],
+                          int64_t width, float p, const struct cf_dropkey *dk, int site);
 
 /* Rotary tables for positions [0, npos): cs, sn (npos, rot/2),
  * angle = pos * base^(-2i/rot). */
@@ -115,6 +121,17 @@ struct cf_model_impl {
   int64_t J, T, dh, rot, SH, Idec, Dout; /* Idec = max(S*H, D) */
   int64_t n_pred_pts;                    /* (N-1)*P points per sequence that carry a loss */
   int64_t n_pred_tok;                    /* (N-1)*P*S tokens */
+  /* this rank's part of the model (cf_model_init_part; all "whole model" when serial) */
+  MPI_Comm tpc; /* tensor-parallel group, MPI_COMM_NULL when n_tp == 1 */
+  int n_tp, tp_rank, n_cp, cp_rank;
+  int64_t l0, l1;             /* transformer layers held: [l0, l1) */
+  int first, last;            /* holds the encoder / holds lnf, the head and the decoder */
+  int64_t heads_l, Hl, ffn_l; /* local heads, their width heads_l*dh, local MLP width */
+  int64_t Jl, Tl;             /* points / tokens of each sequence held (context parallel) */
+  int64_t plo[2], phi[2];     /* the global point ranges held */
+  int64_t tlo[2], thi[2];     /* the same in tokens */
+  int has_ring;               /* n_cp > 1: attention through ring */
+  struct cf_ring ring;
   /* parameters */
   struct cf_lin enc1, enc2, mu1, mu2, lv1, lv2, dec1, dec2, dec3;
   struct cf_block_p *blk; /* (layers) */
@@ -136,37 +153,46 @@ struct cf_model_impl {
   struct cf_unit_a ud1, ud2;          /* decoder units (B*J, I) */
   float *out, *dout;                  /* (B*J, Dout) decoder output and dloss/dout */
   /* backward scratch */
-  float *gx, *gt, *gao, *gh; /* (R, H) */
-  float *gqkv;               /* (R, 3H) */
-  float *gf;                 /* (R, ffn) */
-  float *gs;                 /* (CF_ATTN_CHUNK, T) */
-  float *gd1, *gd2;          /* (B*J, I) */
-  float *genc;               /* (B*J, SH) */
-  float *gmu, *gv;           /* (R, H) */
-  int64_t last_B;            /* sequences in the last forward (0: none) */
-  int last_drop;             /* dropout masks valid for the last forward */
+  float *gx, *gao, *gh; /* (R, H) */
+  float *gt;            /* (2, R, H): [d ln1 out | d ln2 out] in a block's backward */
+  float *gqkv;          /* (R, 3H) */
+  float *gf;            /* (R, ffn) */
+  float *gs;            /* (CF_ATTN_CHUNK, T) */
+  float *gd1, *gd2;     /* (B*J, I) */
+  float *genc;          /* (B*J, SH) */
+  float *gmu, *gv;      /* (R, H) */
+  int64_t last_B;       /* sequences in the last forward (0: none) */
+  int last_drop;        /* dropout masks valid for the last forward */
 };
 
 /* Sizes and rotary tables a transformer block needs. */
 struct cf_block_dims {
-  int64_t H, heads, dh, rot, ffn;
-  const float *cs, *sn; /* (>= T, rot/2) rotary tables, position = token index */
+  int64_t H, heads, dh, rot, ffn; /* heads and ffn: this rank's share under tensor parallelism */
+  const float *cs, *sn;           /* (>= T, rot/2) rotary tables, position = token index */
+  MPI_Comm tp;                    /* tensor-parallel group (MPI_COMM_NULL: none) */
+  struct cf_ring *ring;   /* context parallel: attention over the ring (NULL: whole sequence) */
+  int64_t tlo[2], thi[2]; /* with ring: the global token ranges of each sequence's rows */
 };
 /* Backward scratch for R = B*T rows. */
 struct cf_block_ws {
-  float *gt, *gao; /* (R, H) */
-  float *gqkv;     /* (R, 3H) */
-  float *gf;       /* (R, ffn) */
-  float *gs;       /* (CF_ATTN_CHUNK, T) */
+  float *gt;   /* (2, R, H) */
+  float *gao;  /* (R, H) */
+  float *gqkv; /* (R, 3H) */
+  float *gf;   /* (R, ffn) */
+  float *gs;   /* (CF_ATTN_CHUNK, T) */
 };
-/* One block for B sequences of T tokens: xn (R, H) = a->x + attn(ln1(a->x)) + mlp(ln2(a->x)),
- * filling every saved activation in a (a->x is the input). */
-void cf_block_fwd(const struct cf_block_p *p, const struct cf_block_a *a, int64_t B, int64_t T,
-                  const struct cf_block_dims *d, float *xn);
+/* One block for B sequences of T tokens each (this rank's tokens under context parallelism):
+ * xn (R, H) = a->x + attn(ln1(a->x)) + mlp(ln2(a->x)), filling every saved activation in a
+ * (a->x is the input). Under tensor parallelism p holds this rank's heads and MLP columns
+ * and the partial sums of the out projection and fc2 are all-reduced once over d->tp.
+ * Collective on d->tp and d->ring when given. */
+cf_status cf_block_fwd(const struct cf_block_p *p, const struct cf_block_a *a, int64_t B, int64_t T,
+                       const struct cf_block_dims *d, float *xn);
 /* Backward of cf_block_fwd: gx (R, H) holds d loss / d xn on entry and d loss / d a->x on
- * return; parameter gradients are added. */
-void cf_block_bwd(const struct cf_block_p *p, const struct cf_block_a *a, int64_t B, int64_t T,
-                  const struct cf_block_dims *d, float *gx, const struct cf_block_ws *w);
+ * return; parameter gradients are added. One all-reduce over d->tp of the two LayerNorm
+ * output gradients. Collective as cf_block_fwd. */
+cf_status cf_block_bwd(const struct cf_block_p *p, const struct cf_block_a *a, int64_t B, int64_t T,
+                       const struct cf_block_dims *d, float *gx, const struct cf_block_ws *w);
 
 /* Decoder forward on rows (M, SH) through the given units and linears (no allocation):
  * used by training (masks) and sampling (masks NULL). out (M, Dout). */

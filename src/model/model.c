@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "calmflow/commstat.h"
 #include "calmflow/mem.h"
 #include "calmflow/rng.h"
+#include "calmflow/watchdog.h"
 #include "model/layers.h"
 
 #define CF_MAX_DIM (1LL << 24) /* largest single size option */
@@ -63,13 +65,25 @@ struct tbuild {
   struct cf_model *m;
   struct cf_model_impl *im;
   int fill; /* 0: count only */
+  int held; /* the tensors being added belong to this rank's stage */
   int n;
   size_t off;
 };
 
+/* Add a tensor of global shape (d0, d1) (d1 ignored for ndim 1) split over the tensor group as
+ * `split`; returns its offset into the arena (meaningful only when held). */
 static size_t add_tensor(struct tbuild *t, const char *name, int ndim, int64_t d0, int64_t d1,
-                         int kind, int64_t fan_in) {
-  size_t numel = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1), off = t->off;
+                         enum cf_split split, int kind, int64_t fan_in) {
+  const struct cf_model_impl *im = t->im;
+  int64_t c0 = d0, c1 = ndim == 2 ? d1 : 1, s0 = 0, s1 = 0;
+  if (split == CF_SPLIT_ROWS) {
+    c0 = d0 / im->n_tp;
+    s0 = c0 * im->tp_rank;
+  } else if (split == CF_SPLIT_COLS) {
+    c1 = d1 / im->n_tp;
+    s1 = c1 * im->tp_rank;
+  }
+  size_t numel = t->held ? (size_t)c0 * (size_t)c1 : 0, off = t->off;
   if (t->fill) {
     struct cf_tensor_info *ti = &t->m->tensors[t->n];
     char *nm = t->im->names + (size_t)t->n * CF_NAME_LEN;
@@ -78,7 +92,13 @@ static size_t add_tensor(struct tbuild *t, const char *name, int ndim, int64_t d
     ti->ndim = ndim;
     ti->shape[0] = d0;
     ti->shape[1] = ndim == 2 ? d1 : 0;
-    ti->offset = off;
+    ti->held = t->held;
+    ti->split = split;
+    ti->start[0] = s0;
+    ti->start[1] = s1;
+    ti->count[0] = c0;
+    ti->count[1] = c1;
+    ti->offset = t->held ? off : 0;
     ti->numel = numel;
     t->im->init_kind[t->n] = (signed char)kind;
     t->im->fan_in[t->n] = fan_in;
@@ -88,30 +108,34 @@ static size_t add_tensor(struct tbuild *t, const char *name, int ndim, int64_t d
   return off;
 }
 
+/* A linear layer (out, in): transformer ones N(0, 0.02) with zero bias, others PyTorch's
+ * default. ROWS splits weight and bias by output rows; COLS splits the weight's input columns
+ * and keeps the bias whole. */
 static void add_lin(struct tbuild *t, struct cf_lin *L, const char *prefix, int64_t out, int64_t in,
-                    int transformer) {
+                    int transformer, enum cf_split split) {
   char nm[CF_NAME_LEN];
   snprintf(nm, sizeof nm, "%s.weight", prefix);
-  size_t ow = add_tensor(t, nm, 2, out, in, transformer ? INIT_NORMAL : INIT_UNIFORM, in);
+  size_t ow = add_tensor(t, nm, 2, out, in, split, transformer ? INIT_NORMAL : INIT_UNIFORM, in);
   snprintf(nm, sizeof nm, "%s.bias", prefix);
-  size_t ob = add_tensor(t, nm, 1, out, 0, transformer ? INIT_ZERO : INIT_UNIFORM, in);
-  if (t->fill) {
+  size_t ob = add_tensor(t, nm, 1, out, 0, split == CF_SPLIT_ROWS ? CF_SPLIT_ROWS : CF_SPLIT_NONE,
+                         transformer ? INIT_ZERO : INIT_UNIFORM, in);
+  if (t->fill && t->held) {
     L->w = t->m->params + ow;
     L->gw = t->m->grads + ow;
     L->b = t->m->params + ob;
     L->gb = t->m->grads + ob;
-    L->out = out;
-    L->in = in;
+    L->out = split == CF_SPLIT_ROWS ? out / t->im->n_tp : out;
+    L->in = split == CF_SPLIT_COLS ? in / t->im->n_tp : in;
   }
 }
 
 static void add_ln(struct tbuild *t, struct cf_lnp *L, const char *prefix, int64_t n) {
   char nm[CF_NAME_LEN];
   snprintf(nm, sizeof nm, "%s.weight", prefix);
-  size_t ow = add_tensor(t, nm, 1, n, 0, INIT_ONE, n);
+  size_t ow = add_tensor(t, nm, 1, n, 0, CF_SPLIT_NONE, INIT_ONE, n);
   snprintf(nm, sizeof nm, "%s.bias", prefix);
-  size_t ob = add_tensor(t, nm, 1, n, 0, INIT_ZERO, n);
-  if (t->fill) {
+  size_t ob = add_tensor(t, nm, 1, n, 0, CF_SPLIT_NONE, INIT_ZERO, n);
+  if (t->fill && t->held) {
     L->w = t->m->params + ow;
     L->gw = t->m->grads + ow;
     L->b = t->m->params + ob;
@@ -123,101 +147,128 @@ static void build_tensors(struct tbuild *t) {
   const struct cf_model_cfg *c = &t->m->cfg;
   struct cf_model_impl *im = t->im;
   int64_t H = c->H, SH = im->SH;
-  add_lin(t, &im->enc1, "enc.fc1", SH, c->D, 0);
-  add_lin(t, &im->enc2, "enc.fc2", SH, SH, 0);
+  t->held = im->first;
+  add_lin(t, &im->enc1, "enc.fc1", SH, c->D, 0, CF_SPLIT_NONE);
+  add_lin(t, &im->enc2, "enc.fc2", SH, SH, 0, CF_SPLIT_NONE);
   for (int64_t l = 0; l < c->layers; l++) {
     struct cf_block_p dummy, *p = t->fill ? &im->blk[l] : &dummy;
     char pre[CF_NAME_LEN];
+    t->held = l >= im->l0 && l < im->l1;
     snprintf(pre, sizeof pre, "layers.%lld.ln1", (long long)l);
     add_ln(t, &p->ln1, pre, H);
     snprintf(pre, sizeof pre, "layers.%lld.ln2", (long long)l);
     add_ln(t, &p->ln2, pre, H);
     snprintf(pre, sizeof pre, "layers.%lld.attn.qkv", (long long)l);
-    add_lin(t, &p->qkv, pre, 3 * H, H, 1);
+    add_lin(t, &p->qkv, pre, 3 * H, H, 1, CF_SPLIT_ROWS);
     snprintf(pre, sizeof pre, "layers.%lld.attn.out", (long long)l);
-    add_lin(t, &p->out, pre, H, H, 1);
+    add_lin(t, &p->out, pre, H, H, 1, CF_SPLIT_COLS);
     snprintf(pre, sizeof pre, "layers.%lld.mlp.fc1", (long long)l);
-    add_lin(t, &p->fc1, pre, c->ffn, H, 1);
+    add_lin(t, &p->fc1, pre, c->ffn, H, 1, CF_SPLIT_ROWS);
     snprintf(pre, sizeof pre, "layers.%lld.mlp.fc2", (long long)l);
-    add_lin(t, &p->fc2, pre, H, c->ffn, 1);
+    add_lin(t, &p->fc2, pre, H, c->ffn, 1, CF_SPLIT_COLS);
   }
+  t->held = im->last;
   add_ln(t, &im->lnf, "lnf", H);
   if (c->head == CF_HEAD_VAE) {
-    add_lin(t, &im->mu1, "head.mu.fc1", H, H, 0);
-    add_lin(t, &im->mu2, "head.mu.fc2", H, H, 0);
-    add_lin(t, &im->lv1, "head.lv.fc1", H, H, 0);
-    add_lin(t, &im->lv2, "head.lv.fc2", H, H, 0);
+    add_lin(t, &im->mu1, "head.mu.fc1", H, H, 0, CF_SPLIT_NONE);
+    add_lin(t, &im->mu2, "head.mu.fc2", H, H, 0, CF_SPLIT_NONE);
+    add_lin(t, &im->lv1, "head.lv.fc1", H, H, 0, CF_SPLIT_NONE);
+    add_lin(t, &im->lv2, "head.lv.fc2", H, H, 0, CF_SPLIT_NONE);
   }
-  add_lin(t, &im->dec1, "dec.fc1", im->Idec, SH, 0);
-  add_lin(t, &im->dec2, "dec.fc2", im->Idec, im->Idec, 0);
-  add_lin(t, &im->dec3, "dec.fc3", im->Dout, im->Idec, 0);
+  add_lin(t, &im->dec1, "dec.fc1", im->Idec, SH, 0, CF_SPLIT_NONE);
+  add_lin(t, &im->dec2, "dec.fc2", im->Idec, im->Idec, 0, CF_SPLIT_NONE);
+  add_lin(t, &im->dec3, "dec.fc3", im->Dout, im->Idec, 0, CF_SPLIT_NONE);
 }
 
-/* ---- activation layout (planned, then carved) ---- */
+/* ---- activation layout (planned, then carved; a call at b0 re-carves shifted by b0) ---- */
 
-static void unit_layout(struct cf_arena *a, struct cf_unit_a *u, size_t rows, size_t n, int drop) {
-  u->xh = cf_arena_floats(a, rows * n);
-  u->rs = cf_arena_floats(a, rows);
-  u->mask = drop ? cf_arena_floats(a, rows * n) : NULL;
-  u->d = cf_arena_floats(a, rows * n);
+struct carver {
+  struct cf_arena *a;
+  int64_t B, b0; /* sequences stored, first sequence of the call */
+};
+
+/* per-sequence buffer: B pieces of `per` floats; the call's view starts at piece b0 */
+static float *seq_buf(struct carver *k, size_t per) {
+  float *p = cf_arena_floats(k->a, (size_t)k->B * per);
+  return p != NULL ? p + (size_t)k->b0 * per : NULL;
 }
 
+static void unit_layout(struct carver *k, struct cf_unit_a *u, size_t rows, size_t n, int drop) {
+  u->xh = seq_buf(k, rows * n);
+  u->rs = seq_buf(k, rows);
+  u->mask = drop ? seq_buf(k, rows * n) : NULL;
+  u->d = seq_buf(k, rows * n);
+}
+
+/* Rows per sequence: Tl tokens, Jl points (this rank's share). */
 static void act_layout(struct cf_model_impl *im, const struct cf_model_cfg *c, int64_t B,
-                       struct cf_arena *a) {
-  size_t H = (size_t)c->H, R = (size_t)(B * im->T), Rp = (size_t)(B * im->J);
-  size_t T = (size_t)im->T, Id = (size_t)im->Idec, SH = (size_t)im->SH, ffn = (size_t)c->ffn;
-  size_t half = (size_t)(im->rot / 2);
+                       struct cf_arena *a, int64_t b0) {
+  struct carver k = {a, B, b0};
+  size_t H = (size_t)c->H, Tl = (size_t)im->Tl, Jl = (size_t)im->Jl, T = (size_t)im->T;
+  size_t Id = (size_t)im->Idec, SH = (size_t)im->SH, ffn = (size_t)im->ffn_l;
+  size_t Hl = (size_t)im->Hl, half = (size_t)(im->rot / 2);
   int drop = c->dropout > 0.0f;
   im->cs = cf_arena_floats(a, T * half);
   im->sn = cf_arena_floats(a, T * half);
-  im->z = cf_arena_floats(a, Rp * (size_t)c->D);
-  unit_layout(a, &im->enc, Rp, SH, drop);
-  for (int64_t l = 0; l < c->layers; l++) {
+  if (im->first) {
+    im->z = seq_buf(&k, Jl * (size_t)c->D);
+    unit_layout(&k, &im->enc, Jl, SH, drop);
+  }
+  for (int64_t l = im->l0; l < im->l1; l++) {
     struct cf_block_a *ba = &im->ba[l];
-    ba->x = cf_arena_floats(a, R * H);
-    ba->xh1 = cf_arena_floats(a, R * H);
-    ba->rs1 = cf_arena_floats(a, R);
-    ba->u1 = cf_arena_floats(a, R * H);
-    ba->qkv = cf_arena_floats(a, R * 3 * H);
-    ba->probs = cf_arena_floats(a, (size_t)B * (size_t)c->heads * T * T);
-    ba->ao = cf_arena_floats(a, R * H);
-    ba->xh2 = cf_arena_floats(a, R * H);
-    ba->rs2 = cf_arena_floats(a, R);
-    ba->u2 = cf_arena_floats(a, R * H);
-    ba->f = cf_arena_floats(a, R * ffn);
-    ba->g = cf_arena_floats(a, R * ffn);
-    ba->cdf = cf_arena_floats(a, R * ffn);
+    ba->x = seq_buf(&k, Tl * H);
+    ba->xh1 = seq_buf(&k, Tl * H);
+    ba->rs1 = seq_buf(&k, Tl);
+    ba->u1 = seq_buf(&k, Tl * H);
+    ba->qkv = seq_buf(&k, Tl * 3 * Hl);
+    ba->probs = seq_buf(&k, (size_t)im->heads_l * Tl * T);
+    ba->ao = seq_buf(&k, Tl * Hl);
+    ba->xh2 = seq_buf(&k, Tl * H);
+    ba->rs2 = seq_buf(&k, Tl);
+    ba->u2 = seq_buf(&k, Tl * H);
+    ba->f = seq_buf(&k, Tl * ffn);
+    ba->g = seq_buf(&k, Tl * ffn);
+    ba->cdf = seq_buf(&k, Tl * ffn);
   }
-  im->xL = cf_arena_floats(a, R * H);
-  im->xhf = cf_arena_floats(a, R * H);
-  im->rsf = cf_arena_floats(a, R);
-  im->hf = cf_arena_floats(a, R * H);
-  if (c->head == CF_HEAD_VAE) {
-    unit_layout(a, &im->umu, R, H, drop);
-    unit_layout(a, &im->ulv, R, H, drop);
-    im->mu = cf_arena_floats(a, R * H);
-    im->v = cf_arena_floats(a, R * H);
-    im->zeta = cf_arena_floats(a, R * H);
-    im->fac = cf_arena_floats(a, R * H);
-    im->gmu_kl = cf_arena_floats(a, R * H);
-    im->gv_kl = cf_arena_floats(a, R * H);
-    im->gmu = cf_arena_floats(a, R * H);
-    im->gv = cf_arena_floats(a, R * H);
+  im->xL = seq_buf(&k, Tl * H);
+  if (im->last) {
+    im->xhf = seq_buf(&k, Tl * H);
+    im->rsf = seq_buf(&k, Tl);
+    im->hf = seq_buf(&k, Tl * H);
+    if (c->head == CF_HEAD_VAE) {
+      unit_layout(&k, &im->umu, Tl, H, drop);
+      unit_layout(&k, &im->ulv, Tl, H, drop);
+      im->mu = seq_buf(&k, Tl * H);
+      im->v = seq_buf(&k, Tl * H);
+      im->zeta = seq_buf(&k, Tl * H);
+      im->fac = seq_buf(&k, Tl * H);
+      im->gmu_kl = seq_buf(&k, Tl * H);
+      im->gv_kl = seq_buf(&k, Tl * H);
+      im->gmu = seq_buf(&k, Tl * H);
+      im->gv = seq_buf(&k, Tl * H);
+    }
+    unit_layout(&k, &im->ud1, Jl, Id, drop);
+    unit_layout(&k, &im->ud2, Jl, Id, drop);
+    im->out = seq_buf(&k, Jl * (size_t)im->Dout);
+    im->dout = seq_buf(&k, Jl * (size_t)im->Dout);
+    im->gd1 = seq_buf(&k, Jl * Id);
+    im->gd2 = seq_buf(&k, Jl * Id);
   }
-  unit_layout(a, &im->ud1, Rp, Id, drop);
-  unit_layout(a, &im->ud2, Rp, Id, drop);
-  im->out = cf_arena_floats(a, Rp * (size_t)im->Dout);
-  im->dout = cf_arena_floats(a, Rp * (size_t)im->Dout);
-  im->gx = cf_arena_floats(a, R * H);
-  im->gt = cf_arena_floats(a, R * H);
-  im->gao = cf_arena_floats(a, R * H);
-  im->gh = cf_arena_floats(a, R * H);
-  im->gqkv = cf_arena_floats(a, R * 3 * H);
-  im->gf = cf_arena_floats(a, R * ffn);
+  im->gx = seq_buf(&k, Tl * H);
+  im->gt = seq_buf(&k, 2 * Tl * H);
+  im->gao = seq_buf(&k, Tl * Hl);
+  im->gh = seq_buf(&k, Tl * H);
+  im->gqkv = seq_buf(&k, Tl * 3 * Hl);
+  im->gf = seq_buf(&k, Tl * ffn);
   im->gs = cf_arena_floats(a, (size_t)CF_ATTN_CHUNK * T);
-  im->gd1 = cf_arena_floats(a, Rp * Id);
-  im->gd2 = cf_arena_floats(a, Rp * Id);
-  im->genc = cf_arena_floats(a, Rp * SH);
+  if (im->first) im->genc = seq_buf(&k, Jl * SH);
+}
+
+/* Point the activation views at sequences [b0, ...) of the storage. */
+static void act_select(struct cf_model *m, int64_t b0) {
+  struct cf_model_impl *im = m->impl;
+  cf_arena_rewind(&im->arena);
+  act_layout(im, &m->cfg, m->max_batch, &im->arena, b0);
 }
 
 static cf_status buf_check(double n, const char *what) {
@@ -225,7 +276,49 @@ static cf_status buf_check(double n, const char *what) {
   return CF_OK;
 }
 
+/* Local. This rank's part from the grid (NULL: everything). */
+static cf_status part_init(struct cf_model_impl *im, const struct cf_model_cfg *c,
+                           const struct cf_grid *g) {
+  im->tpc = MPI_COMM_NULL;
+  im->n_tp = 1;
+  im->n_cp = 1;
+  im->l0 = 0;
+  im->l1 = c->layers;
+  if (g != NULL) {
+    CF_TRY(cf_grid_check(g->size, g->n_tp, g->n_pp, g->n_cp, c->layers, c->heads, c->N * c->P,
+                         g->n_pp));
+    CF_CHECK(c->ffn % g->n_tp == 0, CF_ETOPO,
+             "-net_ffn %lld is not divisible by -par_tp %d (each tensor-parallel rank owns an "
+             "equal share of the MLP)",
+             (long long)c->ffn, g->n_tp);
+    im->n_tp = g->n_tp;
+    im->tp_rank = g->tp_rank;
+    im->tpc = g->n_tp > 1 ? g->tp : MPI_COMM_NULL;
+    im->n_cp = g->n_cp;
+    im->cp_rank = g->cp_rank;
+    cf_grid_stage_layers(c->layers, g->n_pp, g->pp_rank, &im->l0, &im->l1);
+  }
+  im->first = im->l0 == 0;
+  im->last = im->l1 == c->layers;
+  im->heads_l = c->heads / im->n_tp;
+  im->Hl = im->heads_l * im->dh;
+  im->ffn_l = c->ffn / im->n_tp;
+  cf_grid_cp_chunks(im->n_cp, im->cp_rank, im->J, im->plo, im->phi);
+  im->Jl = (im->phi[0] - im->plo[0]) + (im->phi[1] - im->plo[1]);
+  for (int i = 0; i < 2; i++) {
+    im->tlo[i] = im->plo[i] * c->S;
+    im->thi[i] = im->phi[i] * c->S;
+  }
+  im->Tl = im->Jl * c->S;
+  return CF_OK;
+}
+
 cf_status cf_model_init(struct cf_model *m, const struct cf_model_cfg *cfg, int64_t max_batch) {
+  return cf_model_init_part(m, cfg, max_batch, NULL);
+}
+
+cf_status cf_model_init_part(struct cf_model *m, const struct cf_model_cfg *cfg, int64_t max_batch,
+                             const struct cf_grid *g) {
   CF_CHECK(m != NULL, CF_EINVAL, "model: init without a model");
   memset(m, 0, sizeof *m);
   CF_TRY(cf_model_cfg_check(cfg));
@@ -259,7 +352,8 @@ cf_status cf_model_init(struct cf_model *m, const struct cf_model_cfg *cfg, int6
   im->n_pred_pts = (c->N - 1) * c->P;
   im->n_pred_tok = im->n_pred_pts * c->S;
 
-  cf_status st;
+  cf_status st = part_init(im, c, g);
+  if (st != CF_OK) goto fail;
   struct tbuild tb = {.m = m, .im = im, .fill = 0};
   build_tensors(&tb);
   m->n_tensors = tb.n;
@@ -276,19 +370,43 @@ cf_status cf_model_init(struct cf_model *m, const struct cf_model_cfg *cfg, int6
   CF_ALLOC_OR_FAIL(im->names, (size_t)m->n_tensors * CF_NAME_LEN, "model tensor names");
   CF_ALLOC_OR_FAIL(im->init_kind, (size_t)m->n_tensors, "model init table");
   CF_ALLOC_OR_FAIL(im->fan_in, (size_t)m->n_tensors * sizeof(int64_t), "model init table");
-  CF_ALLOC_OR_FAIL(m->params, m->n_params * sizeof(float), "model parameters");
-  CF_ALLOC_OR_FAIL(m->grads, m->n_params * sizeof(float), "model gradients");
+  CF_ALLOC_OR_FAIL(m->params, (m->n_params ? m->n_params : 1) * sizeof(float), "model parameters");
+  CF_ALLOC_OR_FAIL(m->grads, (m->n_params ? m->n_params : 1) * sizeof(float), "model gradients");
   CF_ALLOC_OR_FAIL(im->blk, (size_t)c->layers * sizeof(struct cf_block_p), "model layer table");
   CF_ALLOC_OR_FAIL(im->ba, (size_t)c->layers * sizeof(struct cf_block_a), "model layer table");
 #undef CF_ALLOC_OR_FAIL
+  memset(im->blk, 0, (size_t)c->layers * sizeof(struct cf_block_p));
+  memset(im->ba, 0, (size_t)c->layers * sizeof(struct cf_block_a));
   tb = (struct tbuild){.m = m, .im = im, .fill = 1};
   build_tensors(&tb);
 
+  if (im->n_cp > 1) {
+    int64_t lo[2 * 64], hi[2 * 64], *plo = lo, *phi = hi;
+    void *buf = NULL;
+    if (im->n_cp > 64) {
+      st = cf_alloc(&buf, (size_t)(4 * im->n_cp) * sizeof(int64_t), "context-parallel ranges");
+      if (st != CF_OK) goto fail;
+      plo = buf;
+      phi = plo + 2 * im->n_cp;
+    }
+    for (int r = 0; r < im->n_cp; r++) {
+      cf_grid_cp_chunks(im->n_cp, r, im->J, plo + 2 * r, phi + 2 * r);
+      for (int i = 0; i < 2; i++) {
+        plo[2 * r + i] *= c->S;
+        phi[2 * r + i] *= c->S;
+      }
+    }
+    st = cf_ring_init(&im->ring, g->cp, im->T, plo, phi, max_batch, im->heads_l, im->dh);
+    cf_free(&buf);
+    if (st != CF_OK) goto fail;
+    im->has_ring = 1;
+  }
+
   cf_arena_plan(&im->arena);
-  act_layout(im, c, max_batch, &im->arena);
+  act_layout(im, c, max_batch, &im->arena, 0);
   st = cf_arena_commit(&im->arena, 0, "model activations");
   if (st != CF_OK) goto fail;
-  act_layout(im, c, max_batch, &im->arena);
+  act_layout(im, c, max_batch, &im->arena, 0);
   cf_rotary_tables(im->cs, im->sn, im->T, im->rot, c->rotary_base);
   return CF_OK;
 fail:
@@ -301,6 +419,7 @@ void cf_model_release(struct cf_model *m) {
   if (m == NULL) return;
   struct cf_model_impl *im = m->impl;
   if (im != NULL) {
+    if (im->has_ring) cf_ring_release(&im->ring);
     cf_arena_release(&im->arena);
     void *p;
     p = im->names;
@@ -325,44 +444,113 @@ void cf_model_release(struct cf_model *m) {
   memset(m, 0, sizeof *m);
 }
 
+/* Fill n values of tensor t starting at global element e0 (a contiguous run). */
+static void init_run(const struct cf_model_impl *im, int t, uint64_t seed, uint64_t e0, float *w,
+                     size_t n) {
+  struct cf_rng r = {.seed = seed, .domain = CF_RNG_INIT, .step = 0, .index = (uint64_t)t};
+  switch (im->init_kind[t]) {
+  case INIT_ZERO:
+    memset(w, 0, n * sizeof(float));
+    break;
+  case INIT_ONE:
+    for (size_t i = 0; i < n; i++)
+      w[i] = 1.0f;
+    break;
+  case INIT_NORMAL:
+    cf_rng_normal(&r, e0, w, n);
+    for (size_t i = 0; i < n; i++)
+      w[i] *= 0.02f;
+    break;
+  default: {
+    float bound = (float)(1.0 / sqrt((double)im->fan_in[t]));
+    cf_rng_uniform(&r, e0, w, n);
+    for (size_t i = 0; i < n; i++)
+      w[i] = (2.0f * w[i] - 1.0f) * bound;
+  }
+  }
+}
+
 void cf_model_init_weights(struct cf_model *m, uint64_t seed) {
   struct cf_model_impl *im = m->impl;
   for (int t = 0; t < m->n_tensors; t++) {
     const struct cf_tensor_info *ti = &m->tensors[t];
+    if (!ti->held) continue;
     float *w = m->params + ti->offset;
-    struct cf_rng r = {.seed = seed, .domain = CF_RNG_INIT, .step = 0, .index = (uint64_t)t};
-    switch (im->init_kind[t]) {
-    case INIT_ZERO:
-      memset(w, 0, ti->numel * sizeof(float));
-      break;
-    case INIT_ONE:
-      for (size_t i = 0; i < ti->numel; i++)
-        w[i] = 1.0f;
-      break;
-    case INIT_NORMAL:
-      cf_rng_normal(&r, 0, w, ti->numel);
-      for (size_t i = 0; i < ti->numel; i++)
-        w[i] *= 0.02f;
-      break;
-    default: {
-      float bound = (float)(1.0 / sqrt((double)im->fan_in[t]));
-      cf_rng_uniform(&r, 0, w, ti->numel);
-      for (size_t i = 0; i < ti->numel; i++)
-        w[i] = (2.0f * w[i] - 1.0f) * bound;
-    }
+    int64_t cols = ti->ndim == 2 ? ti->shape[1] : 1;
+    if (ti->count[1] == cols) { /* whole rows: one contiguous run */
+      init_run(im, t, seed, (uint64_t)(ti->start[0] * cols), w, ti->numel);
+    } else {
+      for (int64_t i = 0; i < ti->count[0]; i++)
+        init_run(im, t, seed, (uint64_t)((ti->start[0] + i) * cols + ti->start[1]),
+                 w + i * ti->count[1], (size_t)ti->count[1]);
     }
   }
+}
+
+double cf_model_flops(const struct cf_model_cfg *c) {
+  double J = (double)(c->N * c->P), T = J * (double)c->S, H = (double)c->H, D = (double)c->D;
+  double SH = (double)c->S * H, I = fmax(SH, D), Dout = c->head == CF_HEAD_GAUSS ? 2 * D : D;
+  double f = J * 2.0 * (D * SH + SH * SH);                               /* encoder */
+  f += (double)c->layers * (T * (8.0 * H * H + 4.0 * H * (double)c->ffn) /* qkv, out, mlp */
+                            + 2.0 * T * T * H);                          /* causal attention */
+  if (c->head == CF_HEAD_VAE) f += T * 2.0 * 4.0 * H * H;                /* mu, lv MLPs */
+  f += J * 2.0 * (SH * I + I * I + I * Dout);                            /* decoder */
+  return 3.0 * f;
 }
 
 const struct cf_tensor_info *cf_model_find(const struct cf_model *m, const char *name) {
   if (m == NULL || name == NULL) return NULL;
   for (int t = 0; t < m->n_tensors; t++)
-    if (strcmp(m->tensors[t].name, name) == 0) return &m->tensors[t];
+    if (m->tensors[t].held && strcmp(m->tensors[t].name, name) == 0) return &m->tensors[t];
   return NULL;
 }
 
 void cf_model_zero_grad(struct cf_model *m) {
   if (m != NULL && m->grads != NULL) memset(m->grads, 0, m->n_params * sizeof(float));
+}
+
+int cf_model_first(const struct cf_model *m) {
+  return ((const struct cf_model_impl *)m->impl)->first;
+}
+
+int cf_model_last(const struct cf_model *m) {
+  return ((const struct cf_model_impl *)m->impl)->last;
+}
+
+int64_t cf_model_local_tokens(const struct cf_model *m) {
+  return ((const struct cf_model_impl *)m->impl)->Tl;
+}
+
+double cf_model_grad_sqnorm(const struct cf_model *m) {
+  const struct cf_model_impl *im = m->impl;
+  double s = 0;
+  for (int t = 0; t < m->n_tensors; t++) {
+    const struct cf_tensor_info *ti = &m->tensors[t];
+    if (!ti->held || (ti->split == CF_SPLIT_NONE && im->tp_rank != 0)) continue;
+    const float *g = m->grads + ti->offset;
+    for (size_t i = 0; i < ti->numel; i++)
+      s += (double)g[i] * (double)g[i];
+  }
+  return s;
+}
+
+float *cf_model_stage_in(struct cf_model *m, int64_t b0, int64_t B) {
+  struct cf_model_impl *im = m->impl;
+  (void)B;
+  act_select(m, b0);
+  return im->ba[im->l0].x;
+}
+
+const float *cf_model_stage_out(struct cf_model *m, int64_t b0, int64_t B) {
+  (void)B;
+  act_select(m, b0);
+  return ((struct cf_model_impl *)m->impl)->xL;
+}
+
+float *cf_model_stage_grad(struct cf_model *m, int64_t b0, int64_t B) {
+  (void)B;
+  act_select(m, b0);
+  return ((struct cf_model_impl *)m->impl)->gx;
 }
 
 /* ---- shared forward pieces (training and sampling) ---- */
@@ -387,48 +575,114 @@ static struct cf_unit_a unit_masked(const struct cf_unit_a *u, int drop) {
   return r;
 }
 
-void cf_block_fwd(const struct cf_block_p *p, const struct cf_block_a *a, int64_t B, int64_t T,
-                  const struct cf_block_dims *d, float *xn) {
-  const int64_t H = d->H, H3 = 3 * H, R = B * T;
+/* Rotate (or inverse-rotate) q and k of B sequences of T rows each at their global positions:
+ * 0.. T-1, or the two context-parallel token ranges. */
+static void rotary_rows(float *qkv, int64_t B, int64_t T, const struct cf_block_dims *d,
+                        int inverse) {
+  const int64_t ld = 3 * d->heads * d->dh;
+  for (int64_t b = 0; b < B; b++) {
+    float *q = qkv + b * T * ld;
+    if (d->ring == NULL) {
+      cf_rotary_apply(q, T, ld, d->heads, d->dh, d->rot, d->cs, d->sn, 0, inverse);
+      continue;
+    }
+    for (int i = 0; i < 2; i++) {
+      int64_t n = d->thi[i] - d->tlo[i];
+      if (n > 0)
+        cf_rotary_apply(q, n, ld, d->heads, d->dh, d->rot, d->cs, d->sn, d->tlo[i], inverse);
+      q += n * ld;
+    }
+  }
+}
+
+/* Collective on tp. In-place sum of n floats over the tensor-parallel group. */
+static cf_status tp_sum(MPI_Comm tp, float *x, int64_t n) {
+  cf_watchdog_enter("tp_allreduce", -1);
+  double t0 = cf_commstat_now();
+  int e =
+      n <= INT_MAX ? MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, tp) : MPI_ERR_COUNT;
+  cf_commstat_add(CF_COMM_TP, (double)n * sizeof(float), cf_commstat_now() - t0);
+  cf_watchdog_leave();
+  CF_MPI(e);
+  return CF_OK;
+}
+
+cf_status cf_block_fwd(const struct cf_block_p *p, const struct cf_block_a *a, int64_t B, int64_t T,
+                       const struct cf_block_dims *d, float *xn) {
+  const int64_t H = d->H, Hl = d->heads * d->dh, H3 = 3 * Hl, R = B * T;
   cf_layernorm_fwd(a->x, R, H, p->ln1.w, p->ln1.b, a->xh1, a->rs1, a->u1);
   cf_linear_fwd(a->u1, R, p->qkv.w, p->qkv.b, H3, H, 0, a->qkv);
-  for (int64_t b = 0; b < B; b++)
-    cf_rotary_apply(a->qkv + b * T * H3, T, H3, d->heads, d->dh, d->rot, d->cs, d->sn, 0, 0);
-  cf_attn_fwd(a->qkv, B, T, d->heads, d->dh, a->probs, a->ao);
-  memcpy(xn, a->x, (size_t)(R * H) * sizeof(float));
-  cf_linear_fwd(a->ao, R, p->out.w, p->out.b, H, H, 1, xn);
+  rotary_rows(a->qkv, B, T, d, 0);
+  if (d->ring != NULL)
+    CF_TRY(cf_ring_attn_fwd(d->ring, B, a->qkv, a->probs, a->ao));
+  else
+    cf_attn_fwd(a->qkv, B, T, d->heads, d->dh, a->probs, a->ao);
   cf_layernorm_fwd(a->x, R, H, p->ln2.w, p->ln2.b, a->xh2, a->rs2, a->u2);
   cf_linear_fwd(a->u2, R, p->fc1.w, p->fc1.b, d->ffn, H, 0, a->f);
   cf_gelu_fwd(a->f, a->g, a->cdf, (size_t)(R * d->ffn));
-  cf_linear_fwd(a->g, R, p->fc2.w, p->fc2.b, H, d->ffn, 1, xn);
+  if (d->tp == MPI_COMM_NULL) {
+    memcpy(xn, a->x, (size_t)(R * H) * sizeof(float));
+    cf_linear_fwd(a->ao, R, p->out.w, p->out.b, H, Hl, 1, xn);
+    cf_linear_fwd(a->g, R, p->fc2.w, p->fc2.b, H, d->ffn, 1, xn);
+    return CF_OK;
+  }
+  /* tensor parallel: this rank's heads and MLP columns give partial sums of both row-split
+   * projections; one all-reduce adds them, then the residual and the (replicated) biases */
+  cf_linear_fwd(a->ao, R, p->out.w, NULL, H, Hl, 0, xn);
+  cf_linear_fwd(a->g, R, p->fc2.w, NULL, H, d->ffn, 1, xn);
+  CF_TRY(tp_sum(d->tp, xn, R * H));
+  for (int64_t i = 0; i < R; i++) {
+    float *y = xn + i * H;
+    const float *x = a->x + i * H;
+    for (int64_t o = 0; o < H; o++)
+      y[o] += x[o] + p->out.b[o] + p->fc2.b[o];
+  }
+  return CF_OK;
 }
 
-void cf_block_bwd(const struct cf_block_p *p, const struct cf_block_a *a, int64_t B, int64_t T,
-                  const struct cf_block_dims *d, float *gx, const struct cf_block_ws *w) {
-  const int64_t H = d->H, H3 = 3 * H, R = B * T, ffn = d->ffn;
+cf_status cf_block_bwd(const struct cf_block_p *p, const struct cf_block_a *a, int64_t B, int64_t T,
+                       const struct cf_block_dims *d, float *gx, const struct cf_block_ws *w) {
+  const int64_t H = d->H, Hl = d->heads * d->dh, H3 = 3 * Hl, R = B * T, ffn = d->ffn;
+  float *gt1 = w->gt, *gt2 = w->gt + R * H; /* d ln1 output, d ln2 output */
   /* both branches read d loss / d xn before their LayerNorm gradients are added to gx */
-  cf_linear_bwd(a->ao, gx, R, p->out.w, H, H, p->out.gw, p->out.gb, w->gao, 0);
+  cf_linear_bwd(a->ao, gx, R, p->out.w, H, Hl, p->out.gw, p->out.gb, w->gao, 0);
   cf_linear_bwd(a->g, gx, R, p->fc2.w, H, ffn, p->fc2.gw, p->fc2.gb, w->gf, 0);
   cf_gelu_bwd(a->f, a->cdf, w->gf, w->gf, (size_t)(R * ffn));
-  cf_linear_bwd(a->u2, w->gf, R, p->fc1.w, ffn, H, p->fc1.gw, p->fc1.gb, w->gt, 0);
-  cf_layernorm_bwd(w->gt, a->xh2, a->rs2, R, H, p->ln2.w, p->ln2.gw, p->ln2.gb, gx, 1);
-  cf_attn_bwd(a->qkv, a->probs, w->gao, B, T, d->heads, d->dh, w->gqkv, w->gs);
-  for (int64_t b = 0; b < B; b++)
-    cf_rotary_apply(w->gqkv + b * T * H3, T, H3, d->heads, d->dh, d->rot, d->cs, d->sn, 0, 1);
-  cf_linear_bwd(a->u1, w->gqkv, R, p->qkv.w, H3, H, p->qkv.gw, p->qkv.gb, w->gt, 0);
-  cf_layernorm_bwd(w->gt, a->xh1, a->rs1, R, H, p->ln1.w, p->ln1.gw, p->ln1.gb, gx, 1);
+  cf_linear_bwd(a->u2, w->gf, R, p->fc1.w, ffn, H, p->fc1.gw, p->fc1.gb, gt2, 0);
+  if (d->ring != NULL)
+    CF_TRY(cf_ring_attn_bwd(d->ring, B, a->qkv, a->probs, a->ao, w->gao, w->gqkv));
+  else
+    cf_attn_bwd(a->qkv, a->probs, w->gao, B, T, d->heads, d->dh, w->gqkv, w->gs);
+  rotary_rows(w->gqkv, B, T, d, 1);
+  cf_linear_bwd(a->u1, w->gqkv, R, p->qkv.w, H3, H, p->qkv.gw, p->qkv.gb, gt1, 0);
+  if (d->tp != MPI_COMM_NULL) CF_TRY(tp_sum(d->tp, w->gt, 2 * R * H));
+  cf_layernorm_bwd(gt2, a->xh2, a->rs2, R, H, p->ln2.w, p->ln2.gw, p->ln2.gb, gx, 1);
+  cf_layernorm_bwd(gt1, a->xh1, a->rs1, R, H, p->ln1.w, p->ln1.gw, p->ln1.gb, gx, 1);
+  return CF_OK;
 }
 
 static struct cf_block_dims block_dims(const struct cf_model *m) {
-  const struct cf_model_impl *im = m->impl;
+  struct cf_model_impl *im = m->impl;
   struct cf_block_dims d = {.H = m->cfg.H,
-                            .heads = m->cfg.heads,
+                            .heads = im->heads_l,
                             .dh = im->dh,
                             .rot = im->rot,
-                            .ffn = m->cfg.ffn,
+                            .ffn = im->ffn_l,
                             .cs = im->cs,
-                            .sn = im->sn};
+                            .sn = im->sn,
+                            .tp = im->tpc,
+                            .ring = im->has_ring ? &im->ring : NULL};
+  for (int i = 0; i < 2; i++) {
+    d.tlo[i] = im->tlo[i];
+    d.thi[i] = im->thi[i];
+  }
   return d;
+}
+
+/* Global index of local row r of a sequence whose rows are the ranges [lo0, hi0), [lo1, hi1). */
+static int64_t global_row(const int64_t lo[2], const int64_t hi[2], int64_t r) {
+  int64_t n0 = hi[0] - lo[0];
+  return r < n0 ? lo[0] + r : lo[1] + (r - n0);
 }
 
 /* ---- training forward ---- */
@@ -436,52 +690,74 @@ static struct cf_block_dims block_dims(const struct cf_model *m) {
 cf_status cf_model_forward(struct cf_model *m, int64_t B, const float *z, const float *y,
                            const float *eps, const struct cf_dropkey *dk, double n_pts, float beta,
                            struct cf_loss *out) {
+  return cf_model_forward_at(m, 0, B, z, y, eps, dk, n_pts, beta, out);
+}
+
+cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const float *z,
+                              const float *y, const float *eps, const struct cf_dropkey *dk,
+                              double n_pts, float beta, struct cf_loss *out) {
   CF_CHECK(m != NULL && m->impl != NULL, CF_EINVAL, "model: forward before cf_model_init");
-  CF_CHECK(B >= 1 && B <= m->max_batch, CF_EINVAL,
-           "model: forward with %lld sequences, expected 1..%lld (max_batch)", (long long)B,
-           (long long)m->max_batch);
-  CF_CHECK(z != NULL && y != NULL && out != NULL, CF_EINVAL, "model: forward needs z, y and out");
-  CF_CHECK(n_pts > 0.0, CF_EINVAL, "model: forward needs a positive point count (got %g)", n_pts);
+  CF_CHECK(B >= 1 && b0 >= 0 && b0 + B <= m->max_batch, CF_EINVAL,
+           "model: forward with %lld sequences at %lld, expected 1..%lld (max_batch) in all",
+           (long long)B, (long long)b0, (long long)m->max_batch);
   const struct cf_model_cfg *c = &m->cfg;
   struct cf_model_impl *im = m->impl;
-  CF_CHECK(c->head != CF_HEAD_VAE || eps != NULL, CF_EINVAL,
+  CF_CHECK(out != NULL && (!im->first || z != NULL) && (!im->last || y != NULL), CF_EINVAL,
+           "model: forward needs z, y and out");
+  CF_CHECK(n_pts > 0.0, CF_EINVAL, "model: forward needs a positive point count (got %g)", n_pts);
+  CF_CHECK(!im->last || c->head != CF_HEAD_VAE || eps != NULL, CF_EINVAL,
            "model: the vae head needs latent noise eps");
   const int64_t H = c->H, D = c->D, S = c->S, J = im->J, T = im->T, Id = im->Idec, SH = im->SH;
-  const int64_t R = B * T, Rp = B * J, Dout = im->Dout;
+  const int64_t Jl = im->Jl, Tl = im->Tl, R = B * Tl, Rp = B * Jl, Dout = im->Dout;
   const int drop = dk != NULL && c->dropout > 0.0f;
   im->last_B = 0;
   im->last_drop = drop;
+  memset(out, 0, sizeof *out);
+  act_select(m, b0);
 
   /* encoder: z (Rp, D) -> e (Rp, SH) = x0 (R, H) */
-  memcpy(im->z, z, (size_t)(Rp * D) * sizeof(float));
-  if (drop) cf_dropout_mask(im->enc.mask, B, J, SH, c->dropout, dk, 0);
-  struct cf_unit_a ue = unit_masked(&im->enc, drop);
-  cf_mlp2_fwd(&im->enc1, &im->enc2, im->z, Rp, &ue, im->ba[0].x);
+  if (im->first) {
+    for (int64_t b = 0; b < B; b++) {
+      float *dst = im->z + b * Jl * D;
+      for (int i = 0; i < 2; i++) {
+        int64_t n = im->phi[i] - im->plo[i];
+        memcpy(dst, z + (b * J + im->plo[i]) * D, (size_t)(n * D) * sizeof(float));
+        dst += n * D;
+      }
+    }
+    if (drop) cf_dropout_mask_rows(im->enc.mask, B, im->plo, im->phi, SH, c->dropout, dk, 0);
+    struct cf_unit_a ue = unit_masked(&im->enc, drop);
+    cf_mlp2_fwd(&im->enc1, &im->enc2, im->z, Rp, &ue, im->ba[im->l0].x);
+  }
 
   /* transformer blocks: x += attn(ln1(x)) + mlp(ln2(x)) */
   struct cf_block_dims bd = block_dims(m);
-  for (int64_t l = 0; l < c->layers; l++) {
-    float *xn = l + 1 < c->layers ? im->ba[l + 1].x : im->xL; /* (R, H) */
-    cf_block_fwd(&im->blk[l], &im->ba[l], B, T, &bd, xn);
+  for (int64_t l = im->l0; l < im->l1; l++) {
+    float *xn = l + 1 < im->l1 ? im->ba[l + 1].x : im->xL; /* (R, H) */
+    CF_TRY(cf_block_fwd(&im->blk[l], &im->ba[l], B, Tl, &bd, xn));
+  }
+  if (!im->last) {
+    im->last_B = B;
+    return CF_OK;
   }
   cf_layernorm_fwd(im->xL, R, H, im->lnf.w, im->lnf.b, im->xhf, im->rsf, im->hf);
 
   /* head */
   struct cf_unit_a u1 = unit_masked(&im->ud1, drop), u2 = unit_masked(&im->ud2, drop);
   if (drop) {
-    cf_dropout_mask(im->ud1.mask, B, J, Id, c->dropout, dk, 3);
-    cf_dropout_mask(im->ud2.mask, B, J, Id, c->dropout, dk, 4);
+    cf_dropout_mask_rows(im->ud1.mask, B, im->plo, im->phi, Id, c->dropout, dk, 3);
+    cf_dropout_mask_rows(im->ud2.mask, B, im->plo, im->phi, Id, c->dropout, dk, 4);
   }
   memset(im->dout, 0, (size_t)(Rp * Dout) * sizeof(float));
-  memset(out, 0, sizeof *out);
   if (c->head == CF_HEAD_GAUSS) {
     cf_decoder_fwd(im, im->hf, Rp, &u1, &u2, im->out);
     const float lo = c->logstd_min, hi = c->logstd_max;
     double nll = 0, rec = 0;
     for (int64_t b = 0; b < B; b++) {
-      for (int64_t j = 0; j < im->n_pred_pts; j++) {
-        int64_t row = b * J + j;
-        const float *o = im->out + row * Dout, *yr = y + row * D;
+      for (int64_t jl = 0; jl < Jl; jl++) {
+        int64_t j = global_row(im->plo, im->phi, jl), row = b * Jl + jl;
+        if (j >= im->n_pred_pts) continue;
+        const float *o = im->out + row * Dout, *yr = y + (b * J + j) * D;
         float *g = im->dout + row * Dout;
         for (int64_t d = 0; d < D; d++) {
           float r = o[D + d], ls = r < lo ? lo : (r > hi ? hi : r);
@@ -499,17 +775,18 @@ cf_status cf_model_forward(struct cf_model *m, int64_t B, const float *z, const 
   } else {
     struct cf_unit_a um = unit_masked(&im->umu, drop), ul = unit_masked(&im->ulv, drop);
     if (drop) {
-      cf_dropout_mask(im->umu.mask, B, T, H, c->dropout, dk, 1);
-      cf_dropout_mask(im->ulv.mask, B, T, H, c->dropout, dk, 2);
+      cf_dropout_mask_rows(im->umu.mask, B, im->tlo, im->thi, H, c->dropout, dk, 1);
+      cf_dropout_mask_rows(im->ulv.mask, B, im->tlo, im->thi, H, c->dropout, dk, 2);
     }
     cf_mlp2_fwd(&im->mu1, &im->mu2, im->hf, R, &um, im->mu);
     cf_mlp2_fwd(&im->lv1, &im->lv2, im->hf, R, &ul, im->v);
     const double klw = (double)beta / (n_pts * (double)S);
     double kl = 0;
     for (int64_t b = 0; b < B; b++) {
-      for (int64_t k = 0; k < T; k++) {
-        size_t base = (size_t)((b * T + k) * H);
-        const float *mu = im->mu + base, *v = im->v + base, *e = eps + base;
+      for (int64_t kk = 0; kk < Tl; kk++) {
+        int64_t k = global_row(im->tlo, im->thi, kk);
+        size_t base = (size_t)((b * Tl + kk) * H);
+        const float *mu = im->mu + base, *v = im->v + base, *e = eps + (b * T + k) * H;
         float *zeta = im->zeta + base, *fac = im->fac + base;
         float *gm = im->gmu_kl + base, *gv = im->gv_kl + base;
         int counted = k < im->n_pred_tok;
@@ -531,9 +808,10 @@ cf_status cf_model_forward(struct cf_model *m, int64_t B, const float *z, const 
     cf_decoder_fwd(im, im->zeta, Rp, &u1, &u2, im->out);
     double rec = 0;
     for (int64_t b = 0; b < B; b++) {
-      for (int64_t j = 0; j < im->n_pred_pts; j++) {
-        int64_t row = b * J + j;
-        const float *o = im->out + row * Dout, *yr = y + row * D;
+      for (int64_t jl = 0; jl < Jl; jl++) {
+        int64_t j = global_row(im->plo, im->phi, jl), row = b * Jl + jl;
+        if (j >= im->n_pred_pts) continue;
+        const float *o = im->out + row * Dout, *yr = y + (b * J + j) * D;
         float *g = im->dout + row * Dout;
         for (int64_t d = 0; d < D; d++) {
           double diff = (double)o[d] - (double)yr[d];
@@ -553,7 +831,7 @@ cf_status cf_model_forward(struct cf_model *m, int64_t B, const float *z, const 
 /* ---- training backward ---- */
 
 /* Offset of the first gradient that is final once the tensors from `name` on are done: every
- * tensor at or after `name` in the arena (the arena runs enc, layers 0..L-1, lnf, heads, dec). */
+ * tensor at or after `name` in the arena (the arena runs enc, layers, lnf, heads, dec). */
 static size_t grad_mark(const struct cf_model *m, const char *name) {
   const struct cf_tensor_info *t = cf_model_find(m, name);
   return t != NULL ? t->offset : 0;
@@ -563,48 +841,62 @@ cf_status cf_model_backward(struct cf_model *m) {
   CF_CHECK(m != NULL && m->impl != NULL, CF_EINVAL, "model: backward before cf_model_init");
   struct cf_model_impl *im = m->impl;
   CF_CHECK(im->last_B > 0, CF_EINVAL, "model: backward without a successful forward");
+  return cf_model_backward_at(m, 0, im->last_B);
+}
+
+cf_status cf_model_backward_at(struct cf_model *m, int64_t b0, int64_t B) {
+  CF_CHECK(m != NULL && m->impl != NULL, CF_EINVAL, "model: backward before cf_model_init");
+  struct cf_model_impl *im = m->impl;
+  CF_CHECK(im->last_B > 0, CF_EINVAL, "model: backward without a successful forward");
+  CF_CHECK(B >= 1 && b0 >= 0 && b0 + B <= m->max_batch, CF_EINVAL,
+           "model: backward with %lld sequences at %lld, expected 1..%lld (max_batch) in all",
+           (long long)B, (long long)b0, (long long)m->max_batch);
   const struct cf_model_cfg *c = &m->cfg;
-  const int64_t B = im->last_B, H = c->H, T = im->T, Id = im->Idec, SH = im->SH;
-  const int64_t R = B * T, Rp = B * im->J;
+  const int64_t H = c->H, Tl = im->Tl, Id = im->Idec, SH = im->SH;
+  const int64_t R = B * Tl, Rp = B * im->Jl;
   const int drop = im->last_drop;
-  struct cf_unit_a u1 = unit_masked(&im->ud1, drop), u2 = unit_masked(&im->ud2, drop);
+  act_select(m, b0);
 
-  /* decoder: dout (Rp, Dout) -> d(decoder input) (Rp, SH) */
-  const float *dec_in = c->head == CF_HEAD_GAUSS ? im->hf : im->zeta;
-  float *g_in = c->head == CF_HEAD_GAUSS ? im->gh : im->gt;
-  cf_linear_bwd(u2.d, im->dout, Rp, im->dec3.w, im->Dout, Id, im->dec3.gw, im->dec3.gb, im->gd2, 0);
-  cf_lnrelu_bwd(im->gd2, u2.xh, u2.rs, u2.mask, Rp, Id, im->gd2);
-  cf_linear_bwd(u1.d, im->gd2, Rp, im->dec2.w, Id, Id, im->dec2.gw, im->dec2.gb, im->gd1, 0);
-  cf_lnrelu_bwd(im->gd1, u1.xh, u1.rs, u1.mask, Rp, Id, im->gd1);
-  cf_linear_bwd(dec_in, im->gd1, Rp, im->dec1.w, Id, SH, im->dec1.gw, im->dec1.gb, g_in, 0);
+  if (im->last) {
+    struct cf_unit_a u1 = unit_masked(&im->ud1, drop), u2 = unit_masked(&im->ud2, drop);
+    /* decoder: dout (Rp, Dout) -> d(decoder input) (Rp, SH) */
+    const float *dec_in = c->head == CF_HEAD_GAUSS ? im->hf : im->zeta;
+    float *g_in = c->head == CF_HEAD_GAUSS ? im->gh : im->gt;
+    cf_linear_bwd(u2.d, im->dout, Rp, im->dec3.w, im->Dout, Id, im->dec3.gw, im->dec3.gb, im->gd2,
+                  0);
+    cf_lnrelu_bwd(im->gd2, u2.xh, u2.rs, u2.mask, Rp, Id, im->gd2);
+    cf_linear_bwd(u1.d, im->gd2, Rp, im->dec2.w, Id, Id, im->dec2.gw, im->dec2.gb, im->gd1, 0);
+    cf_lnrelu_bwd(im->gd1, u1.xh, u1.rs, u1.mask, Rp, Id, im->gd1);
+    cf_linear_bwd(dec_in, im->gd1, Rp, im->dec1.w, Id, SH, im->dec1.gw, im->dec1.gb, g_in, 0);
 
-  if (c->head == CF_HEAD_VAE) {
-    /* zeta = mu + sqrt(exp(v) + 1e-4) eps, plus the KL terms computed in forward */
-    size_t n = (size_t)(R * H);
-    for (size_t i = 0; i < n; i++) {
-      float gz = im->gt[i];
-      im->gmu[i] = gz + im->gmu_kl[i];
-      im->gv[i] = gz * im->fac[i] + im->gv_kl[i];
+    if (c->head == CF_HEAD_VAE) {
+      /* zeta = mu + sqrt(exp(v) + 1e-4) eps, plus the KL terms computed in forward */
+      size_t n = (size_t)(R * H);
+      for (size_t i = 0; i < n; i++) {
+        float gz = im->gt[i];
+        im->gmu[i] = gz + im->gmu_kl[i];
+        im->gv[i] = gz * im->fac[i] + im->gv_kl[i];
+      }
+      struct cf_unit_a um = unit_masked(&im->umu, drop), ul = unit_masked(&im->ulv, drop);
+      cf_linear_bwd(um.d, im->gmu, R, im->mu2.w, H, H, im->mu2.gw, im->mu2.gb, im->gt, 0);
+      cf_lnrelu_bwd(im->gt, um.xh, um.rs, um.mask, R, H, im->gt);
+      cf_linear_bwd(im->hf, im->gt, R, im->mu1.w, H, H, im->mu1.gw, im->mu1.gb, im->gh, 0);
+      cf_linear_bwd(ul.d, im->gv, R, im->lv2.w, H, H, im->lv2.gw, im->lv2.gb, im->gt, 0);
+      cf_lnrelu_bwd(im->gt, ul.xh, ul.rs, ul.mask, R, H, im->gt);
+      cf_linear_bwd(im->hf, im->gt, R, im->lv1.w, H, H, im->lv1.gw, im->lv1.gb, im->gh, 1);
     }
-    struct cf_unit_a um = unit_masked(&im->umu, drop), ul = unit_masked(&im->ulv, drop);
-    cf_linear_bwd(um.d, im->gmu, R, im->mu2.w, H, H, im->mu2.gw, im->mu2.gb, im->gt, 0);
-    cf_lnrelu_bwd(im->gt, um.xh, um.rs, um.mask, R, H, im->gt);
-    cf_linear_bwd(im->hf, im->gt, R, im->mu1.w, H, H, im->mu1.gw, im->mu1.gb, im->gh, 0);
-    cf_linear_bwd(ul.d, im->gv, R, im->lv2.w, H, H, im->lv2.gw, im->lv2.gb, im->gt, 0);
-    cf_lnrelu_bwd(im->gt, ul.xh, ul.rs, ul.mask, R, H, im->gt);
-    cf_linear_bwd(im->hf, im->gt, R, im->lv1.w, H, H, im->lv1.gw, im->lv1.gb, im->gh, 1);
-  }
 
-  /* final LayerNorm */
-  cf_layernorm_bwd(im->gh, im->xhf, im->rsf, R, H, im->lnf.w, im->lnf.gw, im->lnf.gb, im->gx, 0);
-  if (m->grad_ready) CF_TRY(m->grad_ready(m->grad_ctx, grad_mark(m, "lnf.weight")));
+    /* final LayerNorm */
+    cf_layernorm_bwd(im->gh, im->xhf, im->rsf, R, H, im->lnf.w, im->lnf.gw, im->lnf.gb, im->gx, 0);
+    if (m->grad_ready) CF_TRY(m->grad_ready(m->grad_ctx, grad_mark(m, "lnf.weight")));
+  }
 
   /* blocks, last to first; gx holds d loss / d x_{l+1} on entry, d loss / d x_l on exit */
   struct cf_block_dims bd = block_dims(m);
   struct cf_block_ws ws = {
       .gt = im->gt, .gao = im->gao, .gqkv = im->gqkv, .gf = im->gf, .gs = im->gs};
-  for (int64_t l = c->layers - 1; l >= 0; l--) {
-    cf_block_bwd(&im->blk[l], &im->ba[l], B, T, &bd, im->gx, &ws);
+  for (int64_t l = im->l1 - 1; l >= im->l0; l--) {
+    CF_TRY(cf_block_bwd(&im->blk[l], &im->ba[l], B, Tl, &bd, im->gx, &ws));
     if (m->grad_ready) {
       char nm[64];
       snprintf(nm, sizeof nm, "layers.%lld.ln1.weight", (long long)l);
@@ -613,11 +905,13 @@ cf_status cf_model_backward(struct cf_model *m) {
   }
 
   /* encoder: gx (R, H) = d loss / d e (Rp, SH) */
-  struct cf_unit_a ue = unit_masked(&im->enc, drop);
-  cf_linear_bwd(ue.d, im->gx, Rp, im->enc2.w, SH, SH, im->enc2.gw, im->enc2.gb, im->genc, 0);
-  cf_lnrelu_bwd(im->genc, ue.xh, ue.rs, ue.mask, Rp, SH, im->genc);
-  cf_linear_bwd(im->z, im->genc, Rp, im->enc1.w, SH, c->D, im->enc1.gw, im->enc1.gb, NULL, 0);
-  if (m->grad_ready) CF_TRY(m->grad_ready(m->grad_ctx, 0));
+  if (im->first) {
+    struct cf_unit_a ue = unit_masked(&im->enc, drop);
+    cf_linear_bwd(ue.d, im->gx, Rp, im->enc2.w, SH, SH, im->enc2.gw, im->enc2.gb, im->genc, 0);
+    cf_lnrelu_bwd(im->genc, ue.xh, ue.rs, ue.mask, Rp, SH, im->genc);
+    cf_linear_bwd(im->z, im->genc, Rp, im->enc1.w, SH, c->D, im->enc1.gw, im->enc1.gb, NULL, 0);
+    if (m->grad_ready) CF_TRY(m->grad_ready(m->grad_ctx, 0));
+  }
   return CF_OK;
 }
 

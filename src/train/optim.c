@@ -39,16 +39,20 @@ double cf_train_lr(const struct cf_train_cfg *c, int64_t step) {
   return c->lr_min + (c->lr - c->lr_min) * w;
 }
 
-double cf_clip_grad(float *g, size_t n, double maxnorm) {
-  double s = 0;
-  for (size_t i = 0; i < n; i++)
-    s += (double)g[i] * g[i];
-  double norm = sqrt(s);
+void cf_clip_apply(float *g, size_t n, double norm, double maxnorm) {
   if (maxnorm > 0 && norm > maxnorm) {
     float k = (float)(maxnorm / (norm + 1e-6));
     for (size_t i = 0; i < n; i++)
       g[i] *= k;
   }
+}
+
+double cf_clip_grad(float *g, size_t n, double maxnorm) {
+  double s = 0;
+  for (size_t i = 0; i < n; i++)
+    s += (double)g[i] * g[i];
+  double norm = sqrt(s);
+  cf_clip_apply(g, n, norm, maxnorm);
   return norm;
 }
 

@@ -10,3 +10,6 @@ cf_script_test(app_resume test_resume.sh "fast;mpi")
 set_tests_properties(app_resume PROPERTIES PROCESSORS 2)
 cf_script_test(app_preempt test_preempt.sh "fast;mpi")
 set_tests_properties(app_preempt PROPERTIES PROCESSORS 2)
+# layout invariance of the process grid: every TP/PP/CP/DP layout up to 4 ranks equals 1 rank
+cf_script_test(app_parallel test_parallel.sh "fast;mpi")
+set_tests_properties(app_parallel PROPERTIES PROCESSORS 2)
