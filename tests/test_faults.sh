@@ -2,6 +2,8 @@
 # test_faults.sh: injected faults through the real binary (CF_FAULT, include/calmflow/fault.h).
 #  - a rank that hangs before the gradient all-reduce: the watchdog (-par_timeout) of the rank
 #    waiting for it ends the job with exit code 3 and one "stuck" line naming the step;
+#  - a pipeline stage that hangs before a send: the next stage's watchdog names the receive,
+#    the peer, the step, its stage and the micro-batch;
 #  - an injected I/O error at the all-reduce or in sampling: one error line, exit 1, no output;
 #  - a malformed CF_FAULT: one error line naming the variable.
 set -u
@@ -21,6 +23,23 @@ if [ $rc -ne 3 ] || ! grep -q "stuck .* in grad_allreduce (collective) at step 2
   echo "FAIL hang: exit $rc after ${took}s (want 3 within 30 s):"; cat "$T/err"; fails=$((fails + 1))
 else
   echo "ok   hang: exit 3 after ${took}s: $(grep stuck "$T/err")"
+fi
+
+# a pipeline stage that hangs before sending micro-batch 1's activations (2nd send, step 0):
+# the next stage, waiting in its receive, names the operation, the peer, step, stage and
+# micro-batch
+start=$(date +%s)
+CF_FAULT=pipeline_send:0:2:hang timeout 60 mpiexec --quiet -n 2 "$CF" "${TR[@]}" -par_pp 2 \
+  -net_layers 2 -train_microbatches 2 -run_dir "$T/pphang" -par_timeout 2 >"$T/out" 2>"$T/err"
+rc=$?
+took=$(( $(date +%s) - start ))
+want="stuck .* in pp_recv_activation (peer 0) at step 0, stage 1, micro-batch 1"
+if [ $rc -ne 3 ] || ! grep -q "$want" "$T/err" || [ "$(grep -c stuck "$T/err")" -ne 1 ] ||
+   [ $took -gt 30 ]; then
+  echo "FAIL pipeline hang: exit $rc after ${took}s (want 3 and '$want'):"; cat "$T/err"
+  fails=$((fails + 1))
+else
+  echo "ok   pipeline hang: exit 3 after ${took}s: $(grep stuck "$T/err")"
 fi
 
 check() { # NAME WANT_SUBSTRING -- command...: exit 1 and the error line

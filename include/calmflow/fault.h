@@ -27,6 +27,7 @@
  *   ckpt_rename     before the temporary checkpoint file is renamed into place
  *   h5_write        before a dataset is written by the HDF5 point-set writer
  *   sample_batch    before a batch of sequences is rolled out
+ *   pipeline_send   before a pipeline stage sends a micro-batch's activations to the next
  *
  * Cost: when CF_FAULT is unset, cf_fault_point is one predictable branch (an inline test of a
  * global flag), so call sites stay in release builds.

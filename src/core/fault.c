@@ -15,8 +15,8 @@
 #include <unistd.h>
 
 /* The known sites; keep in step with the list in fault.h. */
-static const char *const sites[] = {"grad_allreduce", "ckpt_write", "ckpt_rename", "h5_write",
-                                    "sample_batch"};
+static const char *const sites[] = {"grad_allreduce", "ckpt_write",   "ckpt_rename",
+                                    "h5_write",       "sample_batch", "pipeline_send"};
 #define NSITES ((int)(sizeof sites / sizeof sites[0]))
 
 enum fault_action { ACT_HANG, ACT_KILL, ACT_EXIT, ACT_EIO, ACT_ENOSPC, ACT_DELAY };
