@@ -4,7 +4,8 @@
 #      with w2_floor) -> a non-empty PNG at RUN_DIR/samples.png;
 #   2. samples.h5 only (no /traj, no data, no log, no metrics), D = 3, and -o -> a PNG;
 #   3. D = 1 with --data and a malformed log line -> a PNG;
-#   4. no samples.h5 -> exit status 1 and exactly one line on stderr.
+#   4. no samples.h5 -> exit status 1 and exactly one line on stderr;
+#   5. analysis/plot_scaling.py on the committed docs/bench/layouts.json -> a PNG.
 # h5py and matplotlib come from scripts/install-deps.sh; without them this test fails.
 set -u
 src="${CF_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}"
@@ -112,6 +113,10 @@ rc=$?
 [ "$(wc -l <"$tmp/4.err")" -eq 1 ] || fail "missing samples.h5: stderr is not one line: $(cat "$tmp/4.err")"
 grep -q "samples.h5" "$tmp/4.err" || fail "missing samples.h5: message does not name samples.h5"
 [ -e "$tmp/empty/samples.png" ] && fail "missing samples.h5: a PNG was written anyway"
+
+# 5. plot_scaling.py on the benchmark results in the tree
+$py "$src/analysis/plot_scaling.py" "$src/docs/bench/layouts.json" -o "$tmp/scaling.png" \
+  >/dev/null 2>"$tmp/5.err" && png_ok "$tmp/scaling.png" || fail "plot_scaling.py: $(cat "$tmp/5.err")"
 
 if [ "$fails" -ne 0 ]; then
   echo "test_plot: $fails failures"
