@@ -2,7 +2,9 @@
 # test_resume.sh: a run killed mid-training resumes from ckpt/LATEST and ends bit-identical to
 # an uninterrupted run at the same layout (loss at every step, parameters and AdamW moments),
 # and equal to round-off at another rank count; a damaged newest checkpoint is skipped with a
-# warning; resuming with different options is refused; a finished run has nothing to do.
+# warning; resuming with different options or with a layout that cannot split the model is
+# refused and leaves the run untouched; checkpoints carry the layout and RNG attributes and
+# load without them; a finished run has nothing to do.
 set -u
 CF=${CF_BINARY:?set by ctest}
 T=$(mktemp -d)
@@ -57,6 +59,46 @@ PYEOF
 mpiexec --quiet -n 1 "$CF" "${TR[@]}" -run_dir "$T/b" -train_steps 30 -flow_sigma 3 >"$T/out" 2>"$T/err" &&
   fail "resume with a different -flow_sigma was accepted"
 grep -q "^calmflow: error: option -flow_sigma is '3' but checkpoint" "$T/err" || { cat "$T/err"; fail "message"; }
+# the layout and RNG attributes: the writer's process grid and the step counter to continue from
+info=$("$CF" ckpt info "$T/a/ckpt/step-0000020.h5") || fail "ckpt info"
+echo "$info" | grep -q "^  layout dp2 x pp1 x cp1 x tp1 (2 ranks)$" || { echo "$info"; fail "ckpt info: layout"; }
+echo "$info" | grep -q "^  rng philox4x32-10 keyed by (seed, domain, step, index), next step counter 20$" ||
+  { echo "$info"; fail "ckpt info: rng"; }
+# a run written at 1 rank, resumed with layouts that cannot split its model (2 layers over 3
+# pipeline stages, 2 heads over 3 tensor ranks): one error line, and nothing in it changes
+run "$CF" "${TR[@]}" -train_steps 10 -run_dir "$T/f"
+$PY -c "
+import h5py
+with h5py.File('$T/f/ckpt/step-0000010.h5', 'r') as f:
+    a = f.attrs
+    assert a['layout'] == b'dp1 x pp1 x cp1 x tp1 (1 rank)' and a['rng_step'] == 10, dict(a)
+    assert a['rng'].startswith(b'philox4x32-10') and a['format_version'] == 2, dict(a)
+" || fail "root attributes of a 1-rank checkpoint"
+sums() { (cd "$T/f" && find . -type f | sort | xargs md5sum); }
+before=$(sums)
+for bad in "-par_pp 3:-net_layers 2 is not divisible by -par_pp 3" "-par_tp 3:-net_heads 2 is not divisible by -par_tp 3"; do
+  mpiexec --quiet -n 3 "$CF" "${TR[@]}" -run_dir "$T/f" ${bad%%:*} >"$T/out" 2>"$T/err" &&
+    fail "resume with ${bad%%:*} at 3 ranks was accepted"
+  [ "$(grep -c '^calmflow:' "$T/err")" -eq 1 ] && grep -q "^calmflow: error: ${bad#*:}" "$T/err" ||
+    { cat "$T/out" "$T/err"; fail "resume with ${bad%%:*}: expected one error line"; }
+  [ "$(sums)" = "$before" ] || { diff <(echo "$before") <(sums); fail "resume with ${bad%%:*} changed the run directory"; }
+done
+# a checkpoint without the layout and RNG attributes (as written before they were added) still
+# loads: ckpt info says they are not recorded, and the run resumes from it at 2 ranks
+$PY -c "
+import h5py
+with h5py.File('$T/f/ckpt/step-0000010.h5', 'r+') as f:
+    for k in ('layout', 'rng', 'rng_step'): del f.attrs[k]
+"
+info=$("$CF" ckpt info "$T/f/ckpt/step-0000010.h5") || fail "ckpt info of a file without layout"
+echo "$info" | grep -q "^  layout (not recorded)$" && echo "$info" | grep -q "^  rng (not recorded)$" ||
+  { echo "$info"; fail "ckpt info of a file without the new attributes"; }
+run mpiexec -n 2 "$CF" "${TR[@]}" -run_dir "$T/f"
+$PY -c "
+import h5py
+with h5py.File('$T/f/ckpt/step-0000020.h5', 'r') as f:
+    assert f.attrs['layout'] == b'dp2 x pp1 x cp1 x tp1 (2 ranks)' and f.attrs['rng_step'] == 20
+" || fail "attributes after resuming from a file without them"
 # a finished run: nothing to do, exit 0
 run mpiexec -n 1 "$CF" "${TR[@]}" -run_dir "$T/a"
 echo "test_resume: ok"

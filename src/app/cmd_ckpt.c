@@ -29,6 +29,12 @@ cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv) {
       printf("checkpoint %s\n  model %s, step %lld, seed %llu, written by %lld rank%s\n", path,
              meta.model_kind ? meta.model_kind : "?", (long long)meta.step,
              (unsigned long long)meta.seed, (long long)meta.world, meta.world > 1 ? "s" : "");
+      /* optional attributes: files written before they were added lack them */
+      printf("  layout %s\n", meta.layout ? meta.layout : "(not recorded)");
+      if (meta.rng)
+        printf("  rng %s, next step counter %lld\n", meta.rng, (long long)meta.rng_step);
+      else
+        printf("  rng (not recorded)\n");
       printf("  D=%lld N=%lld P=%lld S=%lld H=%lld layers=%lld heads=%lld head=%s, %zu parameters "
              "in %d tensors\n",
              (long long)m.cfg.D, (long long)m.cfg.N, (long long)m.cfg.P, (long long)m.cfg.S,

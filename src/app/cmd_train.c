@@ -1,10 +1,14 @@
-/* cmd_train.c: `calmflow train` — resolve options, prepare the run directory (config.yaml,
- * log.jsonl, ckpt/), load or name the source and target, and run the training loop. */
+/* cmd_train.c: `calmflow train` — resolve options, lock and prepare the run directory
+ * (.lock, config.yaml, log.jsonl, ckpt/), load or name the source and target, and run the
+ * training loop. */
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "app.h"
@@ -12,6 +16,86 @@
 #include "calmflow/grid.h"
 #include "calmflow/mem.h"
 #include "calmflow/watchdog.h"
+
+/* Rank 0's descriptor of <run_dir>/.lock, whose fcntl write lock marks the directory as in use.
+ * It is never closed: the kernel drops the lock when the process ends, however it ends, and
+ * with POSIX record locks closing any descriptor of the file would drop it early. */
+static int g_run_lock_fd = -1;
+
+/* Local. "pid 123 on host n01, started 2024-01-02T03:04:05+0000": the holder of the lock on fd,
+ * from the text it wrote into the file. The holder writes it just after taking the lock, so an
+ * empty file is read again for up to a second; failing that, the pid fcntl reports. */
+static void lock_holder(int fd, char *out, size_t cap) {
+  char text[512], host[256], started[64];
+  long pid = 0;
+  for (int tries = 0; tries < 20; tries++) {
+    ssize_t n = pread(fd, text, sizeof text - 1, 0);
+    text[n > 0 ? n : 0] = '\0';
+    if (sscanf(text, "%ld %255s %63s", &pid, host, started) == 3) {
+      snprintf(out, cap, "pid %ld on host %s, started %s", pid, host, started);
+      return;
+    }
+    struct timespec nap = {0, 50 * 1000 * 1000};
+    nanosleep(&nap, NULL);
+  }
+  struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+  if (fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK)
+    snprintf(out, cap, "pid %ld, host unknown: the lock file is empty", (long)fl.l_pid);
+  else
+    snprintf(out, cap, "holder unknown: the lock file is empty");
+}
+
+/* Rank 0: create the run directory if needed and take an exclusive lock on <dir>/.lock
+ * without waiting: fcntl(F_SETLK) with a write lock on the whole file (POSIX, and the kind of
+ * lock NFS and Lustre mounted with -o flock make coherent across nodes; docs/
+ * checkpoint-format.md). The holder writes "pid host start-time" into the file. A held lock is
+ * an error naming the directory and the holder. A file system without lock support (Lustre
+ * mounted without -o flock or localflock: ENOSYS; NFS without a lock manager: ENOLCK) gets a
+ * warning and the run goes ahead unprotected. The file stays in place afterwards: removing it
+ * would let two later runs lock two different files of the same name. Only the lock file is
+ * created, and prepare_run_dir does not count it as a run. */
+static cf_status lock_run_dir(const char *dir) {
+  if (g_run_lock_fd >= 0) return CF_OK; /* this process holds it already */
+  char p[4200];
+  CF_TRY(cf_mkdirs(dir));
+  snprintf(p, sizeof p, "%s/.lock", dir);
+  int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  CF_CHECK(fd >= 0, CF_EIO, "cannot open the run directory lock '%s': %s", p, strerror(errno));
+  struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+  if (fcntl(fd, F_SETLK, &fl) != 0) {
+    int e = errno;
+    if (e == EACCES || e == EAGAIN) {
+      char who[512];
+      lock_holder(fd, who, sizeof who);
+      close(fd);
+      return cf_err(CF_EINVAL,
+                    "run directory '%s' is in use by another calmflow train (%s; lock '%s'); "
+                    "wait for it to end or choose another -run_dir",
+                    dir, who, p);
+    }
+    close(fd);
+    if (e == ENOSYS || e == ENOLCK || e == EOPNOTSUPP) {
+      fprintf(stderr,
+              "calmflow: warning: cannot lock '%s' (%s): this file system does not support "
+              "locks, so nothing stops a second run on '%s'\n",
+              p, strerror(e), dir);
+      return CF_OK;
+    }
+    return cf_err(CF_EIO, "cannot lock the run directory lock '%s': %s", p, strerror(e));
+  }
+  char host[256] = "unknown", stamp[64] = "unknown", text[512];
+  if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "unknown");
+  host[sizeof host - 1] = '\0';
+  time_t now = time(NULL);
+  struct tm tm;
+  if (localtime_r(&now, &tm) != NULL) strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S%z", &tm);
+  int n = snprintf(text, sizeof text, "%ld %s %s\n", (long)getpid(), host, stamp);
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)n, 0) != (ssize_t)n)
+    fprintf(stderr, "calmflow: warning: cannot write the holder into '%s': %s\n", p,
+            strerror(errno));
+  g_run_lock_fd = fd;
+  return CF_OK;
+}
 
 /* Lines of log.jsonl up to step `keep` (a resumed run rewrites what came after). */
 static cf_status truncate_log(const char *dir, int64_t keep) {
@@ -265,6 +349,13 @@ cf_status cf_cmd_train(MPI_Comm comm) {
     CF_TRY(cf_dist_by_name(&tgt, cf_opt_str(o, "data_name"), mc.D, "-data_name"));
   CF_TRY(cf_app_dist(comm, cf_opt_str(o, "data_source"), mc.D, "-data_source", &src, &src_pts));
 
+  /* one run per directory: rank 0 locks it (creating it if needed) before anything in it is
+   * read for resuming or changed; all ranks fail together */
+  cf_status st = rank == 0 ? lock_run_dir(run_dir) : CF_OK;
+  int locked = st == CF_OK;
+  CF_MPI(MPI_Bcast(&locked, 1, MPI_INT, 0, comm));
+  if (!locked) return st != CF_OK ? st : cf_err(CF_EREMOTE, "rank 0 could not lock '%s'", run_dir);
+
   char resume[4096];
   int64_t resume_step;
   CF_TRY(find_resume(comm, o, overwrite, resume, sizeof resume, &resume_step));
@@ -281,7 +372,6 @@ cf_status cf_cmd_train(MPI_Comm comm) {
   char *yaml = NULL;
   CF_TRY(cf_alloc((void **)&yaml, 1 << 16, "resolved options"));
   CF_TRY(cf_opts_yaml(o, CMD_TRAIN, yaml, 1 << 16));
-  cf_status st = CF_OK;
   if (rank == 0) {
     st = prepare_run_dir(run_dir, overwrite, resume_step);
     if (st == CF_OK) {

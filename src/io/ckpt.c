@@ -16,8 +16,8 @@
 #define CKPT_OPTIONS_MAX ((size_t)64 << 20) /* bound on the options attribute we accept */
 #define CKPT_GOLDEN 0x9e3779b97f4a7c15ull
 
-/* The model kind of the last cf_ckpt_read_meta (meta->model_kind points here). */
-static char g_model_kind[256];
+/* The strings of the last cf_ckpt_read_meta (meta->model_kind, ->layout, ->rng point here). */
+static char g_model_kind[256], g_layout[256], g_rng[256];
 
 /* ---- checksums ---- */
 
@@ -184,12 +184,18 @@ static cf_status lists_agree(MPI_Comm comm, const struct cf_ckpt_tensor *t, int 
   int64_t n = nt;
   h = fnv_bytes(h, &n, sizeof n);
   if (meta != NULL) {
-    int64_t v[4] = {meta->step, (int64_t)meta->seed, meta->world, meta->data_cursor};
-    const char *o = meta->options_yaml ? meta->options_yaml : "";
-    const char *k = meta->model_kind ? meta->model_kind : "";
+    /* which optional attributes are present, then their values */
+    int64_t v[7] = {meta->step,
+                    (int64_t)meta->seed,
+                    meta->world,
+                    meta->data_cursor,
+                    meta->layout != NULL,
+                    meta->rng != NULL,
+                    meta->rng ? meta->rng_step : 0};
+    const char *s[4] = {meta->options_yaml, meta->model_kind, meta->layout, meta->rng};
     h = fnv_bytes(h, v, sizeof v);
-    h = fnv_bytes(h, o, strlen(o) + 1);
-    h = fnv_bytes(h, k, strlen(k) + 1);
+    for (int i = 0; i < 4; i++)
+      h = fnv_bytes(h, s[i] ? s[i] : "", strlen(s[i] ? s[i] : "") + 1);
   }
   for (int i = 0; i < nt; i++) {
     int64_t d[3] = {t[i].ndim, t[i].shape[0], cols_of(&t[i])};
@@ -201,7 +207,7 @@ static cf_status lists_agree(MPI_Comm comm, const struct cf_ckpt_tensor *t, int 
   CF_CHECK(got[0] == h && ~got[1] == h, CF_EINVAL,
            "the ranks pass different checkpoint tensor lists (names, order or shapes differ)%s",
            meta != NULL ? " or different metadata (step, seed, world, data_cursor, options, "
-                          "model_kind)"
+                          "model_kind, layout, rng, rng_step)"
                         : "");
   return CF_OK;
 }
@@ -381,6 +387,11 @@ static cf_status write_all(struct cf_h5_writer *w, const struct cf_ckpt_meta *me
   CF_TRY(cf_io_writer_attr_i64(w, "data_cursor", meta->data_cursor));
   CF_TRY(cf_h5_writer_attr(w, "options", meta->options_yaml ? meta->options_yaml : ""));
   CF_TRY(cf_h5_writer_attr(w, "model_kind", meta->model_kind ? meta->model_kind : ""));
+  if (meta->layout != NULL) CF_TRY(cf_h5_writer_attr(w, "layout", meta->layout));
+  if (meta->rng != NULL) {
+    CF_TRY(cf_h5_writer_attr(w, "rng", meta->rng));
+    CF_TRY(cf_io_writer_attr_i64(w, "rng_step", meta->rng_step));
+  }
   CF_TRY(cf_io_writer_attr_i64(w, "n_tensors", nt));
   CF_TRY(cf_h5_writer_attr(w, "checksum_algorithm", CF_CKPT_CHECKSUM_ALGORITHM));
   for (int i = 0; i < nt; i++)
@@ -395,6 +406,11 @@ cf_status cf_ckpt_write(MPI_Comm comm, const char *path, const struct cf_ckpt_me
   CF_TRY(cf_io_agree(comm, meta != NULL ? CF_OK
                                         : cf_err(CF_EINVAL, "checkpoint '%s' without metadata",
                                                  path ? path : "")));
+  CF_TRY(cf_io_agree(comm, meta->rng == NULL || meta->rng_step >= 0
+                               ? CF_OK
+                               : cf_err(CF_EINVAL,
+                                        "checkpoint '%s': rng_step %lld with an rng, expected >= 0",
+                                        path ? path : "", (long long)meta->rng_step)));
   struct layout *L = NULL;
   CF_TRY(prepare(comm, t, nt, meta, &L));
   uint64_t *sums = NULL;
@@ -473,6 +489,22 @@ static cf_status read_meta_open(hid_t fid, const char *path, struct cf_ckpt_meta
   snprintf(g_model_kind, sizeof g_model_kind, "%s", kind);
   cf_free((void **)&kind);
   meta->model_kind = g_model_kind;
+  /* optional (absent in files written before they were added): NULL / -1 */
+  meta->layout = meta->rng = NULL;
+  meta->rng_step = -1;
+  char *const dst[2] = {g_layout, g_rng};
+  const char *const key[2] = {"layout", "rng"};
+  for (int i = 0; i < 2; i++) {
+    if (H5Aexists(fid, key[i]) <= 0) continue;
+    char *v = NULL;
+    CF_TRY(cf_io_attr_get_str(fid, key[i], path, ra, 256, &v));
+    snprintf(dst[i], 256, "%s", v);
+    cf_free((void **)&v);
+    if (i == 0) meta->layout = g_layout;
+    if (i == 1) meta->rng = g_rng;
+  }
+  if (H5Aexists(fid, "rng_step") > 0)
+    CF_TRY(cf_io_attr_get_i64(fid, "rng_step", path, ra, &meta->rng_step));
   CF_TRY(cf_io_attr_get_str(fid, "options", path, ra, CKPT_OPTIONS_MAX, buf));
   meta->options_yaml = *buf;
   return CF_OK;

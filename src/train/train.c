@@ -91,12 +91,19 @@ static cf_status save(const struct cf_grid *g, const char *run_dir, int64_t step
   snprintf(dir, sizeof dir, "%s/ckpt", run_dir);
   snprintf(name, sizeof name, "step-%07lld.h5", (long long)step);
   snprintf(path, sizeof path, "%s/%s", dir, name);
+  /* every draw is a pure function of (seed, domain, step, index, element) (rng.h): the state to
+   * continue from is the seed and the step counter the next step draws with (0-based: step) */
+  char layout[128];
+  cf_grid_describe(g, layout, sizeof layout);
   struct cf_ckpt_meta meta = {.step = step,
                               .seed = tc->seed,
                               .world = world,
                               .data_cursor = step,
                               .options_yaml = options_yaml,
-                              .model_kind = "calmflow"};
+                              .model_kind = "calmflow",
+                              .layout = layout,
+                              .rng = "philox4x32-10 keyed by (seed, domain, step, index)",
+                              .rng_step = step};
   CF_TRY(cf_ckpt_write(comm, path, &meta, ct->t, ct->nt));
   CF_TRY(cf_ckpt_latest_write(comm, dir, name));
   CF_TRY(cf_ckpt_prune(comm, dir, keep));

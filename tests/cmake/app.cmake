@@ -13,3 +13,6 @@ set_tests_properties(app_preempt PROPERTIES PROCESSORS 2)
 # layout invariance of the process grid: every TP/PP/CP/DP layout up to 4 ranks equals 1 rank
 cf_script_test(app_parallel test_parallel.sh "fast;mpi")
 set_tests_properties(app_parallel PROPERTIES PROCESSORS 2)
+# one train per run directory: <run_dir>/.lock refuses a second, SIGKILL frees it
+cf_script_test(app_lock test_lock.sh "fast;mpi")
+set_tests_properties(app_lock PROPERTIES PROCESSORS 2)
