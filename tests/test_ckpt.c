@@ -349,7 +349,8 @@ static void test_latest_and_prune(void) {
     }
     touch("ckpt/notes.txt");
     touch("ckpt/step-12.h5");
-    touch("ckpt/step-0000004.h5.tmp.99");
+    touch("ckpt/step-0000004.h5.tmp.99"); /* a killed writer's temporary: removed */
+    touch("ckpt/step-0000004.h5.tmp.x9"); /* not a writer's name: kept */
     touch("ckpt/xstep-0000001.h5");
   }
   MPI_Barrier(comm);
@@ -357,10 +358,10 @@ static void test_latest_and_prune(void) {
   EXPECT_OK(cf_ckpt_prune(comm, ck, 2), "prune keep 2");
   static const char *left[] = {"ckpt/step-0000002.h5",  "ckpt/step-0000005.h5",
                                "ckpt/step-0000006.h5",  "ckpt/notes.txt",
-                               "ckpt/step-12.h5",       "ckpt/step-0000004.h5.tmp.99",
+                               "ckpt/step-12.h5",       "ckpt/step-0000004.h5.tmp.x9",
                                "ckpt/xstep-0000001.h5", "ckpt/LATEST"};
   static const char *gone[] = {"ckpt/step-0000001.h5", "ckpt/step-0000003.h5",
-                               "ckpt/step-0000004.h5"};
+                               "ckpt/step-0000004.h5", "ckpt/step-0000004.h5.tmp.99"};
   for (size_t i = 0; i < sizeof left / sizeof *left; i++)
     EXPECT(exists(left[i]), "prune removed %s", left[i]);
   for (size_t i = 0; i < sizeof gone / sizeof *gone; i++)

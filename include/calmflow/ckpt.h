@@ -137,8 +137,10 @@ cf_status cf_ckpt_latest_read(const char *ckpt_dir, char *path_out, size_t cap);
 
 /* Collective on comm. Rank 0 deletes the older step-NNNNNNN.h5 files (7 or more digits) in
  * ckpt_dir, keeping the `keep` (>= 1) with the highest step numbers and always the file
- * LATEST names; nothing else in the directory is touched. Call it only after the newest
- * checkpoint has committed. */
+ * LATEST names, and the temporaries step-NNNNNNN.h5.tmp.<digits> that writers killed before
+ * their rename left; nothing else in the directory is touched. Call it only after the newest
+ * checkpoint has committed (then no temporary is in use: the run directory lock keeps other
+ * jobs out). */
 cf_status cf_ckpt_prune(MPI_Comm comm, const char *ckpt_dir, int keep);
 
 #endif

@@ -51,6 +51,7 @@ struct cf_h5_writer {
   int failed;                    /* a call failed (on some rank): only abort remains */
   char path[CF_H5_PATH_MAX];     /* final name */
   char tmp[CF_H5_PATH_MAX + 32]; /* "<path>.tmp.<pid of rank 0>" */
+  const char *rename_fault;      /* fault site (fault.h) rank 0 passes before the rename, or NULL */
 };
 
 /* Collective on comm. Create the temporary file for `path` (whose directory must exist and

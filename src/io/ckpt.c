@@ -5,9 +5,13 @@
  * docs/checkpoint-format.md. */
 #include "calmflow/ckpt.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "calmflow/fault.h"
 #include "calmflow/h5io.h"
 #include "calmflow/mem.h"
 #include "io/h5util.h"
@@ -369,6 +373,9 @@ static cf_status write_tensor(struct cf_h5_writer *w, const struct cf_ckpt_tenso
   int64_t start[2] = {l->r0 + l->s0, l->c0}, count[2] = {l->s1 - l->s0, l->nc};
   const float *x = l->nr > 0 ? t->data + l->s0 * l->nc : NULL;
   hid_t did = -1;
+  /* fault site ckpt_write (fault.h), agreed first: an injected error on one rank stops every
+   * rank before the collective create */
+  CF_TRY(cf_io_agree(w->comm, cf_fault_point("ckpt_write")));
   cf_status st = cf_io_create_f32((hid_t)w->file, dset, t->ndim, shape, w->tmp, &did);
   if (st == CF_OK) st = cf_io_write_block(did, t->ndim, start, count, x, w->tmp, dset);
   if (st == CF_OK) st = cf_io_attr_put_u64(did, "checksum", sum, w->tmp);
@@ -400,6 +407,29 @@ static cf_status write_all(struct cf_h5_writer *w, const struct cf_ckpt_meta *me
   return CF_OK;
 }
 
+/* Collective. Reserve in the temporary file the bytes the checkpoint will need (its tensors,
+ * the options and a margin for HDF5's metadata, about 450 bytes per tensor; HDF5 cuts the file
+ * to its real size when it closes it), so that a full disk, a quota or a file-size limit shows
+ * up here, before HDF5 holds anything it would have to flush: in HDF5 1.10.8 a failed H5Fclose
+ * leaves a dangling file ID on which the library crashes when it shuts down, in MPI_Finalize
+ * (HDFFV-11052, fixed upstream by HDFGroup/hdf5 pull request 2291). */
+static cf_status reserve_space(const struct cf_h5_writer *w, const struct cf_ckpt_tensor *t, int nt,
+                               const struct cf_ckpt_meta *meta) {
+  cf_status st = CF_OK;
+  if (w->rank == 0) {
+    double bytes = 65536.0 + (meta->options_yaml ? (double)strlen(meta->options_yaml) : 0.0);
+    for (int i = 0; i < nt; i++)
+      bytes += (double)t[i].shape[0] * (double)cols_of(&t[i]) * sizeof(float) + 2048.0;
+    int fd = open(w->tmp, O_WRONLY);
+    int e = fd < 0 ? errno : posix_fallocate(fd, 0, (off_t)bytes);
+    if (fd >= 0) close(fd);
+    if (e != 0)
+      st = cf_err(CF_EIO, "cannot write checkpoint '%s': no room for its %.2f MiB (%s)", w->path,
+                  bytes / 1048576.0, strerror(e));
+  }
+  return cf_io_agree(w->comm, st);
+}
+
 cf_status cf_ckpt_write(MPI_Comm comm, const char *path, const struct cf_ckpt_meta *meta,
                         const struct cf_ckpt_tensor *t, int nt) {
   cf_io_h5_quiet();
@@ -420,7 +450,9 @@ cf_status cf_ckpt_write(MPI_Comm comm, const char *path, const struct cf_ckpt_me
   struct cf_h5_writer w;
   if (st == CF_OK) st = cf_h5_writer_open(&w, comm, path);
   if (st == CF_OK) {
-    st = write_all(&w, meta, t, nt, L, sums);
+    w.rename_fault = "ckpt_rename";
+    st = reserve_space(&w, t, nt, meta);
+    if (st == CF_OK) st = write_all(&w, meta, t, nt, L, sums);
     if (st == CF_OK) {
       st = cf_h5_writer_commit(&w);
     } else {

@@ -1,5 +1,6 @@
 /* ckpt_dir.c: the run directory's checkpoint folder: the ckpt/LATEST hint (written
- * atomically by rank 0) and pruning old step-NNNNNNN.h5 files down to the newest K. */
+ * atomically by rank 0) and pruning old step-NNNNNNN.h5 files down to the newest K, along
+ * with the temporaries (step-NNNNNNN.h5.tmp.<pid>) of writers killed before their rename. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -153,6 +154,24 @@ static int64_t step_of(const char *name) {
   return s;
 }
 
+/* Local. Is name "step-<7..18 digits>.h5.tmp.<digits>", the temporary name cf_ckpt_write
+ * uses (h5io.h: "<path>.tmp.<pid of rank 0>")? */
+static int is_ckpt_tmp(const char *name) {
+  const char *t = strstr(name, ".h5.tmp.");
+  if (t == NULL) return 0;
+  size_t n = (size_t)(t - name) + 3;
+  char base[5 + 18 + 3 + 1];
+  if (n >= sizeof base) return 0;
+  memcpy(base, name, n);
+  base[n] = '\0';
+  if (step_of(base) < 0) return 0;
+  const char *pid = t + 8;
+  if (*pid == '\0') return 0;
+  for (; *pid != '\0'; pid++)
+    if (*pid < '0' || *pid > '9') return 0;
+  return 1;
+}
+
 static int newer_first(const void *a, const void *b) {
   const struct step_file *x = a, *y = b;
   if (x->step != y->step) return x->step > y->step ? -1 : 1;
@@ -172,6 +191,15 @@ static cf_status prune_local(const char *dir, int keep) {
   size_t nf = 0, cap = 0;
   struct dirent *e;
   while (st == CF_OK && (e = readdir(d)) != NULL) {
+    /* A temporary of a writer killed before its rename (reliability.md G1): nothing uses it
+     * (our own write has just committed, and the run directory lock keeps other jobs out),
+     * and it would be left to pile up, one checkpoint's size per crash. */
+    if (is_ckpt_tmp(e->d_name)) {
+      if (unlinkat(dirfd(d), e->d_name, 0) != 0 && errno != ENOENT)
+        st = cf_err(CF_EIO, "cannot remove the stale temporary checkpoint '%s/%s': %s", dir,
+                    e->d_name, strerror(errno));
+      continue;
+    }
     int64_t s = step_of(e->d_name);
     if (s < 0) continue;
     if (nf == cap) {

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "calmflow/fault.h"
 #include "calmflow/mem.h"
 #include "io/h5util.h"
 
@@ -182,6 +183,7 @@ cf_status cf_io_writer_attr_u64(struct cf_h5_writer *w, const char *key, uint64_
 /* Local (rank 0): fsync the closed temporary file, rename it, fsync the directory. */
 static cf_status publish_local(const struct cf_h5_writer *w) {
   CF_TRY(cf_io_fsync_file(w->tmp));
+  if (w->rename_fault != NULL) CF_TRY(cf_fault_point(w->rename_fault));
   CF_CHECK(rename(w->tmp, w->path) == 0, CF_EIO, "cannot rename '%s' to '%s': %s", w->tmp, w->path,
            strerror(errno));
   char dir[CF_H5_PATH_MAX];

@@ -16,3 +16,7 @@ set_tests_properties(app_parallel PROPERTIES PROCESSORS 2)
 # one train per run directory: <run_dir>/.lock refuses a second, SIGKILL frees it
 cf_script_test(app_lock test_lock.sh "fast;mpi")
 set_tests_properties(app_lock PROPERTIES PROCESSORS 2)
+# the checkpoint fault catalogue: kills mid-write and before the rename, a truncated newest
+# checkpoint, flipped bytes, no space, kill -9 of the job; resume always finds the newest valid
+cf_script_test(app_ckpt_faults test_ckpt_faults.sh "fast;mpi")
+set_tests_properties(app_ckpt_faults PROPERTIES PROCESSORS 2)
