@@ -1,9 +1,16 @@
-/* test_kvcache.c: the KV-cached incremental forward against the training forward.
+/* test_kvcache.c: the KV-cached incremental forward against the training forward, and its
+ * batch invariance.
  * Final hidden states from cf_model_extend point by point (np = P per call, max_new = P*S),
  * from one extend over the whole sequence, and from uneven chunks all equal those of
  * cf_model_forward (to float round-off); cf_head_sample with tau = 0 gives the gauss mean /
  * the vae decoding of mu, and with tau = 1 matches the training head on the same noise;
- * bad extends are refused; nothing allocates after init. Both heads, two rotary widths. */
+ * bad extends are refused; nothing allocates after init. Both heads, two rotary widths.
+ * cf_linear_rows (sampling's linear) matches a double-precision product to round-off and gives
+ * each row the same bits alone, inside 2, 7, 64 or 129 rows at any offset, in any column
+ * position and with every copy (portable, AVX2, AVX-512VL) the CPU runs. A rollout of
+ * sequences in batches of 1, 5 and 16 (others different) gives every shared sequence
+ * bit-identical hidden states and samples, both heads, KV cache and recompute. */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,9 +211,238 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
   free(ys), free(ysamp), free(enoise), free(yt);
 }
 
+/* ---- cf_linear_rows ---- */
+
+/* Rows x (M, in) and preset y (M, out, used when accumulating) with row `pos` set to xr / y0r;
+ * the other rows random. Returns cf_linear_rows' row pos in yr. */
+static void rows_at(int64_t M, int64_t pos, const float *xr, const float *y0r, const float *W,
+                    const float *b, int64_t out, int64_t in, int acc, float *yr) {
+  float *x = cf_test_floats((size_t)(M * in)), *y = cf_test_floats((size_t)(M * out));
+  randn(x, (size_t)(M * in), 1.0f);
+  randn(y, (size_t)(M * out), 1.0f);
+  memcpy(x + pos * in, xr, (size_t)in * sizeof(float));
+  memcpy(y + pos * out, y0r, (size_t)out * sizeof(float));
+  cf_linear_rows(x, M, W, b, out, in, acc, y);
+  memcpy(yr, y + pos * out, (size_t)out * sizeof(float));
+  free(x), free(y);
+}
+
+static void test_linear_rows(void) {
+  const int best = cf_linear_rows_path(-2);
+  printf("cf_linear_rows: copies 0..%d on this CPU (0 portable, 1 AVX2, 2 AVX-512VL)\n", best);
+  /* (in, out): k-tails of 0..7 values, column remainders, several weight blocks (in 1024) */
+  const int64_t shapes[][2] = {{1, 1}, {7, 3}, {8, 4}, {13, 5}, {64, 17}, {100, 9}, {1024, 70}};
+  const int64_t Ms[] = {2, 7, 64, 129};
+  double worst = 0;
+  int n_cmp = 0;
+  for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+    const int64_t in = shapes[si][0], out = shapes[si][1];
+    for (int variant = 0; variant < 3; variant++) { /* bias; no bias; bias + accumulate */
+      const int acc = variant == 2;
+      float *W = cf_test_floats((size_t)(out * in)), *bb = cf_test_floats((size_t)out);
+      float *xr = cf_test_floats((size_t)in), *y0 = cf_test_floats((size_t)out);
+      float *y1 = cf_test_floats((size_t)out), *yr = cf_test_floats((size_t)out);
+      randn(W, (size_t)(out * in), 0.5f), randn(bb, (size_t)out, 1.0f);
+      randn(xr, (size_t)in, 1.0f), randn(y0, (size_t)out, 1.0f);
+      const float *b = variant == 1 ? NULL : bb;
+      /* alone, against double precision */
+      memcpy(y1, y0, (size_t)out * sizeof(float));
+      cf_linear_rows(xr, 1, W, b, out, in, acc, y1);
+      for (int64_t o = 0; o < out; o++) {
+        double ref = 0, mag = 0;
+        for (int64_t k = 0; k < in; k++) {
+          ref += (double)xr[k] * W[o * in + k];
+          mag += fabs((double)xr[k] * W[o * in + k]);
+        }
+        if (b != NULL) ref += b[o], mag += fabs(b[o]);
+        if (acc) ref += y0[o], mag += fabs(y0[o]);
+        double err = fabs(y1[o] - ref), tol = ((double)in / 8 + 6) * FLT_EPSILON * mag;
+        worst = fmax(worst, err / (FLT_EPSILON * fmax(mag, 1e-30)));
+        EXPECT(err <= tol,
+               "linear_rows in %lld out %lld variant %d: output %lld is %.9g, double "
+               "gives %.9g (tol %.2g)",
+               (long long)in, (long long)out, variant, (long long)o, y1[o], ref, tol);
+      }
+      /* the same bits inside M rows at several offsets */
+      for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+        const int64_t M = Ms[mi], pos[4] = {0, 1, M / 2 + 1, M - 1};
+        for (int pi = 0; pi < 4; pi++) {
+          if (pos[pi] >= M) continue;
+          rows_at(M, pos[pi], xr, y0, W, b, out, in, acc, yr);
+          n_cmp++;
+          EXPECT(memcmp(yr, y1, (size_t)out * sizeof(float)) == 0,
+                 "linear_rows in %lld out %lld variant %d: row %lld of %lld differs from the row "
+                 "alone",
+                 (long long)in, (long long)out, variant, (long long)pos[pi], (long long)M);
+        }
+      }
+      /* every copy the CPU runs */
+      for (int p = 0; p <= best; p++) {
+        cf_linear_rows_path(p);
+        rows_at(129, 77, xr, y0, W, b, out, in, acc, yr);
+        n_cmp++;
+        EXPECT(memcmp(yr, y1, (size_t)out * sizeof(float)) == 0,
+               "linear_rows in %lld out %lld variant %d: copy %d differs from the default",
+               (long long)in, (long long)out, variant, p);
+      }
+      cf_linear_rows_path(-1);
+      /* another column position: outputs 1..out-1 alone move from a 4-wide tile to the
+       * remainder and back */
+      if (out > 1) {
+        memcpy(yr, y0 + 1, (size_t)(out - 1) * sizeof(float));
+        cf_linear_rows(xr, 1, W + in, b != NULL ? b + 1 : NULL, out - 1, in, acc, yr);
+        n_cmp++;
+        EXPECT(memcmp(yr, y1 + 1, (size_t)(out - 1) * sizeof(float)) == 0,
+               "linear_rows in %lld out %lld variant %d: outputs shifted by one column differ",
+               (long long)in, (long long)out, variant);
+      }
+      free(W), free(bb), free(xr), free(y0), free(y1), free(yr);
+    }
+  }
+  printf("  worst error vs double: %.2f eps x sum |terms|; %d bit-for-bit row comparisons\n", worst,
+         n_cmp);
+}
+
+/* ---- batch invariance of sampling ---- */
+
+/* A rollout of B sequences as rollout.c runs it: x0 (B, P, D) first points; per step t
+ * (t < N-1) extend (np = P with the KV cache, else the whole prefix after a reset), sample
+ * the head for the last P points with noise eps (N-1, B, epsw) and take y as points t+1.
+ * Records hs (B, N-1, P*S*H) hidden states and ys (B, N-1, P*D) samples. */
+static void roll(struct cf_model *m, int64_t B, int kv, const float *x0, const float *eps,
+                 int64_t epsw, float *hs, float *ys) {
+  const struct cf_model_cfg *c = &m->cfg;
+  const int64_t P = c->P, S = c->S, D = c->D, H = c->H, N = c->N, J = N * P, T = J * S;
+  struct cf_kvcache kc;
+  cf_status st = cf_kvcache_init(&kc, m, B, T, kv ? P * S : T);
+  EXPECT(st == CF_OK, "kvcache init: %s", cf_errmsg());
+  if (st != CF_OK) return;
+  float *seq = cf_test_floats((size_t)(B * J * D)), *stage = cf_test_floats((size_t)(B * J * D));
+  float *h = cf_test_floats((size_t)(B * T * H)), *hl = cf_test_floats((size_t)(B * P * S * H));
+  float *y = cf_test_floats((size_t)(B * P * D)), *e = cf_test_floats((size_t)(B * epsw));
+  for (int64_t b = 0; b < B; b++)
+    memcpy(seq + b * J * D, x0 + b * P * D, (size_t)(P * D) * sizeof(float));
+  for (int64_t t = 0; t + 1 < N; t++) {
+    int64_t np = kv ? P : (t + 1) * P, first = kv ? t * P : 0;
+    if (!kv) cf_kvcache_reset(&kc);
+    for (int64_t b = 0; b < B; b++)
+      memcpy(stage + b * np * D, seq + (b * J + first) * D, (size_t)(np * D) * sizeof(float));
+    EXPECT_OK(cf_model_extend(m, &kc, stage, np, h), "extend");
+    for (int64_t b = 0; b < B; b++) {
+      memcpy(hl + b * P * S * H, h + (b * np * S + (np - P) * S) * H,
+             (size_t)(P * S * H) * sizeof(float));
+      memcpy(e + b * epsw, eps + (t * B + b) * epsw, (size_t)epsw * sizeof(float));
+    }
+    EXPECT_OK(cf_head_sample(m, &kc, P, hl, e, 1.0f, y), "head sample");
+    for (int64_t b = 0; b < B; b++) {
+      memcpy(seq + (b * J + (t + 1) * P) * D, y + b * P * D, (size_t)(P * D) * sizeof(float));
+      memcpy(hs + (b * (N - 1) + t) * P * S * H, hl + b * P * S * H,
+             (size_t)(P * S * H) * sizeof(float));
+      memcpy(ys + (b * (N - 1) + t) * P * D, y + b * P * D, (size_t)(P * D) * sizeof(float));
+    }
+  }
+  cf_kvcache_release(&kc);
+  free(seq), free(stage), free(h), free(hl), free(y), free(e);
+}
+
+static void batch_invariance(enum cf_head head, int kv) {
+  /* odd P*S and widths with k-tails, so sequences straddle row tiles */
+  struct cf_model_cfg cfg = {.D = 3,
+                             .S = 3,
+                             .P = 3,
+                             .N = 4,
+                             .H = 20,
+                             .layers = 2,
+                             .heads = 2,
+                             .ffn = 76,
+                             .rotary_pct = 0.5,
+                             .rotary_base = 10000.0,
+                             .head = head,
+                             .dropout = 0.1f,
+                             .logstd_min = -7.0f,
+                             .logstd_max = 5.0f};
+  const char *label = head == CF_HEAD_VAE ? (kv ? "vae, KV cache" : "vae, recompute")
+                                          : (kv ? "gauss, KV cache" : "gauss, recompute");
+  const int64_t P = cfg.P, S = cfg.S, D = cfg.D, H = cfg.H, N = cfg.N;
+  const int64_t epsw = head == CF_HEAD_VAE ? P * S * H : P * D;
+  const size_t nh = (size_t)((N - 1) * P * S * H), ny = (size_t)((N - 1) * P * D);
+  struct cf_model m;
+  cf_status st = cf_model_init(&m, &cfg, 1);
+  EXPECT(st == CF_OK, "init: %s", cf_errmsg());
+  if (st != CF_OK) return;
+  cf_model_init_weights(&m, 5);
+  float *noise = cf_test_floats(m.n_params);
+  randn(noise, m.n_params, 0.2f);
+  for (size_t i = 0; i < m.n_params; i++)
+    m.params[i] += noise[i];
+  free(noise);
+
+  /* a pool of 20 sequences, each its own first points and noise */
+  enum { POOL = 20 };
+  float *px0 = cf_test_floats((size_t)(POOL * P * D)),
+        *peps = cf_test_floats((size_t)(POOL * (N - 1) * epsw));
+  randn(px0, (size_t)(POOL * P * D), 1.0f);
+  randn(peps, (size_t)(POOL * (N - 1) * epsw), 1.0f);
+  /* batches of pool sequences: 0 in all three, 1 and 3 in the last two, at other places */
+  static const int b1[] = {0}, b5[] = {3, 7, 0, 9, 1};
+  static const int b16[] = {2, 4, 5, 6, 1, 8, 10, 11, 12, 13, 14, 0, 15, 16, 17, 3};
+  const int *batches[3] = {b1, b5, b16};
+  const int64_t Bs[3] = {1, 5, 16};
+  float *first_h = cf_test_floats(POOL * nh), *first_y = cf_test_floats(POOL * ny);
+  int seen[POOL] = {0}, shared = 0;
+  const int best = cf_linear_rows_path(-2);
+  /* the three batches with the CPU's copy, then the batch of 16 with each copy */
+  for (int run = 0; run < 3 + best + 1; run++) {
+    const int bi = run < 3 ? run : 2;
+    if (run >= 3) cf_linear_rows_path(run - 3);
+    const int64_t B = Bs[bi];
+    float *x0 = cf_test_floats((size_t)(B * P * D)),
+          *eps = cf_test_floats((size_t)((N - 1) * B * epsw));
+    for (int64_t b = 0; b < B; b++) {
+      const int q = batches[bi][b];
+      memcpy(x0 + b * P * D, px0 + q * P * D, (size_t)(P * D) * sizeof(float));
+      for (int64_t t = 0; t + 1 < N; t++)
+        memcpy(eps + (t * B + b) * epsw, peps + (q * (N - 1) + t) * epsw,
+               (size_t)epsw * sizeof(float));
+    }
+    float *hs = cf_test_floats((size_t)B * nh), *ys = cf_test_floats((size_t)B * ny);
+    roll(&m, B, kv, x0, eps, epsw, hs, ys);
+    for (int64_t b = 0; b < B; b++) {
+      const int q = batches[bi][b];
+      if (!seen[q]) {
+        seen[q] = 1;
+        memcpy(first_h + q * nh, hs + b * nh, nh * sizeof(float));
+        memcpy(first_y + q * ny, ys + b * ny, ny * sizeof(float));
+        continue;
+      }
+      shared++;
+      EXPECT(memcmp(first_h + q * nh, hs + b * nh, nh * sizeof(float)) == 0,
+             "%s: hidden states of sequence %d differ in a batch of %lld (place %lld%s)", label, q,
+             (long long)B, (long long)b, run >= 3 ? ", forced copy" : "");
+      EXPECT(memcmp(first_y + q * ny, ys + b * ny, ny * sizeof(float)) == 0,
+             "%s: samples of sequence %d differ in a batch of %lld (place %lld%s)", label, q,
+             (long long)B, (long long)b, run >= 3 ? ", forced copy" : "");
+    }
+    free(x0), free(eps), free(hs), free(ys);
+  }
+  cf_linear_rows_path(-1);
+  /* the check must be able to fail: a different sequence gives different bits */
+  EXPECT(memcmp(first_y, first_y + 1 * ny, ny * sizeof(float)) != 0,
+         "%s: two different sequences gave the same samples", label);
+  printf("%s: batches of 1, 5, 16 and copies 0..%d: %d shared sequences bit-identical\n", label,
+         best, shared);
+  free(px0), free(peps), free(first_h), free(first_y);
+  cf_model_release(&m);
+}
+
 int main(void) {
   run(CF_HEAD_GAUSS, 0.25, 5.0f, "gauss head, rotary_pct 0.25 (2 of 8 dims)");
   run(CF_HEAD_VAE, 1.0, 5.0f, "vae head, rotary_pct 1 (all 8 dims)");
   run(CF_HEAD_GAUSS, 0.0, 0.3f, "gauss head, no rotary, log-std clamped to [-0.3, 0.3]");
+  test_linear_rows();
+  for (int kv = 1; kv >= 0; kv--) {
+    batch_invariance(CF_HEAD_GAUSS, kv);
+    batch_invariance(CF_HEAD_VAE, kv);
+  }
   return cf_test_done("test_kvcache");
 }

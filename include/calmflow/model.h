@@ -23,7 +23,7 @@
  * heads), I = max(S*H, D): fc1 (I x S*H) -> LN no affine -> ReLU -> dropout
  *                  -> fc2 (I x I) -> LN no affine -> ReLU -> dropout -> fc3 (Dout x I)
  *   All LayerNorms use eps 1e-5. Weights are stored PyTorch-style (out, in), row-major;
- *   y = x W^T + b through cblas_sgemm.
+ *   y = x W^T + b through cblas_sgemm (sampling: cf_linear_rows, row-deterministic).
  *
  * Parameters and gradients each live in one contiguous float arena (one MPI_Allreduce for
  * the gradients, one loop for the optimizer); cf_model_tensor() names every tensor with its
@@ -236,6 +236,9 @@ void cf_kvcache_reset(struct cf_kvcache *c); /* len = 0 */
 
 /* Local. Append np new points per sequence (np*S tokens at positions len .. len+np*S-1)
  * and return the final hidden states (after lnf) of the new tokens. No dropout.
+ * Batch invariant (as cf_head_sample): a sequence's outputs are bit-identical whatever the
+ * other sequences of the cache are and whatever B is; they match cf_model_forward to float
+ * round-off (sampling's linears are row-deterministic, training's use cblas_sgemm).
  *   z_new (B, np, D)   h_out (B, np*S, H) */
 cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const float *z_new,
                           int64_t np, float *h_out);

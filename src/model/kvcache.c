@@ -1,6 +1,15 @@
 /* kvcache.c: inference with a KV cache. cf_model_extend runs the encoder and the transformer
  * on newly appended points only, attending to the cached rotated keys and values of the
- * prefix; cf_head_sample draws the head's prediction from final hidden states. */
+ * prefix; cf_head_sample draws the head's prediction from final hidden states.
+ *
+ * Batch invariance: a sequence's results are bit-identical whatever other sequences share the
+ * call and wherever it sits among them, so a sample depends only on its own inputs, not on
+ * -sample_batch or the number of ranks. Every linear runs through cf_linear_rows (each
+ * element a fixed sequence of float operations, independent of the number of rows);
+ * LayerNorm, GELU, the LN+ReLU unit, rotary and softmax work row by row or element by
+ * element; attention is one cblas_sgemm per (sequence, head) whose shape (new tokens x cached
+ * tokens x head size) does not depend on the number of sequences. Training keeps
+ * cf_linear_fwd (cblas_sgemm over all rows). */
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
@@ -132,6 +141,21 @@ void cf_kvcache_reset(struct cf_kvcache *c) {
   if (c != NULL) c->len = 0;
 }
 
+/* Row-deterministic copies of cf_mlp2_fwd and cf_decoder_fwd (no dropout). */
+static void mlp2_rows(const struct cf_lin *l1, const struct cf_lin *l2, const float *in, int64_t M,
+                      const struct cf_unit_a *u, float *out) {
+  cf_linear_rows(in, M, l1->w, l1->b, l1->out, l1->in, 0, u->xh);
+  cf_lnrelu_fwd(u->xh, u->rs, NULL, M, l1->out, u->d);
+  cf_linear_rows(u->d, M, l2->w, l2->b, l2->out, l2->in, 0, out);
+}
+
+static void decoder_rows(const struct cf_model_impl *im, const float *in, int64_t M,
+                         const struct cf_unit_a *u1, const struct cf_unit_a *u2, float *out) {
+  mlp2_rows(&im->dec1, &im->dec2, in, M, u1, u2->xh);
+  cf_lnrelu_fwd(u2->xh, u2->rs, NULL, M, im->Idec, u2->d);
+  cf_linear_rows(u2->d, M, im->dec3.w, im->dec3.b, im->Dout, im->Idec, 0, out);
+}
+
 static cf_status kv_match(const struct cf_model *m, const struct cf_kvcache *c) {
   CF_CHECK(m != NULL && m->impl != NULL, CF_EINVAL, "kvcache: model not initialized");
   CF_CHECK(c != NULL && c->impl != NULL, CF_EINVAL, "kvcache: cache not initialized");
@@ -162,12 +186,12 @@ cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const 
 
   /* encoder: z_new (B*np, D) -> x (B*np, SH) = (M, H) */
   float *x = kv->x, *xn = kv->xn;
-  cf_mlp2_fwd(&im->enc1, &im->enc2, z_new, B * np, &kv->enc, x);
+  mlp2_rows(&im->enc1, &im->enc2, z_new, B * np, &kv->enc, x);
 
   for (int64_t l = 0; l < cf->layers; l++) {
     const struct cf_block_p *p = &im->blk[l];
     cf_layernorm_fwd(x, M, H, p->ln1.w, p->ln1.b, kv->xh, kv->rs, kv->u);
-    cf_linear_fwd(kv->u, M, p->qkv.w, p->qkv.b, H3, H, 0, kv->qkv);
+    cf_linear_rows(kv->u, M, p->qkv.w, p->qkv.b, H3, H, 0, kv->qkv);
     for (int64_t b = 0; b < B; b++) {
       float *qb = kv->qkv + b * n * H3;
       cf_rotary_apply(qb, n, H3, heads, dh, im->rot, kv->cs, kv->sn, len, 0);
@@ -179,7 +203,8 @@ cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const 
           memcpy(Kc + (len + t) * dh, src + dh, (size_t)dh * sizeof(float));
           memcpy(Vc + (len + t) * dh, src + 2 * dh, (size_t)dh * sizeof(float));
         }
-        /* scores (n, L) over the cached prefix and the new tokens, causal */
+        /* scores (n, L) over the cached prefix and the new tokens, causal. The same sgemm
+         * shapes for every sequence and every B, so OpenBLAS takes the same path for each */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)L, (int)dh, scale,
                     qb + h * 3 * dh, (int)H3, Kc, (int)dh, 0.0f, kv->sc, (int)L);
         for (int64_t t = 0; t < n; t++)
@@ -189,11 +214,11 @@ cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const 
       }
     }
     memcpy(xn, x, (size_t)(M * H) * sizeof(float));
-    cf_linear_fwd(kv->ao, M, p->out.w, p->out.b, H, H, 1, xn);
+    cf_linear_rows(kv->ao, M, p->out.w, p->out.b, H, H, 1, xn);
     cf_layernorm_fwd(x, M, H, p->ln2.w, p->ln2.b, kv->xh, kv->rs, kv->u);
-    cf_linear_fwd(kv->u, M, p->fc1.w, p->fc1.b, cf->ffn, H, 0, kv->f);
+    cf_linear_rows(kv->u, M, p->fc1.w, p->fc1.b, cf->ffn, H, 0, kv->f);
     cf_gelu_fwd(kv->f, kv->f, NULL, (size_t)(M * cf->ffn));
-    cf_linear_fwd(kv->f, M, p->fc2.w, p->fc2.b, H, cf->ffn, 1, xn);
+    cf_linear_rows(kv->f, M, p->fc2.w, p->fc2.b, H, cf->ffn, 1, xn);
     float *tmp = x;
     x = xn;
     xn = tmp;
@@ -217,7 +242,7 @@ cf_status cf_head_sample(const struct cf_model *m, struct cf_kvcache *c, int64_t
   CF_CHECK(eps != NULL || tau == 0.0f, CF_EINVAL, "kvcache: head sample with tau != 0 needs eps");
   const int64_t Mp = c->B * np, M = Mp * S;
   if (cf->head == CF_HEAD_GAUSS) {
-    cf_decoder_fwd(im, h, Mp, &kv->ud1, &kv->ud2, kv->out);
+    decoder_rows(im, h, Mp, &kv->ud1, &kv->ud2, kv->out);
     const float lo = cf->logstd_min, hi = cf->logstd_max;
     for (int64_t r = 0; r < Mp; r++) {
       const float *o = kv->out + r * 2 * D;
@@ -228,14 +253,14 @@ cf_status cf_head_sample(const struct cf_model *m, struct cf_kvcache *c, int64_t
       }
     }
   } else {
-    cf_mlp2_fwd(&im->mu1, &im->mu2, h, M, &kv->umu, kv->mu);
-    cf_mlp2_fwd(&im->lv1, &im->lv2, h, M, &kv->ulv, kv->lv);
+    mlp2_rows(&im->mu1, &im->mu2, h, M, &kv->umu, kv->mu);
+    mlp2_rows(&im->lv1, &im->lv2, h, M, &kv->ulv, kv->lv);
     size_t tot = (size_t)(M * H);
     for (size_t i = 0; i < tot; i++) {
       float e = eps != NULL ? eps[i] : 0.0f;
       kv->zeta[i] = kv->mu[i] + tau * sqrtf(expf(kv->lv[i]) + 1e-4f) * e;
     }
-    cf_decoder_fwd(im, kv->zeta, Mp, &kv->ud1, &kv->ud2, y);
+    decoder_rows(im, kv->zeta, Mp, &kv->ud1, &kv->ud2, y);
   }
   return CF_OK;
 }

@@ -1,7 +1,7 @@
 /* layers.h: private to src/model (and its tests). The model's kernels (linear, LayerNorm,
  * GELU, the LayerNorm+ReLU+dropout unit of the encoder / head / decoder MLPs, rotary causal
- * attention), each with its backward; the parameter and activation layout behind
- * struct cf_model.impl; and test hooks.
+ * attention), each with its backward; sampling's row-deterministic linear (rowdet.c); the
+ * parameter and activation layout behind struct cf_model.impl; and test hooks.
  *
  * Conventions: row-major float buffers, weights (out, in), y = x W^T + b. Backward functions
  * ADD into weight / bias gradients; an input gradient is overwritten or added (argument
@@ -27,6 +27,16 @@
 /* y (M, out) = x (M, in) W^T + b, or y += ... when accumulate (b may be NULL). */
 void cf_linear_fwd(const float *x, int64_t M, const float *W, const float *b, int64_t out,
                    int64_t in, int accumulate, float *y);
+/* Row-deterministic y (M, out) = x (M, in) W^T + b (b may be NULL), or y += x W^T + b when
+ * accumulate (rowdet.c): each element is a fixed sequence of float operations that depends
+ * only on its row of x, W and b, not on M, the row's position or the CPU's vector width.
+ * Used by sampling (kvcache.c); training keeps cf_linear_fwd. */
+void cf_linear_rows(const float *x, int64_t M, const float *W, const float *b, int64_t out,
+                    int64_t in, int accumulate, float *y);
+/* Test hook: which copy of cf_linear_rows runs: 0 portable, 1 AVX2, 2 AVX-512VL (x86-64).
+ * force -1 lets the CPU decide (the default), 0..2 forces that copy (or the best the CPU has
+ * below it), anything below -1 only asks. Returns the copy now in use. */
+int cf_linear_rows_path(int force);
 /* gW (out, in) += dy^T x; gb (out) += column sums of dy (either may be NULL);
  * dx (M, in) = dy W (or += when accumulate; dx may be NULL). */
 void cf_linear_bwd(const float *x, const float *dy, int64_t M, const float *W, int64_t out,
@@ -194,8 +204,9 @@ cf_status cf_block_fwd(const struct cf_block_p *p, const struct cf_block_a *a, i
 cf_status cf_block_bwd(const struct cf_block_p *p, const struct cf_block_a *a, int64_t B, int64_t T,
                        const struct cf_block_dims *d, float *gx, const struct cf_block_ws *w);
 
-/* Decoder forward on rows (M, SH) through the given units and linears (no allocation):
- * used by training (masks) and sampling (masks NULL). out (M, Dout). */
+/* Decoder forward on rows (M, SH) through the given units and linears (no allocation), on
+ * cf_linear_fwd: training's. Sampling has a row-deterministic copy in kvcache.c.
+ * out (M, Dout). */
 void cf_decoder_fwd(const struct cf_model_impl *im, const float *in, int64_t M,
                     const struct cf_unit_a *u1, const struct cf_unit_a *u2, float *out);
 /* TwoLayerMLP forward (fc1 -> unit -> fc2) on rows (M, in). out (M, l2->out). */
