@@ -1,11 +1,21 @@
-/* rollout.h: autoregressive VIE rollout from noise to data (calmflow-method.md section 6).
+/* rollout.h: autoregressive VIE rollout from noise to data (calmflow-method.md section 6),
+ * scheduled by a coordinator rank.
  *
  * Sample i is trajectory p = i % P of sequence i / P. Its x0 is drawn from the source with the
  * stream {seed, CF_RNG_X0, UINT32_MAX, i} and the head noise of rollout step t with
- * {seed, CF_RNG_SAMPLE, t, i}, so a sample depends only on (seed, i) and its sequence mates,
- * not on the batch size or the rank count. With the KV cache each step feeds only the P*S new
- * tokens; -sample_kvcache 0 recomputes the whole prefix each step (the authors' way) and gives
- * the same samples to round-off.
+ * {seed, CF_RNG_SAMPLE, t, i}; the model's sampling arithmetic gives each row the same bits
+ * whatever else shares the call (kvcache.c), so a sample depends only on (seed, i), not on the
+ * batch size, the rank count or which rank made it. With the KV cache each step feeds only the
+ * P*S new tokens; -sample_kvcache 0 recomputes the whole prefix each step (the authors' way)
+ * and gives the same samples to round-off.
+ *
+ * Scheduling: the sequences are cut into batches of sc->batch; rank 0 (the coordinator) owns
+ * the queue. Every other rank holds up to two assigned batches, computes one while the next
+ * is already known, and sends each result to rank 0, which answers with the next batch. Rank 0
+ * also computes batches itself and serves the queue between the rollout steps of its own
+ * batch. Results are reordered on rank 0 and handed to the sink strictly in sample order, as
+ * soon as a contiguous run is complete; the batches handed out never run more than a window
+ * of 2 x ranks + 2 batches ahead of the first unfinished one, which bounds rank 0's memory.
  */
 #ifndef CALMFLOW_ROLLOUT_H
 #define CALMFLOW_ROLLOUT_H
@@ -18,19 +28,35 @@
 #include "calmflow/model.h"
 
 struct cf_sample_cfg {
-  int64_t n;     /* samples */
+  int64_t n;     /* samples in all */
+  int64_t first; /* samples already made (resume; a multiple of P, or n) */
   int64_t batch; /* sequences per model call */
   double tau;    /* temperature: scales the predictive std (vae: latent std) */
   int kvcache;   /* 1: KV cache, 0: recompute the prefix */
+  int traj;      /* the sink also gets every time point */
   uint64_t seed;
   int quiet;
 };
 
-/* Collective on comm. Generate sc->n samples with the trained model m (its cfg must match fc).
- *   x    (n, D)     the points at t = 1, on every rank
- *   traj (n, N, D)  every time point of every trajectory, or NULL */
+/* Rank 0 only: samples [i0, i0 + count) are done, in order (each call continues the last).
+ *   x (count, D) the points at t = 1;  traj (count, N, D) every time point, or NULL */
+typedef cf_status (*cf_rollout_sink)(void *ctx, int64_t i0, int64_t count, const float *x,
+                                     const float *traj);
+
+struct cf_rollout_stats {
+  double seconds;       /* wall time of the rollout (rank 0) */
+  double busy_min;      /* fraction of the wall time a rank spent computing: least busy rank */
+  double busy_max;      /* most busy rank */
+  double coord_seconds; /* rank 0: time serving the queue, reordering and in the sink */
+  int64_t batches;      /* batches made in all */
+};
+
+/* Collective on comm. Make samples [sc->first, sc->n) with the trained model m (whole model
+ * on every rank; its cfg must match fc) and pass them to sink on rank 0. Every rank returns
+ * the same status: a failure on any rank (its own error, CF_EREMOTE elsewhere) stops the
+ * queue; what reached the sink before stays valid. stats may be NULL. */
 cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct cf_flow_cfg *fc,
-                         const struct cf_dist *src, const struct cf_sample_cfg *sc, float *x,
-                         float *traj);
+                         const struct cf_dist *src, const struct cf_sample_cfg *sc,
+                         cf_rollout_sink sink, void *sink_ctx, struct cf_rollout_stats *stats);
 
 #endif

@@ -1,5 +1,7 @@
 /* cmd_sample.c: `calmflow sample` — rebuild the model from a checkpoint's stored options,
- * load its parameters, roll out -sample_n trajectories and write /x (and /traj) to HDF5. */
+ * load its parameters, roll out -sample_n trajectories under the coordinator (rollout.h) and
+ * stream /x (and /traj) into the samples file as they finish (samples.h); -sample_resume 1
+ * continues an unfinished file. */
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -10,6 +12,7 @@
 #include "calmflow/h5io.h"
 #include "calmflow/mem.h"
 #include "calmflow/rollout.h"
+#include "calmflow/samples.h"
 #include "calmflow/watchdog.h"
 
 cf_status cf_app_ckpt_options(MPI_Comm comm, const char *path, struct cf_opts *to,
@@ -46,10 +49,49 @@ cf_status cf_load_model(MPI_Comm comm, const char *path, struct cf_opts *to, str
   return st;
 }
 
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+/* Rank 0: the rollout's finished samples, in order, gathered into appends of about a second's
+ * worth (each append flushes and fsyncs the file, too costly per small batch). A kill loses at
+ * most the samples of the last second. */
+struct sink {
+  struct cf_samples *f;
+  int64_t D, N, traj;
+  int64_t cap, count; /* samples the buffer holds / holds now */
+  float *x, *t;       /* (cap, D), (cap, N, D) */
+  double last;        /* time of the last append */
+};
+
+static double wall_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static cf_status sink_flush(struct sink *k) {
+  cf_status st = cf_samples_append(k->f, k->count, k->x, k->traj ? k->t : NULL);
+  k->count = 0;
+  k->last = wall_s();
+  return st;
+}
+
+static cf_status sink_append(void *ctx, int64_t i0, int64_t count, const float *x,
+                             const float *traj) {
+  struct sink *k = ctx;
+  CF_CHECK(i0 == k->f->n_done + k->count, CF_EINVAL,
+           "samples file: samples from %lld arrive but %lld are written (internal error)",
+           (long long)i0, (long long)(k->f->n_done + k->count));
+  while (count > 0) {
+    int64_t take = count < k->cap - k->count ? count : k->cap - k->count;
+    memcpy(k->x + k->count * k->D, x, (size_t)(take * k->D) * sizeof(float));
+    if (k->traj)
+      memcpy(k->t + k->count * k->N * k->D, traj, (size_t)(take * k->N * k->D) * sizeof(float));
+    k->count += take;
+    x += take * k->D;
+    if (traj) traj += take * k->N * k->D;
+    count -= take;
+    if (k->count == k->cap) CF_TRY(sink_flush(k));
+  }
+  if (k->count > 0 && wall_s() - k->last >= 1.0) CF_TRY(sink_flush(k));
+  return CF_OK;
 }
 
 cf_status cf_cmd_sample(MPI_Comm comm) {
@@ -105,45 +147,80 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   CF_TRY(cf_app_dist(comm, cf_opt_str(to, "data_source"), m.cfg.D, "-data_source", &src, &src_pts));
 
   const int64_t D = m.cfg.D, N = m.cfg.N;
-  float *x = NULL, *tr = NULL;
-  size_t bx, bt;
-  CF_TRY(cf_mul_size(&bx, (size_t)sc.n, (size_t)D * sizeof(float), "-sample_n x D"));
-  CF_TRY(cf_mul_size(&bt, bx, (size_t)N, "-sample_n x N x D"));
-  CF_TRY(cf_alloc((void **)&x, bx, "samples"));
-  if (traj) CF_TRY(cf_alloc((void **)&tr, bt, "trajectories"));
-  double t0 = now_s();
-  CF_TRY(cf_rollout_run(comm, &m, &fc, &src, &sc, x, tr));
-  double secs = now_s() - t0;
-
-  struct cf_h5_writer w;
-  char s_tau[32], s_seed[32], s_kv[8], s_step[32];
-  snprintf(s_tau, sizeof s_tau, "%g", sc.tau);
-  snprintf(s_seed, sizeof s_seed, "%lld", (long long)seed);
-  snprintf(s_kv, sizeof s_kv, "%d", sc.kvcache);
-  snprintf(s_step, sizeof s_step, "%lld", (long long)meta.step);
-  CF_TRY(cf_h5_writer_open(&w, comm, out));
-  int64_t shx[2] = {sc.n, D}, sht[3] = {sc.n, N, D};
-  cf_status st = cf_h5_writer_put(&w, "/x", x, 2, shx);
-  if (st == CF_OK && traj) st = cf_h5_writer_put(&w, "/traj", tr, 3, sht);
-  const char *kvs[] = {"producer",    "calmflow sample",
-                       "checkpoint",  ck,
-                       "ckpt_step",   s_step,
-                       "temperature", s_tau,
-                       "seed",        s_seed,
-                       "kvcache",     s_kv};
-  for (int i = 0; i < 6 && st == CF_OK; i++)
-    st = cf_h5_writer_attr(&w, kvs[2 * i], kvs[2 * i + 1]);
-  if (st == CF_OK)
-    st = cf_h5_writer_commit(&w);
-  else
-    cf_h5_writer_abort(&w);
-  CF_TRY(st);
+  int64_t resume;
+  CF_TRY(cf_opt_int(o, "sample_resume", 0, 1, &resume));
+  sc.traj = (int)traj;
+  /* what made the file: resuming requires the same, so the finished file is the one an
+   * uninterrupted run writes */
+  char config[8192];
+  snprintf(config, sizeof config,
+           "producer: calmflow sample\ncheckpoint: %s\nckpt_step: %lld\nseed: %lld\n"
+           "temperature: %.17g\nkvcache: %d\nsample_n: %lld\ntraj: %d\ndata_source: %s\n",
+           ck, (long long)meta.step, (long long)seed, sc.tau, sc.kvcache, (long long)sc.n,
+           (int)traj, cf_opt_str(to, "data_source"));
+  struct cf_samples_spec spec = {.n = sc.n, .D = D, .N = N, .traj = (int)traj, .config = config};
+  struct cf_samples file;
+  memset(&file, 0, sizeof file);
+  int64_t done = 0;
+  cf_status st = CF_OK;
+  if (rank == 0) {
+    st = resume ? cf_samples_resume(&file, out, &spec) : cf_samples_create(&file, out, &spec);
+    if (st == CF_OK) done = file.n_done;
+  }
+  int ok = st == CF_OK;
+  CF_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, comm));
+  CF_MPI(MPI_Bcast(&done, 1, MPI_INT64_T, 0, comm));
+  if (!ok) return st != CF_OK ? st : cf_err(CF_EREMOTE, "rank 0 could not open '%s'", out);
+  if (rank == 0 && !sc.quiet && resume)
+    printf("resuming %s: %lld of %lld samples are there\n", out, (long long)done, (long long)sc.n);
+  /* an unfinished file ends at a whole sequence unless it is complete */
+  sc.first = done;
+  struct sink k = {.f = &file, .D = D, .N = N, .traj = traj, .last = wall_s()};
+  if (rank == 0) { /* up to 4 MiB of samples between appends, at least one batch */
+    int64_t per = traj ? N * D : D, b = sc.batch * m.cfg.P;
+    k.cap = ((int64_t)1 << 20) / per > b ? ((int64_t)1 << 20) / per : b;
+    st = cf_alloc((void **)&k.x, (size_t)(k.cap * D) * sizeof(float), "samples buffer");
+    if (st == CF_OK && traj)
+      st = cf_alloc((void **)&k.t, (size_t)(k.cap * N * D) * sizeof(float), "samples buffer");
+  }
+  ok = st == CF_OK;
+  CF_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, comm));
+  if (!ok) return st != CF_OK ? st : cf_err(CF_EREMOTE, "rank 0 could not allocate");
+  struct cf_rollout_stats rs;
+  st = cf_rollout_run(comm, &m, &fc, &src, &sc, sink_append, &k, &rs);
+  if (rank == 0) {
+    /* what arrived in order is committed, also after a failure elsewhere */
+    cf_status sf = k.count > 0 ? sink_flush(&k) : CF_OK;
+    if (st == CF_OK) st = sf;
+    if (st == CF_OK)
+      st = cf_samples_finish(&file);
+    else
+      cf_samples_close(&file);
+    cf_free((void **)&k.x);
+    cf_free((void **)&k.t);
+  }
+  int fin = st == CF_OK;
+  CF_MPI(MPI_Bcast(&fin, 1, MPI_INT, 0, comm));
+  if (!fin) return st != CF_OK ? st : cf_err(CF_EREMOTE, "rank 0 could not finish '%s'", out);
   if (rank == 0 && !sc.quiet)
-    printf("wrote %lld samples to %s (%.2f s, %.0f samples/s, %s, tau %g, %d rank%s)\n",
-           (long long)sc.n, out, secs, (double)sc.n / secs, sc.kvcache ? "KV cache" : "recompute",
-           sc.tau, world, world > 1 ? "s" : "");
-  cf_free((void **)&x);
-  cf_free((void **)&tr);
+    printf("wrote %lld samples to %s (%.2f s, %.0f samples/s, %s, tau %g, %d rank%s; busy "
+           "%.0f-%.0f%% of the time per rank, coordinator %.1f%%)\n",
+           (long long)sc.n, out, rs.seconds, (double)(sc.n - done) / rs.seconds,
+           sc.kvcache ? "KV cache" : "recompute", sc.tau, world, world > 1 ? "s" : "",
+           100.0 * rs.busy_min, 100.0 * rs.busy_max,
+           rs.seconds > 0 ? 100.0 * rs.coord_seconds / rs.seconds : 0.0);
+  if (rank == 0) {
+    /* machine-readable figures for benchmarks */
+    char p[4200], text[1024];
+    snprintf(p, sizeof p, "%s.json", out);
+    snprintf(text, sizeof text,
+             "{\"ranks\": %d, \"samples\": %lld, \"seconds\": %.6g, \"samples_per_s\": %.6g, "
+             "\"kvcache\": %d, \"busy_min\": %.4f, \"busy_max\": %.4f, \"coord_seconds\": %.6g, "
+             "\"batches\": %lld}\n",
+             world, (long long)(sc.n - done), rs.seconds, (double)(sc.n - done) / rs.seconds,
+             sc.kvcache, rs.busy_min, rs.busy_max, rs.coord_seconds, (long long)rs.batches);
+    (void)cf_write_text_atomic(p, text);
+  }
   cf_free((void **)&src_pts);
   cf_model_release(&m);
   cf_free((void **)&o);

@@ -89,6 +89,8 @@ static const struct optdef {
     {"sample_traj", "0", SA, "1: also write /traj (n x N x D), every time point"},
     {"sample_ckpt", "", SA, "checkpoint to sample from (default run_dir/ckpt/LATEST)"},
     {"sample_quiet", "0", SA, "1: no progress lines"},
+    {"sample_resume", "0", SA,
+     "1: continue an unfinished -sample_out made with the same options (0: start it afresh)"},
     {"eval_a", "", CMD_EVAL, "first point set, FILE.h5 (/x), e.g. the samples"},
     {"eval_b", "", CMD_EVAL, "second point set, FILE.h5 (/x), e.g. fresh data"},
     {"eval_ref", "", CMD_EVAL,

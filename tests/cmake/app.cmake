@@ -20,3 +20,6 @@ set_tests_properties(app_lock PROPERTIES PROCESSORS 2)
 # checkpoint, flipped bytes, no space, kill -9 of the job; resume always finds the newest valid
 cf_script_test(app_ckpt_faults test_ckpt_faults.sh "fast;mpi")
 set_tests_properties(app_ckpt_faults PROPERTIES PROCESSORS 2)
+# sampling under the coordinator: the same /x at 1-4 ranks and any batch, kill and resume
+cf_script_test(app_sample test_sample.sh "fast;mpi")
+set_tests_properties(app_sample PROPERTIES PROCESSORS 2)
