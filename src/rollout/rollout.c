@@ -384,15 +384,24 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
       for (int64_t s = 0; s < window; s++)
         c.slot_k[s] = -1;
       for (int r = 1; r < world; r++)
-        c.owed[r] = 2; /* each worker starts with two batches: one to work on, one known next */
+        c.owed[r] = 1; /* one batch each to start; the second (the one known next) once rank 0
+                          has taken its own, so a short run keeps rank 0 busy too */
       st = serve_all(&c);
       for (int r = 1; r < world && st == CF_OK; r++)
         if (c.owed[r] > 0 && c.next >= c.nb && !c.stopped[r]) st = send_assign(&c, r, -1);
     }
     struct poll_fn poll = {coord_poll, &c};
+    int second_round = 0;
     while (st == CF_OK && (c.frontier < c.nb || !workers_done(&c))) {
       int wait;
       int64_t k = take(&c, &wait);
+      if (k >= 0 && !second_round) {
+        second_round = 1;
+        for (int r = 1; r < world; r++)
+          c.owed[r]++;
+        st = serve_all(&c);
+        if (st != CF_OK) break;
+      }
       if (k >= 0) { /* rank 0 computes a batch, serving the queue between its steps */
         float *d = slot_for(&c, k);
         double tb = now_s();
