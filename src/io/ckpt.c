@@ -560,8 +560,10 @@ static void fmt_shape(char *buf, size_t cap, int nd, const int64_t *dims) {
 /* Collective. The root attributes that make `fid` a readable, complete checkpoint; its
  * format_version into *version. */
 static cf_status check_header(hid_t fid, const char *path, int64_t *version) {
-  CF_CHECK(H5Aexists(fid, "format") > 0, CF_ECORRUPT,
-           "'%s' is not a calmflow checkpoint (no 'format' attribute)", path);
+  htri_t has = H5Aexists(fid, "format");
+  CF_CHECK(has >= 0, CF_ECORRUPT,
+           "'%s': the root group's metadata cannot be read; the file is corrupt", path);
+  CF_CHECK(has > 0, CF_ECORRUPT, "'%s' is not a calmflow checkpoint (no 'format' attribute)", path);
   char *fmt = NULL;
   CF_TRY(cf_io_attr_get_str(fid, "format", path, "root attribute", 256, &fmt));
   int same = strcmp(fmt, CF_CKPT_FORMAT) == 0;
@@ -665,7 +667,13 @@ static cf_status check_tensor(hid_t fid, const char *path, const struct cf_ckpt_
   }
   hid_t did = H5Dopen2(fid, dset, H5P_DEFAULT);
   if (did < 0) {
-    snprintf(msg, cap, "'%s' '%s' is not a dataset", path, t->name);
+    /* the link exists: either another kind of object or a header HDF5 cannot decode */
+    H5O_info_t oi;
+    if (H5Oget_info_by_name(fid, dset, &oi, H5P_DEFAULT) >= 0 && oi.type != H5O_TYPE_DATASET)
+      snprintf(msg, cap, "'%s' '%s' is not a dataset", path, t->name);
+    else
+      snprintf(msg, cap, "'%s' tensor '%s': its object header cannot be read; the file is corrupt",
+               path, t->name);
     return CF_ECORRUPT;
   }
   cf_status st = CF_OK;
