@@ -153,6 +153,12 @@ static float *slot_for(struct coord *c, int64_t k) {
   return NULL; /* cannot happen: the window bounds the batches in flight */
 }
 
+/* Batch k's samples are all in its slot. */
+static void mark_ready(struct coord *c, int64_t k) {
+  for (int64_t s = 0; s < c->window; s++)
+    if (c->slot_k[s] == k) c->slot_ready[s] = 1;
+}
+
 /* Give every finished batch at the frontier to the sink, in order. */
 static cf_status flush(struct coord *c) {
   for (int found = 1; found && c->err == CF_OK;) {
@@ -241,6 +247,15 @@ static cf_status serve_all(struct coord *c) {
   return CF_OK;
 }
 
+/* Tell the workers with nothing outstanding that the work is over (all handed out, or a
+ * failure). */
+static cf_status stop_idle(struct coord *c) {
+  for (int w = 1; w < c->world; w++)
+    if (!c->stopped[w] && c->outstanding[w] == 0 && (c->err != CF_OK || c->next >= c->nb))
+      CF_TRY(send_assign(c, w, -1));
+  return CF_OK;
+}
+
 static cf_status receive_one(struct coord *c, int w);
 
 /* Receive one result that is known to be waiting from worker w (timed). */
@@ -270,8 +285,7 @@ static cf_status receive_one(struct coord *c, int w) {
                  MPI_STATUS_IGNORE);
     cf_watchdog_leave();
     CF_MPI(e);
-    for (int64_t s = 0; s < c->window; s++)
-      if (c->slot_k[s] == head[0]) c->slot_ready[s] = 1;
+    mark_ready(c, head[0]);
     flush(c);
   }
   c->owed[w]++;
@@ -384,11 +398,9 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
       for (int64_t s = 0; s < window; s++)
         c.slot_k[s] = -1;
       for (int r = 1; r < world; r++)
-        c.owed[r] = 1; /* one batch each to start; the second (the one known next) once rank 0
-                          has taken its own, so a short run keeps rank 0 busy too */
-      st = serve_all(&c);
-      for (int r = 1; r < world && st == CF_OK; r++)
-        if (c.owed[r] > 0 && c.next >= c.nb && !c.stopped[r]) st = send_assign(&c, r, -1);
+        c.owed[r] = 1;    /* one batch each to start; the second (the one known next) once rank 0
+                             has taken its own, so a short run keeps rank 0 busy too */
+      st = serve_all(&c); /* serve() stops a worker at once when there is no work for it */
     }
     struct poll_fn poll = {coord_poll, &c};
     int second_round = 0;
@@ -419,15 +431,12 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
           st = serve_all(&c);
         } else {
           double ts = now_s();
-          for (int64_t s = 0; s < window; s++)
-            if (c.slot_k[s] == k) c.slot_ready[s] = 1;
+          mark_ready(&c, k);
           flush(&c);
           st = serve_all(&c);
           c.serve_s += now_s() - ts;
         }
-        for (int r = 1; r < world && st == CF_OK; r++) /* tell the idle ones when work is over */
-          if (!c.stopped[r] && c.outstanding[r] == 0 && (c.err != CF_OK || c.next >= c.nb))
-            st = send_assign(&c, r, -1);
+        if (st == CF_OK) st = stop_idle(&c);
         continue;
       }
       if (workers_done(&c)) break; /* a failure: nothing more will arrive */
@@ -441,9 +450,7 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
         break;
       }
       st = receive(&c, s.MPI_SOURCE);
-      for (int r = 1; r < world && st == CF_OK; r++)
-        if (!c.stopped[r] && c.outstanding[r] == 0 && (c.err != CF_OK || c.next >= c.nb))
-          st = send_assign(&c, r, -1);
+      if (st == CF_OK) st = stop_idle(&c);
     }
     if (st == CF_OK) st = c.err;
     c.busy_s = 0;
