@@ -7,7 +7,11 @@
 #     samples are exactly the first samples of an uninterrupted run; -sample_resume 1 finishes
 #     it and the file's /x equals the uninterrupted one bit for bit; resuming with other
 #     options is refused with one line;
-#  3. the run records how it was made (attribute config) and its figures (<out>.json).
+#  3. the run records how it was made (attribute config) and its figures (<out>.json);
+#  4. model-parallel sampling: pipeline stages (pp2, dp2 x pp2, KV cache and recompute) give
+#     /x bit-identical to 1 rank; tensor and context parallel (tp2, cp2, cp3, tp2 x cp2,
+#     pp2 x tp2, both heads) agree with it to round-off, and at tp2 /x is bit-identical for
+#     1 or 2 replicas and -sample_batch 1 or 3; a layout that does not fit is one error line.
 set -u
 CF=${CF_BINARY:?set by ctest}
 T=$(mktemp -d)
@@ -56,6 +60,43 @@ print(f"KV cache vs recompute: max relative difference {d:.1e}")
 assert d < 1e-5
 assert np.array_equal(x("v-np1.h5"), x("v-np3.h5")), "vae samples differ between 1 and 3 ranks"
 print("vae: /x identical at 1 rank batch 5 and 3 ranks batch 2")
+PYEOF
+
+# 4. model-parallel layouts (rank count, name, options)
+LAYS=("2 pp2 -par_pp 2" "4 dp2pp2 -par_pp 2" "2 tp2 -par_tp 2" "4 dp2tp2 -par_tp 2 -sample_batch 1"
+      "2 cp2 -par_cp 2" "3 cp3 -par_cp 3" "4 tp2cp2 -par_tp 2 -par_cp 2")
+for lay in "${LAYS[@]}"; do
+  read -r n name opts <<<"$lay"
+  # shellcheck disable=SC2086
+  run mpiexec -n "$n" "$CF" "${S[@]}" -run_dir "$T/g" -sample_batch 3 $opts -sample_out "$T/lay-$name.h5"
+done
+run mpiexec -n 2 "$CF" "${S[@]}" -run_dir "$T/g" -sample_kvcache 0 -par_pp 2 -sample_out "$T/lay-pp2-re.h5"
+run mpiexec -n 4 "$CF" "${S[@]}" -run_dir "$T/v" -par_pp 2 -par_tp 2 -sample_out "$T/lay-v-pp2tp2.h5"
+if mpiexec --quiet -n 3 "$CF" "${S[@]}" -run_dir "$T/g" -par_pp 3 -sample_out "$T/bad.h5" \
+     >"$T/out" 2>"$T/err"; then
+  fail "sampling with -par_pp 3 on a 2-layer model was accepted"
+fi
+[ "$(wc -l <"$T/err")" -eq 1 ] && grep -q -- "-par_pp" "$T/err" && [ ! -e "$T/bad.h5" ] ||
+  { cat "$T/err"; fail "a layout that does not fit: expected one line naming -par_pp, no file"; }
+$PY - "$T" <<'PYEOF' || fail "model-parallel samples differ"
+import sys, h5py, numpy as np
+t = sys.argv[1]
+def x(f):
+    with h5py.File(f"{t}/{f}", "r") as h:
+        assert int(h.attrs["complete"]) == 1, f
+        return h["x"][...]
+ref, rre, vref = x("g-kv1-np1.h5"), x("g-kv0-np1.h5"), x("v-np1.h5")
+for f in ("lay-pp2.h5", "lay-dp2pp2.h5"):
+    assert np.array_equal(ref, x(f)), f"{f}: pipeline stages changed the samples"
+assert np.array_equal(rre, x("lay-pp2-re.h5")), "pp2 recompute differs from 1 rank"
+print("pp2, dp2 x pp2 (KV cache and recompute): /x identical to 1 rank")
+assert np.array_equal(x("lay-tp2.h5"), x("lay-dp2tp2.h5")), "tp2 depends on replicas or batch"
+print("tp2: /x identical at 1 and 2 replicas, batch 3 and 1")
+for f, r in [("lay-tp2.h5", ref), ("lay-cp2.h5", ref), ("lay-cp3.h5", ref),
+             ("lay-tp2cp2.h5", ref), ("lay-v-pp2tp2.h5", vref)]:
+    d = np.abs(x(f) - r).max() / np.abs(r).max()
+    print(f"{f[4:-3]}: max relative difference to 1 rank {d:.1e}")
+    assert d < 1e-5, f
 PYEOF
 
 # 2. kill and resume. The reference: one uninterrupted run.

@@ -228,22 +228,35 @@ struct cf_kvcache {
 };
 
 /* Local. Cache and workspace for B sequences of up to max_len tokens, adding at most
- * max_new tokens per call (max_new = P*S for KV-cached rollout, max_len for recompute). */
+ * max_new tokens per call (max_new = P*S for KV-cached rollout, max_len for recompute).
+ * On a model part (cf_model_init_part) the cache holds this rank's layers, its heads (tensor
+ * parallel) and the keys and values of its tokens (context parallel: the points of
+ * cf_grid_cp_chunks, so max_len <= N*P*S); sized exactly for that. */
 cf_status cf_kvcache_init(struct cf_kvcache *c, const struct cf_model *m, int64_t B,
                           int64_t max_len, int64_t max_new);
 void cf_kvcache_release(struct cf_kvcache *c);
 void cf_kvcache_reset(struct cf_kvcache *c); /* len = 0 */
 
-/* Local. Append np new points per sequence (np*S tokens at positions len .. len+np*S-1)
- * and return the final hidden states (after lnf) of the new tokens. No dropout.
+/* Append np new points per sequence (np*S tokens at positions len .. len+np*S-1) through
+ * this rank's part of the model. No dropout.
+ *   in   first stage: z_new (B, np, D) the new points; other stages: (B, np*S, H) the
+ *        previous stage's out
+ *   out  last stage: (B, np*S, H) final hidden states (after lnf) of the new tokens; other
+ *        stages: the residual stream after this stage's layers, for the next stage
+ * Collective on the tensor and context groups of the model's grid (Local on a whole model).
+ * Every rank of those groups gets the same out. Tensor parallel: partial projections are
+ * summed in rank order after an all-gather; context parallel: every context rank computes
+ * the new tokens, attends over the keys it caches and the partial softmaxes are merged in
+ * rank order, so only the attention and the cache are split.
  * Batch invariant (as cf_head_sample): a sequence's outputs are bit-identical whatever the
- * other sequences of the cache are and whatever B is; they match cf_model_forward to float
- * round-off (sampling's linears are row-deterministic, training's use cblas_sgemm).
- *   z_new (B, np, D)   h_out (B, np*S, H) */
-cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const float *z_new,
-                          int64_t np, float *h_out);
+ * other sequences of the cache are and whatever B is (at a fixed tensor, pipeline and context
+ * layout; other layouts agree to float round-off); they match cf_model_forward to round-off
+ * (sampling's linears are row-deterministic, training's use cblas_sgemm). */
+cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const float *in,
+                          int64_t np, float *out);
 
-/* Local. Draw the head's prediction for np points per sequence from hidden states.
+/* Local, last pipeline stage only. Draw the head's prediction for np points per sequence
+ * from hidden states.
  *   h   (B, np*S, H) final hidden states
  *   eps vae: (B, np*S, H) latent noise; gauss: (B, np, D) output noise
  *   tau temperature: scales the latent std (vae) or the output std (gauss)

@@ -10,12 +10,23 @@
  * and gives the same samples to round-off.
  *
  * Scheduling: the sequences are cut into batches of sc->batch; rank 0 (the coordinator) owns
- * the queue. Every other rank holds up to two assigned batches, computes one while the next
- * is already known, and sends each result to rank 0, which answers with the next batch. Rank 0
- * also computes batches itself and serves the queue between the rollout steps of its own
- * batch. Results are reordered on rank 0 and handed to the sink strictly in sample order, as
- * soon as a contiguous run is complete; the batches handed out never run more than a window
- * of 2 x ranks + 2 batches ahead of the first unfinished one, which bounds rank 0's memory.
+ * the queue. The workers are model replicas: with a process grid, the ranks of one
+ * data-parallel index hold one whole model between them (tensor, pipeline and context
+ * parallel) and their leader (stage 0, tensor and context rank 0) talks to the coordinator;
+ * without one, every rank is a replica. Every other replica holds up to two assigned batches,
+ * computes one while the next is already known, and its leader sends each result to rank 0,
+ * which answers with the next batch. Rank 0's replica also computes batches and rank 0 serves
+ * the queue between the rollout steps of its own batch. Results are reordered on rank 0 and
+ * handed to the sink strictly in sample order, as soon as a contiguous run is complete; the
+ * batches handed out never run more than a window of 2 x replicas + 2 batches ahead of the
+ * first unfinished one, which bounds rank 0's memory.
+ *
+ * Inside a replica a batch is cut into pp micro-batches, each with its own exactly sized KV
+ * cache; every stage takes them in the order (step, micro-batch) and the last stage sends
+ * each micro-batch's new points back to the first, so all pp micro-batches are in flight and
+ * every stage has one to work on. Pipeline stages do not change any arithmetic: the samples
+ * are bit-identical at any number of replicas, stages and -sample_batch; tensor and context
+ * parallel sum partial results in another order, so those layouts agree to round-off.
  */
 #ifndef CALMFLOW_ROLLOUT_H
 #define CALMFLOW_ROLLOUT_H
@@ -25,6 +36,7 @@
 
 #include "calmflow/error.h"
 #include "calmflow/flow.h"
+#include "calmflow/grid.h"
 #include "calmflow/model.h"
 
 struct cf_sample_cfg {
@@ -51,12 +63,15 @@ struct cf_rollout_stats {
   int64_t batches;      /* batches made in all */
 };
 
-/* Collective on comm. Make samples [sc->first, sc->n) with the trained model m (whole model
- * on every rank; its cfg must match fc) and pass them to sink on rank 0. Every rank returns
- * the same status: a failure on any rank (its own error, CF_EREMOTE elsewhere) stops the
- * queue; what reached the sink before stays valid. stats may be NULL. */
-cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct cf_flow_cfg *fc,
-                         const struct cf_dist *src, const struct cf_sample_cfg *sc,
-                         cf_rollout_sink sink, void *sink_ctx, struct cf_rollout_stats *stats);
+/* Collective on comm. Make samples [sc->first, sc->n) with the trained model m and pass them
+ * to sink on rank 0. g NULL: m is the whole model on every rank of comm. Otherwise g is the
+ * process grid over comm and m this rank's part on it (cf_model_init_part): the ranks of a
+ * data-parallel index form one replica. Every rank returns the same status: a failure on any
+ * rank (its own error, CF_EREMOTE elsewhere) stops the queue; what reached the sink before
+ * stays valid. stats may be NULL. */
+cf_status cf_rollout_run(MPI_Comm comm, const struct cf_grid *g, const struct cf_model *m,
+                         const struct cf_flow_cfg *fc, const struct cf_dist *src,
+                         const struct cf_sample_cfg *sc, cf_rollout_sink sink, void *sink_ctx,
+                         struct cf_rollout_stats *stats);
 
 #endif

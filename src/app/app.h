@@ -58,10 +58,10 @@ cf_status cf_app_dist(MPI_Comm comm, const char *spec, int64_t dim, const char *
                       struct cf_dist *d, float **owned);
 
 /* Local. Read -par_tp/-par_pp/-par_cp into par[3] and check the layout against the world size
- * and the model (cf_grid_check, and -net_ffn divisible by -par_tp). whole_model (sampling):
- * degrees above 1 are refused, every rank holds the whole model. */
+ * and the model (cf_grid_check, and -net_ffn divisible by -par_tp). microbatches: the
+ * pipeline schedule's (training), or 0 when there is none to check (sampling). */
 cf_status cf_app_layout(const struct cf_opts *o, int world, const struct cf_model_cfg *mc,
-                        int64_t microbatches, int whole_model, int par[3]);
+                        int64_t microbatches, int par[3]);
 
 /* Collective on comm. The training options stored in checkpoint `path` (into *to) and its
  * metadata (meta->options_yaml is not kept). */
@@ -74,10 +74,11 @@ const char *cf_opts_first_difference(const struct cf_opts *a, const struct cf_op
                                      unsigned cmds, const char *const *skip);
 
 /* Collective on comm. Rebuild the model stored in checkpoint `path` (options into *to, flow
- * configuration into *fc) and load its parameters; with_optim also reads (and checks) the
- * optimizer moments. */
+ * configuration into *fc) and load its parameters: the whole model (g NULL) or this rank's
+ * part on grid g over comm; with_optim also reads (and checks) the optimizer moments. */
 cf_status cf_load_model(MPI_Comm comm, const char *path, struct cf_opts *to, struct cf_model *m,
-                        struct cf_flow_cfg *fc, struct cf_ckpt_meta *meta, int with_optim);
+                        struct cf_flow_cfg *fc, struct cf_ckpt_meta *meta, int with_optim,
+                        const struct cf_grid *g);
 
 /* Local. Write text to path atomically (temporary file, fsync, rename); on failure the old
  * file, if any, is untouched and no temporary is left. */

@@ -20,7 +20,7 @@ cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv) {
   struct cf_flow_cfg fc;
   struct cf_ckpt_meta meta;
   int verify = strcmp(argv[0], "verify") == 0;
-  CF_TRY(cf_load_model(comm, path, to, &m, &fc, &meta, verify));
+  CF_TRY(cf_load_model(comm, path, to, &m, &fc, &meta, verify, NULL));
   if (rank == 0) {
     if (verify) {
       printf("ok: %s: %d tensors (parameters and AdamW moments) match their shapes and checksums\n",

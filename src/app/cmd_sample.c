@@ -33,16 +33,17 @@ cf_status cf_app_ckpt_options(MPI_Comm comm, const char *path, struct cf_opts *t
 }
 
 cf_status cf_load_model(MPI_Comm comm, const char *path, struct cf_opts *to, struct cf_model *m,
-                        struct cf_flow_cfg *fc, struct cf_ckpt_meta *meta, int with_optim) {
+                        struct cf_flow_cfg *fc, struct cf_ckpt_meta *meta, int with_optim,
+                        const struct cf_grid *g) {
   struct cf_model_cfg mc;
   CF_TRY(cf_app_ckpt_options(comm, path, to, meta));
   CF_TRY(cf_app_model_cfg(to, &mc, fc));
-  CF_TRY(cf_model_init(m, &mc, 1));
+  CF_TRY(cf_model_init_part(m, &mc, 1, g));
   float *moments = NULL; /* (2, n_params) scratch: read to verify, then dropped */
   if (with_optim)
     CF_TRY(cf_alloc((void **)&moments, 2 * m->n_params * sizeof(float), "optimizer state"));
   struct cf_ckpt_table ct;
-  CF_TRY(cf_ckpt_table_init(&ct, m, NULL, moments, moments ? moments + m->n_params : NULL));
+  CF_TRY(cf_ckpt_table_init(&ct, m, g, moments, moments ? moments + m->n_params : NULL));
   cf_status st = cf_ckpt_read_tensors(comm, path, ct.t, ct.nt);
   cf_ckpt_table_release(&ct);
   cf_free((void **)&moments);
@@ -128,15 +129,23 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   else
     snprintf(out, sizeof out, "%s/samples.h5", run_dir);
 
+  /* the layout: the checkpoint's model shape decides which splits fit */
   struct cf_model m;
+  struct cf_model_cfg mc0;
   struct cf_flow_cfg fc;
   struct cf_ckpt_meta meta;
-  CF_TRY(cf_load_model(comm, ck, to, &m, &fc, &meta, 0));
+  CF_TRY(cf_app_ckpt_options(comm, ck, to, &meta));
+  CF_TRY(cf_app_model_cfg(to, &mc0, &fc));
+  int par[3];
+  CF_TRY(cf_app_layout(o, world, &mc0, 0, par));
+  struct cf_grid g;
+  CF_TRY(cf_grid_init(&g, comm, par[0], par[1], par[2]));
+  CF_TRY(cf_load_model(comm, ck, to, &m, &fc, &meta, 0, &g));
   double timeout;
   CF_TRY(cf_opt_real(o, "par_timeout", 0, 1e9, &timeout));
   CF_TRY(cf_watchdog_start(timeout, rank));
-  int par[3];
-  CF_TRY(cf_app_layout(o, world, &m.cfg, 1, 1, par));
+  char layout[128];
+  cf_grid_describe(&g, layout, sizeof layout);
   const char *tau_s = cf_opt_str(o, "sample_temperature");
   if (strcmp(tau_s, "auto") == 0)
     sc.tau = m.cfg.head == CF_HEAD_VAE ? 0.5 : 1.0;
@@ -155,9 +164,10 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   char config[8192];
   snprintf(config, sizeof config,
            "producer: calmflow sample\ncheckpoint: %s\nckpt_step: %lld\nseed: %lld\n"
-           "temperature: %.17g\nkvcache: %d\nsample_n: %lld\ntraj: %d\ndata_source: %s\n",
+           "temperature: %.17g\nkvcache: %d\nsample_n: %lld\ntraj: %d\ndata_source: %s\n"
+           "tensor_parallel: %d\ncontext_parallel: %d\n",
            ck, (long long)meta.step, (long long)seed, sc.tau, sc.kvcache, (long long)sc.n,
-           (int)traj, cf_opt_str(to, "data_source"));
+           (int)traj, cf_opt_str(to, "data_source"), par[0], par[2]);
   struct cf_samples_spec spec = {.n = sc.n, .D = D, .N = N, .traj = (int)traj, .config = config};
   struct cf_samples file;
   memset(&file, 0, sizeof file);
@@ -187,7 +197,7 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   CF_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, comm));
   if (!ok) return st != CF_OK ? st : cf_err(CF_EREMOTE, "rank 0 could not allocate");
   struct cf_rollout_stats rs;
-  st = cf_rollout_run(comm, &m, &fc, &src, &sc, sink_append, &k, &rs);
+  st = cf_rollout_run(comm, &g, &m, &fc, &src, &sc, sink_append, &k, &rs);
   if (rank == 0) {
     /* what arrived in order is committed, also after a failure elsewhere */
     cf_status sf = k.count > 0 ? sink_flush(&k) : CF_OK;
@@ -203,26 +213,28 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   CF_MPI(MPI_Bcast(&fin, 1, MPI_INT, 0, comm));
   if (!fin) return st != CF_OK ? st : cf_err(CF_EREMOTE, "rank 0 could not finish '%s'", out);
   if (rank == 0 && !sc.quiet)
-    printf("wrote %lld samples to %s (%.2f s, %.0f samples/s, %s, tau %g, %d rank%s; busy "
+    printf("wrote %lld samples to %s (%.2f s, %.0f samples/s, %s, tau %g, %s; busy "
            "%.0f-%.0f%% of the time per rank, coordinator %.1f%%)\n",
            (long long)sc.n, out, rs.seconds, (double)(sc.n - done) / rs.seconds,
-           sc.kvcache ? "KV cache" : "recompute", sc.tau, world, world > 1 ? "s" : "",
-           100.0 * rs.busy_min, 100.0 * rs.busy_max,
-           rs.seconds > 0 ? 100.0 * rs.coord_seconds / rs.seconds : 0.0);
+           sc.kvcache ? "KV cache" : "recompute", sc.tau, layout, 100.0 * rs.busy_min,
+           100.0 * rs.busy_max, rs.seconds > 0 ? 100.0 * rs.coord_seconds / rs.seconds : 0.0);
   if (rank == 0) {
     /* machine-readable figures for benchmarks */
     char p[4200], text[1024];
     snprintf(p, sizeof p, "%s.json", out);
     snprintf(text, sizeof text,
-             "{\"ranks\": %d, \"samples\": %lld, \"seconds\": %.6g, \"samples_per_s\": %.6g, "
+             "{\"ranks\": %d, \"tp\": %d, \"pp\": %d, \"cp\": %d, \"samples\": %lld, \"seconds\": "
+             "%.6g, \"samples_per_s\": %.6g, "
              "\"kvcache\": %d, \"busy_min\": %.4f, \"busy_max\": %.4f, \"coord_seconds\": %.6g, "
              "\"batches\": %lld}\n",
-             world, (long long)(sc.n - done), rs.seconds, (double)(sc.n - done) / rs.seconds,
-             sc.kvcache, rs.busy_min, rs.busy_max, rs.coord_seconds, (long long)rs.batches);
+             world, par[0], par[1], par[2], (long long)(sc.n - done), rs.seconds,
+             (double)(sc.n - done) / rs.seconds, sc.kvcache, rs.busy_min, rs.busy_max,
+             rs.coord_seconds, (long long)rs.batches);
     (void)cf_write_text_atomic(p, text);
   }
   cf_free((void **)&src_pts);
   cf_model_release(&m);
+  cf_grid_release(&g);
   cf_free((void **)&o);
   cf_free((void **)&to);
   return CF_OK;

@@ -192,7 +192,7 @@ static cf_status newest_valid(MPI_Comm comm, const char *dir, char *path, size_t
     struct cf_flow_cfg fc;
     struct cf_ckpt_meta meta;
     memset(&m, 0, sizeof m);
-    st = cf_load_model(comm, path, tmp, &m, &fc, &meta, 1);
+    st = cf_load_model(comm, path, tmp, &m, &fc, &meta, 1, NULL);
     cf_model_release(&m);
     if (st == CF_OK) break;
     if (rank == 0)
@@ -287,20 +287,14 @@ static cf_status train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
 }
 
 cf_status cf_app_layout(const struct cf_opts *o, int world, const struct cf_model_cfg *mc,
-                        int64_t microbatches, int whole_model, int par[3]) {
+                        int64_t microbatches, int par[3]) {
   static const char *axes[3] = {"par_tp", "par_pp", "par_cp"};
-  static const char *what[3] = {"tensor", "pipeline", "context"};
   for (int i = 0; i < 3; i++) {
     int64_t v;
     CF_TRY(cf_opt_int(o, axes[i], 1, 1 << 20, &v));
     par[i] = (int)v;
   }
-  if (whole_model)
-    for (int i = 0; i < 3; i++)
-      CF_CHECK(par[i] == 1, CF_EINVAL,
-               "option -%s: sampling keeps the whole model on every rank, so %s parallelism "
-               "does not apply (use -%s 1; it splits training only)",
-               axes[i], what[i], axes[i]);
+  if (microbatches <= 0) microbatches = par[1];
   CF_TRY(cf_grid_check(world, par[0], par[1], par[2], mc->layers, mc->heads, mc->N * mc->P,
                        microbatches));
   CF_CHECK(mc->ffn % par[0] == 0, CF_ETOPO,
@@ -332,7 +326,7 @@ cf_status cf_cmd_train(MPI_Comm comm) {
   CF_TRY(cf_opt_real(o, "par_timeout", 0, 1e9, &timeout));
   CF_TRY(cf_watchdog_start(timeout, rank));
   int par[3];
-  CF_TRY(cf_app_layout(o, world, &mc, tc.microbatches, 0, par));
+  CF_TRY(cf_app_layout(o, world, &mc, tc.microbatches, par));
   CF_TRY(cf_train_cfg_check(&tc, &mc, world / (par[0] * par[1] * par[2])));
   int overwrite;
   CF_TRY(cf_opt_bool(o, "run_overwrite", &overwrite));

@@ -69,11 +69,13 @@ static const struct optdef {
     {"train_quiet", "0", TR, "1: no progress lines"},
     {"train_resume", "", TR,
      "continue from this checkpoint (default: run_dir/ckpt/LATEST when it exists)"},
-    {"par_tp", "1", TR | SA,
-     "tensor-parallel degree: heads and MLP split Megatron-style (training)"},
+    {"par_tp", "1", TR | SA, "tensor-parallel degree: heads and MLP split Megatron-style"},
     {"par_pp", "1", TR | SA,
-     "pipeline-parallel degree: layer ranges per stage, 1F1B schedule (training)"},
-    {"par_cp", "1", TR | SA, "context-parallel degree: sequence split, ring attention (training)"},
+     "pipeline-parallel degree: layer ranges per stage (training: 1F1B schedule; sampling: pp "
+     "micro-batches in flight)"},
+    {"par_cp", "1", TR | SA,
+     "context-parallel degree: sequence split (training: ring attention; sampling: KV cache and "
+     "attention split)"},
     {"par_timeout", "0", TR | SA,
      "watchdog: abort (exit code 3) when a rank waits longer than this many seconds in one "
      "communication (0: off)"},

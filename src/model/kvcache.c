@@ -1,41 +1,74 @@
 /* kvcache.c: inference with a KV cache. cf_model_extend runs the encoder and the transformer
  * on newly appended points only, attending to the cached rotated keys and values of the
- * prefix; cf_head_sample draws the head's prediction from final hidden states.
+ * prefix; cf_head_sample draws the head's prediction from final hidden states. On a model
+ * part (tensor, pipeline, context parallel) each rank caches and computes its share; see
+ * model.h.
  *
  * Batch invariance: a sequence's results are bit-identical whatever other sequences share the
  * call and wherever it sits among them, so a sample depends only on its own inputs, not on
- * -sample_batch or the number of ranks. Every linear runs through cf_linear_rows (each
- * element a fixed sequence of float operations, independent of the number of rows);
+ * -sample_batch or the number of model replicas. Every linear runs through cf_linear_rows
+ * (each element a fixed sequence of float operations, independent of the number of rows);
  * LayerNorm, GELU, the LN+ReLU unit, rotary and softmax work row by row or element by
  * element; attention is one cblas_sgemm per (sequence, head) whose shape (new tokens x cached
- * tokens x head size) does not depend on the number of sequences. Training keeps
- * cf_linear_fwd (cblas_sgemm over all rows). */
+ * tokens x head size) does not depend on the number of sequences; partial results of tensor
+ * and context ranks are combined in rank order after an all-gather (an all-reduce's summation
+ * order can change with the message size). Training keeps cf_linear_fwd (cblas_sgemm over
+ * all rows). */
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
 #include <string.h>
 
+#include "calmflow/commstat.h"
 #include "calmflow/mem.h"
+#include "calmflow/watchdog.h"
 #include "model/layers.h"
 
 struct cf_kv_impl {
   struct cf_arena arena;
-  int64_t layers, H, heads, dh, S; /* the model this cache was made for */
-  float *k, *v;                    /* (layers, B, heads, max_len, dh) rotated keys, values */
-  float *cs, *sn;                  /* (max_len, rot/2) */
+  int64_t layers, H, heads, S; /* the model this cache was made for (whole-model shape) */
+  int64_t l0, nl;              /* transformer layers held: [l0, l0 + nl) */
+  int64_t hl, dh, Hl, ffn;     /* local heads, head size, hl*dh, local MLP width */
+  int first, last;             /* holds the encoder / lnf and the head */
+  MPI_Comm tp, cp;             /* tensor / context groups, MPI_COMM_NULL when not split */
+  int n_tp, n_cp;
+  int64_t tlo[2], thi[2]; /* the global token ranges whose keys and values this rank caches */
+  int64_t lmax;           /* tokens cached per sequence at most */
+  float *k, *v;           /* (nl, B, hl, lmax, dh) rotated keys, values */
+  float *cs, *sn;         /* (max_len, rot/2) */
   /* workspace for up to max_new tokens (pmax points) per sequence */
-  struct cf_unit_a enc; /* (B*pmax, SH) */
+  struct cf_unit_a enc; /* (B*pmax, SH) first stage */
   float *x, *xn;        /* (B*max_new, H) residual stream */
   float *xh, *rs, *u;   /* LayerNorm scratch */
-  float *qkv;           /* (B*max_new, 3H) */
-  float *ao;            /* (B*max_new, H) */
+  float *qkv;           /* (B*max_new, 3*Hl) */
+  float *ao;            /* (B*max_new, Hl) */
   float *f;             /* (B*max_new, ffn) */
-  float *sc;            /* (max_new, max_len) scores */
+  float *sc;            /* (max_new, lmax) scores */
+  float *own, *gath;    /* tensor parallel: (M, H) this rank's partial sums, (n_tp, M, H) all */
+  float *cpo, *cpg;     /* context parallel: (M, hl, dh+2) [max, sum, out] attention partials of
+                           this rank's keys, (n_cp, M, hl, dh+2) everyone's */
   struct cf_unit_a umu, ulv;
   float *mu, *lv, *zeta;     /* (B*max_new, H) vae */
   struct cf_unit_a ud1, ud2; /* (B*pmax, I) */
   float *out;                /* (B*pmax, Dout) */
 };
+
+/* Tokens below global position len that this rank caches. */
+static int64_t local_count(const struct cf_kv_impl *kv, int64_t len) {
+  int64_t n = 0;
+  for (int i = 0; i < 2; i++) {
+    int64_t a = len - kv->tlo[i], w = kv->thi[i] - kv->tlo[i];
+    n += a < 0 ? 0 : (a > w ? w : a);
+  }
+  return n;
+}
+
+/* Cache slot of global position p on this rank, -1 when another context rank caches it. */
+static int64_t local_index(const struct cf_kv_impl *kv, int64_t p) {
+  if (p >= kv->tlo[0] && p < kv->thi[0]) return p - kv->tlo[0];
+  if (p >= kv->tlo[1] && p < kv->thi[1]) return (kv->thi[0] - kv->tlo[0]) + p - kv->tlo[1];
+  return -1;
+}
 
 static void unit_layout(struct cf_arena *a, struct cf_unit_a *u, size_t rows, size_t n) {
   u->xh = cf_arena_floats(a, rows * n);
@@ -49,31 +82,43 @@ static void kv_layout(struct cf_kv_impl *kv, const struct cf_model *m, int64_t B
   const struct cf_model_cfg *c = &m->cfg;
   const struct cf_model_impl *im = m->impl;
   size_t H = (size_t)c->H, Mt = (size_t)(B * max_new), Mp = (size_t)(B * (max_new / c->S));
-  size_t half = (size_t)(im->rot / 2);
-  kv->k = cf_arena_floats(a, (size_t)c->layers * (size_t)B * (size_t)max_len * H);
-  kv->v = cf_arena_floats(a, (size_t)c->layers * (size_t)B * (size_t)max_len * H);
+  size_t half = (size_t)(im->rot / 2), Hl = (size_t)kv->Hl;
+  size_t kvn = (size_t)kv->nl * (size_t)B * (size_t)kv->hl * (size_t)kv->lmax * (size_t)kv->dh;
+  kv->k = cf_arena_floats(a, kvn);
+  kv->v = cf_arena_floats(a, kvn);
   kv->cs = cf_arena_floats(a, (size_t)max_len * half);
   kv->sn = cf_arena_floats(a, (size_t)max_len * half);
-  unit_layout(a, &kv->enc, Mp, (size_t)im->SH);
+  if (kv->first) unit_layout(a, &kv->enc, Mp, (size_t)im->SH);
   kv->x = cf_arena_floats(a, Mt * H);
   kv->xn = cf_arena_floats(a, Mt * H);
   kv->xh = cf_arena_floats(a, Mt * H);
   kv->rs = cf_arena_floats(a, Mt);
   kv->u = cf_arena_floats(a, Mt * H);
-  kv->qkv = cf_arena_floats(a, Mt * 3 * H);
-  kv->ao = cf_arena_floats(a, Mt * H);
-  kv->f = cf_arena_floats(a, Mt * (size_t)c->ffn);
-  kv->sc = cf_arena_floats(a, (size_t)max_new * (size_t)max_len);
-  if (c->head == CF_HEAD_VAE) {
+  kv->qkv = cf_arena_floats(a, Mt * 3 * Hl);
+  kv->ao = cf_arena_floats(a, Mt * Hl);
+  kv->f = cf_arena_floats(a, Mt * (size_t)kv->ffn);
+  kv->sc = cf_arena_floats(a, (size_t)max_new * (size_t)kv->lmax);
+  if (kv->n_tp > 1) {
+    kv->own = cf_arena_floats(a, Mt * H);
+    kv->gath = cf_arena_floats(a, (size_t)kv->n_tp * Mt * H);
+  }
+  if (kv->n_cp > 1) {
+    size_t per = Mt * (size_t)kv->hl * (size_t)(kv->dh + 2);
+    kv->cpo = cf_arena_floats(a, per);
+    kv->cpg = cf_arena_floats(a, (size_t)kv->n_cp * per);
+  }
+  if (kv->last && c->head == CF_HEAD_VAE) {
     unit_layout(a, &kv->umu, Mt, H);
     unit_layout(a, &kv->ulv, Mt, H);
     kv->mu = cf_arena_floats(a, Mt * H);
     kv->lv = cf_arena_floats(a, Mt * H);
     kv->zeta = cf_arena_floats(a, Mt * H);
   }
-  unit_layout(a, &kv->ud1, Mp, (size_t)im->Idec);
-  unit_layout(a, &kv->ud2, Mp, (size_t)im->Idec);
-  kv->out = cf_arena_floats(a, Mp * (size_t)im->Dout);
+  if (kv->last) {
+    unit_layout(a, &kv->ud1, Mp, (size_t)im->Idec);
+    unit_layout(a, &kv->ud2, Mp, (size_t)im->Idec);
+    kv->out = cf_arena_floats(a, Mp * (size_t)im->Dout);
+  }
 }
 
 cf_status cf_kvcache_init(struct cf_kvcache *c, const struct cf_model *m, int64_t B,
@@ -83,31 +128,56 @@ cf_status cf_kvcache_init(struct cf_kvcache *c, const struct cf_model *m, int64_
   CF_CHECK(m != NULL && m->impl != NULL, CF_EINVAL, "kvcache: model not initialized");
   const struct cf_model_cfg *mc = &m->cfg;
   const struct cf_model_impl *mi = m->impl;
-  CF_CHECK(mi->first && mi->last && mi->n_tp == 1 && mi->n_cp == 1, CF_EINVAL,
-           "kvcache: sampling needs the whole model on each rank (no tensor, pipeline or "
-           "context split)");
   CF_CHECK(B >= 1 && max_len >= 1, CF_EINVAL,
            "kvcache: need at least one sequence and one token (got B %lld, max_len %lld)",
            (long long)B, (long long)max_len);
   CF_CHECK(max_new >= mc->S && max_new <= max_len, CF_EINVAL,
            "kvcache: max_new (%lld) must be in [S = %lld, max_len = %lld]", (long long)max_new,
            (long long)mc->S, (long long)max_len);
+  CF_CHECK(mi->n_cp == 1 || max_len <= mi->T, CF_EINVAL,
+           "kvcache: under context parallelism the cache holds at most the model's %lld tokens "
+           "(asked for %lld)",
+           (long long)mi->T, (long long)max_len);
   double big = (double)mc->layers * (double)B * (double)max_len * (double)mc->H;
   double rows = (double)B * (double)max_new;
-  double wide = rows * fmax((double)mc->ffn, 3.0 * (double)mc->H);
+  double wide = rows * fmax((double)mc->ffn, 3.0 * (double)mc->H) * (double)mi->n_tp;
   CF_CHECK(rows <= (double)INT_MAX && (double)max_len <= (double)INT_MAX && big <= 1e12 &&
-               wide <= 1e12 && (double)max_new * (double)max_len <= 1e12,
+               wide <= 1e12 && (double)max_new * (double)max_len <= 1e12 &&
+               rows * (double)mc->H <= (double)INT_MAX &&
+               rows * (double)(mc->H + 2 * mc->heads) <= (double)INT_MAX,
            CF_EINVAL, "kvcache: %lld sequences x %lld tokens is too large", (long long)B,
            (long long)max_len);
   void *p = NULL;
   CF_TRY(cf_alloc(&p, sizeof(struct cf_kv_impl), "kv cache state"));
   struct cf_kv_impl *kv = p;
-  const struct cf_model_impl *im = m->impl;
   kv->layers = mc->layers;
   kv->H = mc->H;
   kv->heads = mc->heads;
-  kv->dh = im->dh;
   kv->S = mc->S;
+  kv->l0 = mi->l0;
+  kv->nl = mi->l1 - mi->l0;
+  kv->hl = mi->heads_l;
+  kv->dh = mi->dh;
+  kv->Hl = mi->Hl;
+  kv->ffn = mi->ffn_l;
+  kv->first = mi->first;
+  kv->last = mi->last;
+  kv->n_tp = mi->n_tp;
+  kv->tp = mi->tpc;
+  kv->n_cp = mi->n_cp;
+  kv->cp = mi->has_ring ? mi->ring.comm : MPI_COMM_NULL;
+  if (kv->n_cp > 1) {
+    for (int i = 0; i < 2; i++) {
+      kv->tlo[i] = mi->tlo[i];
+      kv->thi[i] = mi->thi[i];
+    }
+  } else {
+    kv->tlo[0] = 0;
+    kv->thi[0] = max_len;
+    kv->tlo[1] = kv->thi[1] = max_len;
+  }
+  kv->lmax = local_count(kv, max_len);
+  if (kv->lmax < 1) kv->lmax = 1;
   cf_arena_plan(&kv->arena);
   kv_layout(kv, m, B, max_len, max_new, &kv->arena);
   cf_status st = cf_arena_commit(&kv->arena, 0, "kv cache");
@@ -117,7 +187,7 @@ cf_status cf_kvcache_init(struct cf_kvcache *c, const struct cf_model *m, int64_
     return st;
   }
   kv_layout(kv, m, B, max_len, max_new, &kv->arena);
-  cf_rotary_tables(kv->cs, kv->sn, max_len, im->rot, mc->rotary_base);
+  cf_rotary_tables(kv->cs, kv->sn, max_len, mi->rot, mc->rotary_base);
   c->B = B;
   c->max_len = max_len;
   c->max_new = max_new;
@@ -166,13 +236,119 @@ static cf_status kv_match(const struct cf_model *m, const struct cf_kvcache *c) 
   return CF_OK;
 }
 
-cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const float *z_new,
-                          int64_t np, float *h_out) {
+/* Attention of the n new tokens of one sequence and head over the keys this rank caches
+ * (Kc, Vc: lc slots), new keys already appended. Whole sequence on this rank (no context
+ * split): o (n, dh; row stride ldo) is the attention output. Context split: the row's partial
+ * softmax over this rank's keys at or before the query's position goes to pr (n rows of
+ * stride ldp): [max score, sum of exp, unnormalized output (dh)]; a rank without such keys
+ * gives max -inf and zeros. Shapes depend on len, n and dh only, never on B. */
+static void attend(const struct cf_kv_impl *kv, const float *q, int64_t ldq, const float *Kc,
+                   const float *Vc, int64_t len, int64_t n, float scale, float *o, int64_t ldo,
+                   float *pr, int64_t ldp) {
+  const int64_t dh = kv->dh, lc = local_count(kv, len + n);
+  float *sc = kv->sc;
+  if (pr == NULL) { /* scores (n, lc) over the prefix and the new tokens, causal */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)lc, (int)dh, scale, q,
+                (int)ldq, Kc, (int)dh, 0.0f, sc, (int)lc);
+    for (int64_t t = 0; t < n; t++)
+      cf_causal_softmax_row(sc + t * lc, len + t, lc);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)dh, (int)lc, 1.0f, sc,
+                (int)lc, Vc, (int)dh, 0.0f, o, (int)ldo);
+    return;
+  }
+  if (lc > 0)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)lc, (int)dh, scale, q,
+                (int)ldq, Kc, (int)dh, 0.0f, sc, (int)lc);
+  for (int64_t t = 0; t < n; t++) {
+    float *r = sc + t * lc, *p = pr + t * ldp;
+    int64_t nv = local_count(kv, len + t + 1); /* this rank's keys at positions <= len + t */
+    float mx = -INFINITY;
+    double s = 0;
+    for (int64_t j = 0; j < nv; j++)
+      mx = r[j] > mx ? r[j] : mx;
+    for (int64_t j = 0; j < nv; j++) {
+      float e = expf(r[j] - mx);
+      r[j] = e;
+      s += e;
+    }
+    for (int64_t j = nv; j < lc; j++)
+      r[j] = 0.0f;
+    p[0] = mx;
+    p[1] = (float)s;
+  }
+  if (lc > 0)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)dh, (int)lc, 1.0f, sc,
+                (int)lc, Vc, (int)dh, 0.0f, pr + 2, (int)ldp);
+  else
+    for (int64_t t = 0; t < n; t++)
+      memset(pr + t * ldp + 2, 0, (size_t)dh * sizeof(float));
+}
+
+/* Collective on the context group. Gather every rank's partials (cpo, M rows) and merge them
+ * in rank order into ao (M, Hl): the same bits on every rank, whatever M is. */
+static cf_status cp_merge(struct cf_kv_impl *kv, int64_t M) {
+  const int64_t hl = kv->hl, dh = kv->dh, w = dh + 2, per = M * hl * w;
+  cf_watchdog_enter("sample_cp_allgather", -1);
+  double t0 = cf_commstat_now();
+  int e = MPI_Allgather(kv->cpo, (int)per, MPI_FLOAT, kv->cpg, (int)per, MPI_FLOAT, kv->cp);
+  cf_commstat_add(CF_COMM_CP, (double)per * (double)kv->n_cp * sizeof(float),
+                  cf_commstat_now() - t0);
+  cf_watchdog_leave();
+  CF_MPI(e);
+  for (int64_t r = 0; r < M * hl; r++) {
+    float mx = -INFINITY;
+    for (int c = 0; c < kv->n_cp; c++) {
+      float m = kv->cpg[c * per + r * w];
+      mx = m > mx ? m : mx;
+    }
+    float *o = kv->ao + (r / hl) * kv->Hl + (r % hl) * dh;
+    double den = 0;
+    for (int64_t d = 0; d < dh; d++)
+      o[d] = 0.0f;
+    for (int c = 0; c < kv->n_cp; c++) {
+      const float *p = kv->cpg + c * per + r * w;
+      if (p[0] == -INFINITY) continue;
+      float f = expf(p[0] - mx);
+      den += (double)(p[1] * f);
+      for (int64_t d = 0; d < dh; d++)
+        o[d] += p[2 + d] * f;
+    }
+    float inv = (float)(1.0 / den);
+    for (int64_t d = 0; d < dh; d++)
+      o[d] *= inv;
+  }
+  return CF_OK;
+}
+
+/* Collective on the tensor group. y (M, H) = x + the sum over tensor ranks of their partial
+ * projections (own), added in rank order (an all-reduce's order may change with the message
+ * size, which would make a sample depend on the batch), + the two replicated biases. */
+static cf_status tp_merge(struct cf_kv_impl *kv, const struct cf_block_p *p, const float *x,
+                          int64_t M, float *y) {
+  const int64_t H = kv->H, n = M * H;
+  cf_watchdog_enter("sample_tp_allgather", -1);
+  double t0 = cf_commstat_now();
+  int e = MPI_Allgather(kv->own, (int)n, MPI_FLOAT, kv->gath, (int)n, MPI_FLOAT, kv->tp);
+  cf_commstat_add(CF_COMM_TP, (double)n * (double)kv->n_tp * sizeof(float), cf_commstat_now() - t0);
+  cf_watchdog_leave();
+  CF_MPI(e);
+  for (int64_t i = 0; i < n; i++) {
+    float s = kv->gath[i];
+    for (int c = 1; c < kv->n_tp; c++)
+      s += kv->gath[c * n + i];
+    int64_t o = i % H;
+    y[i] = s + (x[i] + p->out.b[o] + p->fc2.b[o]);
+  }
+  return CF_OK;
+}
+
+cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const float *in,
+                          int64_t np, float *out) {
   CF_TRY(kv_match(m, c));
   const struct cf_model_cfg *cf = &m->cfg;
   const struct cf_model_impl *im = m->impl;
   struct cf_kv_impl *kv = c->impl;
-  const int64_t S = cf->S, H = cf->H, H3 = 3 * H, heads = cf->heads, dh = im->dh;
+  const int64_t S = cf->S, H = cf->H, Hl = kv->Hl, H3 = 3 * Hl, hl = kv->hl, dh = kv->dh;
   CF_CHECK(np >= 1 && np * S <= c->max_new, CF_EINVAL,
            "kvcache: extend by %lld points (%lld tokens) but the cache takes 1..%lld tokens per "
            "call",
@@ -180,51 +356,63 @@ cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const 
   CF_CHECK(c->len + np * S <= c->max_len, CF_EINVAL,
            "kvcache: extend to %lld tokens exceeds max_len %lld", (long long)(c->len + np * S),
            (long long)c->max_len);
-  CF_CHECK(z_new != NULL && h_out != NULL, CF_EINVAL, "kvcache: extend needs z_new and h_out");
-  const int64_t B = c->B, n = np * S, M = B * n, len = c->len, L = len + n;
+  CF_CHECK(in != NULL && out != NULL, CF_EINVAL, "kvcache: extend needs its input and output");
+  const int64_t B = c->B, n = np * S, M = B * n, len = c->len;
   const float scale = (float)(1.0 / sqrt((double)dh));
+  const int split_cp = kv->n_cp > 1;
 
-  /* encoder: z_new (B*np, D) -> x (B*np, SH) = (M, H) */
+  /* first stage: encoder z_new (B*np, D) -> x (B*np, SH) = (M, H); else the previous
+   * stage's residual stream */
   float *x = kv->x, *xn = kv->xn;
-  mlp2_rows(&im->enc1, &im->enc2, z_new, B * np, &kv->enc, x);
+  if (kv->first)
+    mlp2_rows(&im->enc1, &im->enc2, in, B * np, &kv->enc, x);
+  else
+    memcpy(x, in, (size_t)(M * H) * sizeof(float));
 
-  for (int64_t l = 0; l < cf->layers; l++) {
-    const struct cf_block_p *p = &im->blk[l];
+  for (int64_t l = 0; l < kv->nl; l++) {
+    const struct cf_block_p *p = &im->blk[kv->l0 + l];
     cf_layernorm_fwd(x, M, H, p->ln1.w, p->ln1.b, kv->xh, kv->rs, kv->u);
     cf_linear_rows(kv->u, M, p->qkv.w, p->qkv.b, H3, H, 0, kv->qkv);
     for (int64_t b = 0; b < B; b++) {
       float *qb = kv->qkv + b * n * H3;
-      cf_rotary_apply(qb, n, H3, heads, dh, im->rot, kv->cs, kv->sn, len, 0);
-      for (int64_t h = 0; h < heads; h++) {
-        size_t cbase = (size_t)(((l * B + b) * heads + h) * c->max_len) * (size_t)dh;
+      cf_rotary_apply(qb, n, H3, hl, dh, im->rot, kv->cs, kv->sn, len, 0);
+      for (int64_t h = 0; h < hl; h++) {
+        size_t cbase = (size_t)(((l * B + b) * hl + h) * kv->lmax) * (size_t)dh;
         float *Kc = kv->k + cbase, *Vc = kv->v + cbase;
         for (int64_t t = 0; t < n; t++) {
+          int64_t li = local_index(kv, len + t);
+          if (li < 0) continue; /* another context rank caches this token */
           const float *src = qb + t * H3 + h * 3 * dh;
-          memcpy(Kc + (len + t) * dh, src + dh, (size_t)dh * sizeof(float));
-          memcpy(Vc + (len + t) * dh, src + 2 * dh, (size_t)dh * sizeof(float));
+          memcpy(Kc + li * dh, src + dh, (size_t)dh * sizeof(float));
+          memcpy(Vc + li * dh, src + 2 * dh, (size_t)dh * sizeof(float));
         }
-        /* scores (n, L) over the cached prefix and the new tokens, causal. The same sgemm
-         * shapes for every sequence and every B, so OpenBLAS takes the same path for each */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)L, (int)dh, scale,
-                    qb + h * 3 * dh, (int)H3, Kc, (int)dh, 0.0f, kv->sc, (int)L);
-        for (int64_t t = 0; t < n; t++)
-          cf_causal_softmax_row(kv->sc + t * L, len + t, L);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)dh, (int)L, 1.0f,
-                    kv->sc, (int)L, Vc, (int)dh, 0.0f, kv->ao + b * n * H + h * dh, (int)H);
+        const int64_t w = dh + 2;
+        attend(kv, qb + h * 3 * dh, H3, Kc, Vc, len, n, scale, kv->ao + b * n * Hl + h * dh, Hl,
+               split_cp ? kv->cpo + (b * n * hl + h) * w : NULL, hl * w);
       }
     }
-    memcpy(xn, x, (size_t)(M * H) * sizeof(float));
-    cf_linear_rows(kv->ao, M, p->out.w, p->out.b, H, H, 1, xn);
+    if (split_cp) CF_TRY(cp_merge(kv, M));
     cf_layernorm_fwd(x, M, H, p->ln2.w, p->ln2.b, kv->xh, kv->rs, kv->u);
-    cf_linear_rows(kv->u, M, p->fc1.w, p->fc1.b, cf->ffn, H, 0, kv->f);
-    cf_gelu_fwd(kv->f, kv->f, NULL, (size_t)(M * cf->ffn));
-    cf_linear_rows(kv->f, M, p->fc2.w, p->fc2.b, H, cf->ffn, 1, xn);
+    cf_linear_rows(kv->u, M, p->fc1.w, p->fc1.b, kv->ffn, H, 0, kv->f);
+    cf_gelu_fwd(kv->f, kv->f, NULL, (size_t)(M * kv->ffn));
+    if (kv->n_tp == 1) {
+      memcpy(xn, x, (size_t)(M * H) * sizeof(float));
+      cf_linear_rows(kv->ao, M, p->out.w, p->out.b, H, Hl, 1, xn);
+      cf_linear_rows(kv->f, M, p->fc2.w, p->fc2.b, H, kv->ffn, 1, xn);
+    } else {
+      cf_linear_rows(kv->ao, M, p->out.w, NULL, H, Hl, 0, kv->own);
+      cf_linear_rows(kv->f, M, p->fc2.w, NULL, H, kv->ffn, 1, kv->own);
+      CF_TRY(tp_merge(kv, p, x, M, xn));
+    }
     float *tmp = x;
     x = xn;
     xn = tmp;
   }
-  cf_layernorm_fwd(x, M, H, im->lnf.w, im->lnf.b, kv->xh, kv->rs, h_out);
-  c->len = L;
+  if (kv->last)
+    cf_layernorm_fwd(x, M, H, im->lnf.w, im->lnf.b, kv->xh, kv->rs, out);
+  else
+    memcpy(out, x, (size_t)(M * H) * sizeof(float));
+  c->len = len + n;
   return CF_OK;
 }
 
@@ -235,6 +423,7 @@ cf_status cf_head_sample(const struct cf_model *m, struct cf_kvcache *c, int64_t
   const struct cf_model_impl *im = m->impl;
   struct cf_kv_impl *kv = c->impl;
   const int64_t S = cf->S, D = cf->D, H = cf->H;
+  CF_CHECK(kv->last, CF_EINVAL, "kvcache: the head is on the last pipeline stage");
   CF_CHECK(np >= 1 && np * S <= c->max_new, CF_EINVAL,
            "kvcache: head sample of %lld points but the cache takes 1..%lld tokens per call",
            (long long)np, (long long)c->max_new);

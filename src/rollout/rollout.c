@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "calmflow/commstat.h"
 #include "calmflow/fault.h"
 #include "calmflow/mem.h"
 #include "calmflow/watchdog.h"
@@ -21,13 +22,30 @@ static double now_s(void) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* One model replica: the ranks of a data-parallel index, together one whole model. */
+struct replica {
+  MPI_Comm rep;    /* its ranks (the leader is rank 0 in it); MPI_COMM_NULL: whole model */
+  MPI_Comm pp;     /* pipeline neighbours (rank = stage); MPI_COMM_NULL: one stage */
+  int n_pp, stage; /* stages, this rank's */
+  int first, last; /* holds the encoder / the head */
+  int leader;      /* talks to the coordinator: stage 0, tensor and context rank 0 */
+  int stride;      /* world ranks per replica: replica r's leader is world rank r*stride */
+  int64_t nm, Bm;  /* micro-batches per batch and sequences in each */
+  int64_t max_new; /* tokens per sequence one extend adds */
+};
+
 struct bufs {
-  float *seq;   /* (B, J, D) points of the batch, time-major */
-  float *stage; /* (B, J, D) contiguous input for extend */
-  float *h;     /* (B, J*S, H) hidden states */
-  float *hl;    /* (B, P*S, H) hidden states of the newest point */
-  float *eps;   /* (B, P*S*H) or (B, P*D) */
-  float *y;     /* (B, P, D) head output */
+  struct cf_kvcache *kc; /* (nm) one cache per micro-batch */
+  float *seq;            /* (nm*Bm, J, D) points of the batch, time-major (first, last stage) */
+  float *stage;          /* (Bm, J, D) contiguous input for extend (first stage) */
+  float *act;            /* (Bm, max_new, H) activations received from the previous stage */
+  float *act_out;        /* (nm, Bm, max_new, H) sent to the next stage, one per micro-batch */
+  float *h;              /* (Bm, max_new, H) final hidden states (last stage) */
+  float *hl;             /* (Bm, P*S, H) hidden states of the newest point */
+  float *eps;            /* (Bm, P*S*H) or (Bm, P*D) */
+  float *y;              /* (Bm, P, D) head output */
+  float *pts;            /* (nm, Bm, P, D) new points sent back to the first stage */
+  MPI_Request *req;      /* (2, nm) outstanding sends of act_out and pts */
 };
 
 /* What the coordinator does between the rollout steps of its own batch. */
@@ -36,57 +54,127 @@ struct poll_fn {
   void *ctx;
 };
 
-/* Roll out sequences [s0, s0 + b) of the global order. out: the batch's samples in order,
- * (count, N, D) trajectories when traj, else (count, D) final points; count = the samples of
- * those sequences below n. */
+#define TAG_ACT 7104 /* stage s -> s+1: a micro-batch's activations */
+#define TAG_PTS 7105 /* last stage -> first: a micro-batch's new points */
+
+static cf_status pp_recv(const struct replica *r, float *buf, int64_t n, int from, int tag) {
+  cf_watchdog_enter("sample_pp_recv", from);
+  double t0 = cf_commstat_now();
+  int e = MPI_Recv(buf, (int)n, MPI_FLOAT, from, tag, r->pp, MPI_STATUS_IGNORE);
+  cf_commstat_add(CF_COMM_PP, (double)n * sizeof(float), cf_commstat_now() - t0);
+  cf_watchdog_leave();
+  CF_MPI(e);
+  return CF_OK;
+}
+
+/* Wait for the previous send from a buffer before it is refilled. */
+static cf_status wait_send(MPI_Request *q, int peer) {
+  cf_watchdog_enter("sample_pp_send", peer);
+  int e = MPI_Wait(q, MPI_STATUS_IGNORE);
+  cf_watchdog_leave();
+  CF_MPI(e);
+  return CF_OK;
+}
+
+/* Collective on the replica. Roll out sequences [s0, s0 + b) of the global order. The batch
+ * is cut into nm micro-batches of Bm sequences (padding sequences repeat s0); every pipeline
+ * stage takes them in the order (step, micro-batch), the last stage sends each micro-batch's
+ * new points back to the first, so with nm = pp every stage has a micro-batch to work on.
+ * Leader: out gets the batch's samples in order, (count, N, D) trajectories when traj, else
+ * (count, D) final points; count = the samples of those sequences below n. */
 static cf_status rollout_batch(const struct cf_model *m, const struct cf_flow_cfg *fc,
                                const struct cf_dist *src, const struct cf_sample_cfg *sc,
-                               struct cf_kvcache *c, struct bufs *w, int64_t s0, int64_t b,
+                               const struct replica *r, struct bufs *w, int64_t s0, int64_t b,
                                float *out, const struct poll_fn *poll) {
   const struct cf_model_cfg *mc = &m->cfg;
-  const int64_t B = c->B, P = mc->P, N = mc->N, S = mc->S, D = mc->D, H = mc->H, J = N * P;
+  const int64_t P = mc->P, N = mc->N, S = mc->S, D = mc->D, H = mc->H, J = N * P;
+  const int64_t nm = r->nm, Bm = r->Bm;
   const int vae = mc->head == CF_HEAD_VAE;
   const int64_t epsw = vae ? P * S * H : P * D; /* noise floats per sequence and step */
-  /* t = 0: the source points; padding sequences (b < B) repeat sequence s0 */
-  for (int64_t i = 0; i < B; i++)
-    for (int64_t p = 0; p < P; p++) {
-      uint64_t g = (uint64_t)((s0 + (i < b ? i : 0)) * P + p);
-      struct cf_rng r = {sc->seed, CF_RNG_X0, UINT32_MAX, g};
-      cf_dist_draw(src, &r, w->seq + i * J * D + p * D);
-    }
-  cf_kvcache_reset(c);
-  for (int64_t t = 0; t + 1 < N; t++) {
-    int64_t np, first;
-    if (sc->kvcache) {
-      np = P;
-      first = t * P;
-    } else {
-      cf_kvcache_reset(c);
-      np = (t + 1) * P;
-      first = 0;
-    }
-    for (int64_t i = 0; i < B; i++)
-      memcpy(w->stage + i * np * D, w->seq + (i * J + first) * D, (size_t)(np * D) * sizeof(float));
-    CF_TRY(cf_model_extend(m, c, w->stage, np, w->h));
-    for (int64_t i = 0; i < B; i++)
-      memcpy(w->hl + i * P * S * H, w->h + (i * np * S + (np - P) * S) * H,
-             (size_t)(P * S * H) * sizeof(float));
-    for (int64_t i = 0; i < B; i++)
+  const int piped = r->n_pp > 1;
+  /* t = 0: the source points */
+  if (r->first || r->last)
+    for (int64_t i = 0; i < nm * Bm; i++)
       for (int64_t p = 0; p < P; p++) {
         uint64_t g = (uint64_t)((s0 + (i < b ? i : 0)) * P + p);
-        struct cf_rng r = {sc->seed, CF_RNG_SAMPLE, (uint32_t)t, g};
-        int64_t per = vae ? S * H : D;
-        cf_rng_normal(&r, 0, w->eps + i * epsw + p * per, (size_t)per);
+        struct cf_rng q = {sc->seed, CF_RNG_X0, UINT32_MAX, g};
+        cf_dist_draw(src, &q, w->seq + i * J * D + p * D);
       }
-    CF_TRY(cf_head_sample(m, c, P, w->hl, w->eps, (float)sc->tau, w->y));
-    for (int64_t i = 0; i < B; i++)
-      for (int64_t p = 0; p < P; p++) {
-        const float *cur = w->seq + (i * J + t * P + p) * D;
-        float *nxt = w->seq + (i * J + (t + 1) * P + p) * D;
-        cf_flow_advance(fc, cur, w->y + (i * P + p) * D, nxt);
+  for (int64_t mb = 0; mb < nm; mb++)
+    cf_kvcache_reset(&w->kc[mb]);
+  for (int64_t t = 0; t + 1 < N; t++) {
+    const int64_t np = sc->kvcache ? P : (t + 1) * P, first = sc->kvcache ? t * P : 0;
+    for (int64_t mb = 0; mb < nm; mb++) {
+      struct cf_kvcache *c = &w->kc[mb];
+      float *seq = w->seq + mb * Bm * J * D;
+      if (!sc->kvcache) cf_kvcache_reset(c);
+      const float *in;
+      if (r->first) {
+        if (piped && t > 0) { /* the points of step t from the last stage */
+          CF_TRY(pp_recv(r, w->y, Bm * P * D, r->n_pp - 1, TAG_PTS));
+          for (int64_t i = 0; i < Bm; i++)
+            memcpy(seq + (i * J + t * P) * D, w->y + i * P * D, (size_t)(P * D) * sizeof(float));
+        }
+        for (int64_t i = 0; i < Bm; i++)
+          memcpy(w->stage + i * np * D, seq + (i * J + first) * D,
+                 (size_t)(np * D) * sizeof(float));
+        in = w->stage;
+      } else {
+        CF_TRY(pp_recv(r, w->act, Bm * np * S * H, r->stage - 1, TAG_ACT));
+        in = w->act;
       }
-    if (poll != NULL) CF_TRY(poll->fn(poll->ctx));
+      if (!r->last) {
+        float *ao = w->act_out + mb * Bm * r->max_new * H;
+        CF_TRY(wait_send(&w->req[mb], r->stage + 1));
+        CF_TRY(cf_model_extend(m, c, in, np, ao));
+        if (MPI_Isend(ao, (int)(Bm * np * S * H), MPI_FLOAT, r->stage + 1, TAG_ACT, r->pp,
+                      &w->req[mb]) != MPI_SUCCESS)
+          return cf_err(CF_EMPI, "sampling: sending activations to stage %d failed", r->stage + 1);
+        cf_commstat_add(CF_COMM_PP, (double)(Bm * np * S * H) * sizeof(float), 0);
+      } else {
+        CF_TRY(cf_model_extend(m, c, in, np, w->h));
+        for (int64_t i = 0; i < Bm; i++)
+          memcpy(w->hl + i * P * S * H, w->h + (i * np * S + (np - P) * S) * H,
+                 (size_t)(P * S * H) * sizeof(float));
+        for (int64_t i = 0; i < Bm; i++)
+          for (int64_t p = 0; p < P; p++) {
+            int64_t ib = mb * Bm + i; /* sequence within the batch */
+            uint64_t g = (uint64_t)((s0 + (ib < b ? ib : 0)) * P + p);
+            struct cf_rng q = {sc->seed, CF_RNG_SAMPLE, (uint32_t)t, g};
+            int64_t per = vae ? S * H : D;
+            cf_rng_normal(&q, 0, w->eps + i * epsw + p * per, (size_t)per);
+          }
+        CF_TRY(cf_head_sample(m, c, P, w->hl, w->eps, (float)sc->tau, w->y));
+        for (int64_t i = 0; i < Bm; i++)
+          for (int64_t p = 0; p < P; p++) {
+            const float *cur = seq + (i * J + t * P + p) * D;
+            float *nxt = seq + (i * J + (t + 1) * P + p) * D;
+            cf_flow_advance(fc, cur, w->y + (i * P + p) * D, nxt);
+          }
+        if (piped) { /* every step's points go back, the last ones too: the leader outputs */
+          float *pb = w->pts + mb * Bm * P * D;
+          CF_TRY(wait_send(&w->req[nm + mb], 0));
+          for (int64_t i = 0; i < Bm; i++)
+            memcpy(pb + i * P * D, seq + (i * J + (t + 1) * P) * D,
+                   (size_t)(P * D) * sizeof(float));
+          if (MPI_Isend(pb, (int)(Bm * P * D), MPI_FLOAT, 0, TAG_PTS, r->pp, &w->req[nm + mb]) !=
+              MPI_SUCCESS)
+            return cf_err(CF_EMPI, "sampling: sending points to stage 0 failed");
+        }
+      }
+      if (poll != NULL) CF_TRY(poll->fn(poll->ctx));
+    }
   }
+  if (r->first && piped) /* the final points */
+    for (int64_t mb = 0; mb < nm; mb++) {
+      float *seq = w->seq + mb * Bm * J * D;
+      CF_TRY(pp_recv(r, w->y, Bm * P * D, r->n_pp - 1, TAG_PTS));
+      for (int64_t i = 0; i < Bm; i++)
+        memcpy(seq + (i * J + (N - 1) * P) * D, w->y + i * P * D, (size_t)(P * D) * sizeof(float));
+    }
+  for (int64_t q = 0; q < 2 * nm; q++)
+    CF_TRY(wait_send(&w->req[q], -1));
+  if (!r->leader) return CF_OK;
   int64_t count = (s0 + b) * P <= sc->n ? b * P : sc->n - s0 * P;
   for (int64_t k = 0; k < count; k++) {
     int64_t i = k / P, p = k % P;
@@ -100,10 +188,44 @@ static cf_status rollout_batch(const struct cf_model *m, const struct cf_flow_cf
   return CF_OK;
 }
 
+/* Collective on the replica. The leader hands batch k (-1: stop) to the replica's other ranks.
+ */
+static cf_status replica_bcast(const struct replica *r, int64_t *k) {
+  if (r->rep == MPI_COMM_NULL) return CF_OK;
+  cf_watchdog_enter("sample_replica_bcast", 0);
+  int e = MPI_Bcast(k, 1, MPI_INT64_T, 0, r->rep);
+  cf_watchdog_leave();
+  CF_MPI(e);
+  return CF_OK;
+}
+
+/* Collective on the replica: did batch k succeed on every rank of it? */
+static cf_status replica_agree(const struct replica *r, cf_status st) {
+  if (r->rep == MPI_COMM_NULL) return st;
+  int bad = st != CF_OK, any = 0;
+  cf_watchdog_enter("sample_replica_agree", -1);
+  int e = MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_LOR, r->rep);
+  cf_watchdog_leave();
+  CF_MPI(e);
+  if (st != CF_OK) return st;
+  return any ? cf_err(CF_EREMOTE, "sampling failed on another rank of this model replica") : CF_OK;
+}
+
 /* Sequences in batch k of a run starting at sequence sfirst, Ns sequences in all. */
 static int64_t batch_seqs(int64_t sfirst, int64_t Ns, int64_t batch, int64_t k) {
   int64_t s0 = sfirst + k * batch;
   return s0 + batch <= Ns ? batch : Ns - s0;
+}
+
+/* Collective on the replica. Batch k from its leader: broadcast, roll out, agree. */
+static cf_status replica_batch(const struct cf_model *m, const struct cf_flow_cfg *fc,
+                               const struct cf_dist *src, const struct cf_sample_cfg *sc,
+                               const struct replica *r, struct bufs *w, int64_t sfirst, int64_t Ns,
+                               int64_t k, float *out, const struct poll_fn *poll) {
+  CF_TRY(replica_bcast(r, &k));
+  cf_status st = rollout_batch(m, fc, src, sc, r, w, sfirst + k * sc->batch,
+                               batch_seqs(sfirst, Ns, sc->batch, k), out, poll);
+  return replica_agree(r, st);
 }
 
 /* ---- the coordinator (rank 0) ---- */
@@ -111,6 +233,7 @@ static int64_t batch_seqs(int64_t sfirst, int64_t Ns, int64_t batch, int64_t k) 
 struct coord {
   MPI_Comm comm;
   int world;
+  int stride; /* the workers are the replica leaders: world ranks stride, 2*stride, .. */
   const struct cf_sample_cfg *sc;
   int64_t P, N, D, per_sample; /* floats per sample in a result */
   int64_t nb;                  /* batches of this run */
@@ -242,7 +365,7 @@ static cf_status serve(struct coord *c, int w) {
 }
 
 static cf_status serve_all(struct coord *c) {
-  for (int w = 1; w < c->world; w++)
+  for (int w = c->stride; w < c->world; w += c->stride)
     CF_TRY(serve(c, w));
   return CF_OK;
 }
@@ -250,7 +373,7 @@ static cf_status serve_all(struct coord *c) {
 /* Tell the workers with nothing outstanding that the work is over (all handed out, or a
  * failure). */
 static cf_status stop_idle(struct coord *c) {
-  for (int w = 1; w < c->world; w++)
+  for (int w = c->stride; w < c->world; w += c->stride)
     if (!c->stopped[w] && c->outstanding[w] == 0 && (c->err != CF_OK || c->next >= c->nb))
       CF_TRY(send_assign(c, w, -1));
   return CF_OK;
@@ -309,58 +432,129 @@ static cf_status coord_poll(void *ctx) {
 }
 
 static int workers_done(const struct coord *c) {
-  for (int w = 1; w < c->world; w++)
+  for (int w = c->stride; w < c->world; w += c->stride)
     if (!c->stopped[w] || c->outstanding[w] > 0) return 0;
   return 1;
 }
 
 /* ---- the run ---- */
 
-cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct cf_flow_cfg *fc,
-                         const struct cf_dist *src, const struct cf_sample_cfg *sc,
-                         cf_rollout_sink sink, void *sink_ctx, struct cf_rollout_stats *stats) {
+/* Collective on comm. This rank's replica on grid g (NULL: every rank a whole model). */
+static cf_status replica_init(struct replica *r, MPI_Comm comm, const struct cf_grid *g,
+                              const struct cf_model *m, int64_t B, int kvcache) {
+  const struct cf_model_cfg *mc = &m->cfg;
+  int rank, world;
+  CF_MPI(MPI_Comm_rank(comm, &rank));
+  CF_MPI(MPI_Comm_size(comm, &world));
+  memset(r, 0, sizeof *r);
+  r->rep = r->pp = MPI_COMM_NULL;
+  r->n_pp = 1;
+  r->stride = 1;
+  if (g != NULL && g->n_dp < g->size) {
+    r->n_pp = g->n_pp;
+    r->stage = g->pp_rank;
+    r->stride = g->size / g->n_dp;
+    CF_MPI(MPI_Comm_split(comm, g->dp_rank, rank, &r->rep));
+    r->pp = g->n_pp > 1 ? g->pp : MPI_COMM_NULL;
+  }
+  r->first = cf_model_first(m);
+  r->last = cf_model_last(m);
+  r->leader = rank % r->stride == 0;
+  r->nm = B < r->n_pp ? B : r->n_pp;
+  r->Bm = (B + r->nm - 1) / r->nm;
+  r->max_new = kvcache ? mc->P * mc->S : mc->N * mc->P * mc->S;
+  return CF_OK;
+}
+
+static void replica_release(struct replica *r) {
+  if (r->rep != MPI_COMM_NULL) MPI_Comm_free(&r->rep);
+}
+
+/* Local. Lay out (pass 0: plan) the rollout buffers of this rank's role. */
+static void bufs_layout(struct cf_arena *ar, struct bufs *w, const struct replica *r,
+                        const struct cf_model_cfg *mc) {
+  const int64_t P = mc->P, N = mc->N, S = mc->S, D = mc->D, H = mc->H, J = N * P;
+  const int64_t Bm = r->Bm, nm = r->nm, rows = Bm * r->max_new * H;
+  struct cf_kvcache *kc = w->kc;
+  MPI_Request *req = w->req;
+  memset(w, 0, sizeof *w);
+  w->kc = kc;
+  w->req = req;
+  if (r->first || r->last) {
+    w->seq = cf_arena_floats(ar, (size_t)(nm * Bm * J * D));
+    w->y = cf_arena_floats(ar, (size_t)(Bm * P * D));
+  }
+  if (r->first) w->stage = cf_arena_floats(ar, (size_t)(Bm * J * D));
+  if (!r->first) w->act = cf_arena_floats(ar, (size_t)rows);
+  if (!r->last) w->act_out = cf_arena_floats(ar, (size_t)(nm * rows));
+  if (r->last) {
+    w->h = cf_arena_floats(ar, (size_t)rows);
+    w->hl = cf_arena_floats(ar, (size_t)(Bm * P * S * H));
+    w->eps = cf_arena_floats(ar, (size_t)(Bm * P * (S * H > D ? S * H : D)));
+    if (r->n_pp > 1) w->pts = cf_arena_floats(ar, (size_t)(nm * Bm * P * D));
+  }
+}
+
+cf_status cf_rollout_run(MPI_Comm comm, const struct cf_grid *g, const struct cf_model *m,
+                         const struct cf_flow_cfg *fc, const struct cf_dist *src,
+                         const struct cf_sample_cfg *sc, cf_rollout_sink sink, void *sink_ctx,
+                         struct cf_rollout_stats *stats) {
   int rank, world;
   CF_MPI(MPI_Comm_rank(comm, &rank));
   CF_MPI(MPI_Comm_size(comm, &world));
   const struct cf_model_cfg *mc = &m->cfg;
-  const int64_t P = mc->P, N = mc->N, S = mc->S, D = mc->D, H = mc->H, J = N * P, T = J * S;
+  const int64_t P = mc->P, N = mc->N, D = mc->D, T = N * P * mc->S;
   CF_CHECK(sc->n >= 1, CF_EINVAL, "option -sample_n: expected >= 1, got %lld", (long long)sc->n);
   CF_CHECK(sc->batch >= 1, CF_EINVAL, "option -sample_batch: expected >= 1, got %lld",
            (long long)sc->batch);
   CF_CHECK(sc->first >= 0 && sc->first <= sc->n && (sc->first % P == 0 || sc->first == sc->n),
            CF_EINVAL, "sampling: resume point %lld is not a whole number of sequences of %lld",
            (long long)sc->first, (long long)P);
+  CF_CHECK(g == NULL || (g->size == world), CF_EINVAL,
+           "sampling: the process grid has %d ranks but the communicator %d", g ? g->size : 0,
+           world);
   const int64_t Ns = (sc->n + P - 1) / P;                         /* sequences in all */
   const int64_t sfirst = sc->first == sc->n ? Ns : sc->first / P; /* first sequence to make */
   const int64_t nb = (Ns - sfirst + sc->batch - 1) / sc->batch;
   const int64_t B = sc->batch < Ns - sfirst ? sc->batch : (Ns > sfirst ? Ns - sfirst : 1);
   const int64_t per_sample = sc->traj ? N * D : D, batch_floats = B * P * per_sample;
-  const int64_t window = 2 * (int64_t)world + 2;
   CF_CHECK((double)batch_floats < 2147483647.0, CF_EINVAL,
            "option -sample_batch: %lld sequences make a result of %lld floats, too large for one "
            "message; use a smaller batch",
            (long long)sc->batch, (long long)batch_floats);
 
-  struct cf_kvcache kc;
-  CF_TRY(cf_kvcache_init(&kc, m, B, T, sc->kvcache ? P * S : T));
-  struct cf_arena ar;
+  struct replica rp;
+  CF_TRY(replica_init(&rp, comm, g, m, B, sc->kvcache));
+  const int n_rep = world / rp.stride;
+  const int64_t window = 2 * (int64_t)n_rep + 2;
+  struct cf_kvcache *kc = NULL;
+  cf_status st = cf_alloc((void **)&kc, (size_t)rp.nm * sizeof *kc, "kv caches");
   struct bufs w;
+  memset(&w, 0, sizeof w);
+  if (st == CF_OK)
+    st = cf_alloc((void **)&w.req, (size_t)(2 * rp.nm) * sizeof(MPI_Request), "sample requests");
+  for (int64_t i = 0; i < 2 * rp.nm && st == CF_OK; i++)
+    w.req[i] = MPI_REQUEST_NULL;
+  for (int64_t i = 0; i < rp.nm && st == CF_OK; i++)
+    st = cf_kvcache_init(&kc[i], m, rp.Bm, T, rp.max_new);
+  w.kc = kc;
+  struct cf_arena ar;
+  memset(&ar, 0, sizeof ar);
   struct coord c;
   memset(&c, 0, sizeof c);
   float *res[2] = {NULL, NULL};
-  for (int pass = 0; pass < 2; pass++) {
-    if (pass == 1)
-      CF_TRY(cf_arena_commit(&ar, 0, "rollout buffers"));
-    else
+  for (int pass = 0; pass < 2 && st == CF_OK; pass++) {
+    if (pass == 1) {
+      st = cf_arena_commit(&ar, 0, "rollout buffers");
+      if (st != CF_OK) break;
+    } else {
       cf_arena_plan(&ar);
-    w.seq = cf_arena_floats(&ar, (size_t)(B * J * D));
-    w.stage = cf_arena_floats(&ar, (size_t)(B * J * D));
-    w.h = cf_arena_floats(&ar, (size_t)(B * T * H));
-    w.hl = cf_arena_floats(&ar, (size_t)(B * P * S * H));
-    w.eps = cf_arena_floats(&ar, (size_t)(B * P * (S * H > D ? S * H : D)));
-    w.y = cf_arena_floats(&ar, (size_t)(B * P * D));
-    res[0] = cf_arena_floats(&ar, (size_t)batch_floats);
-    res[1] = cf_arena_floats(&ar, (size_t)batch_floats);
+    }
+    bufs_layout(&ar, &w, &rp, mc);
+    if (rp.leader) {
+      res[0] = cf_arena_floats(&ar, (size_t)batch_floats);
+      res[1] = cf_arena_floats(&ar, (size_t)batch_floats);
+    }
     if (rank == 0) {
       c.slots = cf_arena_floats(&ar, (size_t)(window * batch_floats));
       c.recv = cf_arena_floats(&ar, (size_t)(B * P * D));
@@ -368,10 +562,12 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
   }
   double t0 = now_s(), busy = 0;
   int64_t made = 0;
-  cf_status st = CF_OK;
-  if (rank == 0) {
+  if (st != CF_OK) {
+    /* fall through to the agreement: every rank learns of the failure */
+  } else if (rank == 0) {
     c.comm = comm;
     c.world = world;
+    c.stride = rp.stride;
     c.sc = sc;
     c.P = P;
     c.N = N;
@@ -397,8 +593,8 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
     if (st == CF_OK) {
       for (int64_t s = 0; s < window; s++)
         c.slot_k[s] = -1;
-      for (int r = 1; r < world; r++)
-        c.owed[r] = 1;    /* one batch each to start; the second (the one known next) once rank 0
+      for (int q = rp.stride; q < world; q += rp.stride)
+        c.owed[q] = 1;    /* one batch each to start; the second (the one known next) once rank 0
                              has taken its own, so a short run keeps rank 0 busy too */
       st = serve_all(&c); /* serve() stops a worker at once when there is no work for it */
     }
@@ -409,19 +605,17 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
       int64_t k = take(&c, &wait);
       if (k >= 0 && !second_round) {
         second_round = 1;
-        for (int r = 1; r < world; r++)
-          c.owed[r]++;
+        for (int q = rp.stride; q < world; q += rp.stride)
+          c.owed[q]++;
         st = serve_all(&c);
         if (st != CF_OK) break;
       }
-      if (k >= 0) { /* rank 0 computes a batch, serving the queue between its steps */
+      if (k >= 0) { /* rank 0's replica computes a batch, rank 0 serving the queue between steps */
         float *d = slot_for(&c, k);
         double tb = now_s();
         c.busy_s = 0;
         cf_status sb = cf_fault_point("sample_batch");
-        if (sb == CF_OK)
-          sb = rollout_batch(m, fc, src, sc, &kc, &w, sfirst + k * sc->batch,
-                             batch_seqs(sfirst, Ns, sc->batch, k), d, &poll);
+        if (sb == CF_OK) sb = replica_batch(m, fc, src, sc, &rp, &w, sfirst, Ns, k, d, &poll);
         busy += now_s() - tb + c.busy_s;
         made++;
         if (sb != CF_OK) {
@@ -454,8 +648,28 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
     }
     if (st == CF_OK) st = c.err;
     c.busy_s = 0;
+    int64_t stop = -1;
+    cf_status sr = replica_bcast(&rp, &stop); /* rank 0's replica is done */
+    if (st == CF_OK) st = sr;
+  } else if (!rp.leader) {
+    /* a rank of a replica: the batches its leader starts, until -1 */
+    for (;;) {
+      int64_t k = -1;
+      cf_status sb = replica_bcast(&rp, &k);
+      if (sb != CF_OK || k < 0) {
+        if (st == CF_OK) st = sb;
+        break;
+      }
+      double tb = now_s();
+      sb = replica_agree(&rp, rollout_batch(m, fc, src, sc, &rp, &w, sfirst + k * sc->batch,
+                                            batch_seqs(sfirst, Ns, sc->batch, k), NULL, NULL));
+      busy += now_s() - tb;
+      made++;
+      if (st == CF_OK) st = sb;
+    }
   } else {
-    /* a worker: up to two assigned batches; results go back with a non-blocking send */
+    /* a replica's leader: up to two assigned batches; results go back with a non-blocking
+     * send */
     int64_t queue[2], nq = 0;
     int stopped = 0, cur = 0;
     MPI_Request sreq[2][2] = {{MPI_REQUEST_NULL, MPI_REQUEST_NULL},
@@ -495,9 +709,7 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
       }
       double tb = now_s();
       cf_status sb = cf_fault_point("sample_batch");
-      if (sb == CF_OK)
-        sb = rollout_batch(m, fc, src, sc, &kc, &w, sfirst + k * sc->batch,
-                           batch_seqs(sfirst, Ns, sc->batch, k), res[cur], NULL);
+      if (sb == CF_OK) sb = replica_batch(m, fc, src, sc, &rp, &w, sfirst, Ns, k, res[cur], NULL);
       busy += now_s() - tb;
       made++;
       int64_t s0 = sfirst + k * sc->batch, s1 = s0 + batch_seqs(sfirst, Ns, sc->batch, k);
@@ -532,6 +744,9 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
         MPI_Send(h, 2, MPI_INT64_T, 0, TAG_HEAD, comm);
       }
     }
+    int64_t stop = -1;
+    cf_status sr = replica_bcast(&rp, &stop);
+    if (st == CF_OK) st = sr;
   }
   double wall = now_s() - t0;
   /* everyone agrees on the outcome */
@@ -551,15 +766,19 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_model *m, const struct c
     stats->busy_min = -fr[0];
     stats->busy_max = fr[1];
     stats->coord_seconds = rank == 0 ? c.serve_s : 0;
-    stats->batches = made_all;
+    stats->batches = made_all / rp.stride; /* every rank of a replica counts its batches */
   }
   cf_free((void **)&c.slot_k);
   cf_free((void **)&c.slot_ready);
   cf_free((void **)&c.stopped);
   cf_free((void **)&c.owed);
   cf_free((void **)&c.outstanding);
-  cf_kvcache_release(&kc);
+  for (int64_t i = 0; kc != NULL && i < rp.nm; i++)
+    cf_kvcache_release(&kc[i]);
+  cf_free((void **)&kc);
+  cf_free((void **)&w.req);
   cf_arena_release(&ar);
+  replica_release(&rp);
   if (st != CF_OK) return st;
   CF_MPI(e_agree);
   if (anybad) return cf_err(CF_EREMOTE, "sampling failed on another rank");
