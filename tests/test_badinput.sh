@@ -83,6 +83,8 @@ expect par-heads "-net_heads 2 is not divisible by -par_tp 4" 4 "${TR[@]}" -par_
 expect par-micro "-train_microbatches 1 is less than -par_pp 2" 2 "${TR[@]}" -par_pp 2
 expect par-cp-short "-par_cp" 2 "${TR[@]}" -par_cp 2 -flow_time_points 2 -flow_trajectories 1 -train_batch 4
 expect par-ffn "-net_ffn 31 is not divisible by -par_tp 2" 2 "${TR[@]}" -par_tp 2 -net_ffn 31
+expect par-nohist "-flow_history 0 with -par_cp 2" 2 "${TR[@]}" -par_cp 2 -flow_history 0
+expect bad-history "option -flow_history" 1 "${TR[@]}" -flow_history 2
 [ -e "$R" ] && { echo "FAIL bad options created the run directory"; fails=$((fails + 1)); }
 expect no-ckpt "no checkpoint" 1 sample -run_dir "$T/empty" -sample_out "$T/s.h5"
 expect eval-missing "option -eval_a" 1 eval -eval_b "$T/good.h5"

@@ -52,6 +52,8 @@ static void gather(const float *x, int64_t B, int64_t rows, int64_t w, int64_t j
     memcpy(out + b * np * w, x + (b * rows + j0) * w, (size_t)(np * w) * sizeof(float));
 }
 
+static int g_no_history; /* run(): the ODE-style ablation (no history, time input) */
+
 static void run(enum cf_head head, double rotary_pct, float lsmax, const char *label) {
   printf("%s\n", label);
   struct cf_model_cfg cfg = {.D = 3,
@@ -67,7 +69,9 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
                              .head = head,
                              .dropout = 0.1f,
                              .logstd_min = -lsmax,
-                             .logstd_max = lsmax};
+                             .logstd_max = lsmax,
+                             .no_history = g_no_history,
+                             .time_input = g_no_history};
   const int64_t B = 3, D = cfg.D, S = cfg.S, P = cfg.P, N = cfg.N, H = cfg.H;
   const int64_t J = N * P, T = J * S;
   struct cf_model m;
@@ -439,6 +443,10 @@ int main(void) {
   run(CF_HEAD_GAUSS, 0.25, 5.0f, "gauss head, rotary_pct 0.25 (2 of 8 dims)");
   run(CF_HEAD_VAE, 1.0, 5.0f, "vae head, rotary_pct 1 (all 8 dims)");
   run(CF_HEAD_GAUSS, 0.0, 0.3f, "gauss head, no rotary, log-std clamped to [-0.3, 0.3]");
+  g_no_history = 1;
+  run(CF_HEAD_GAUSS, 0.25, 5.0f, "gauss head, no history, time input");
+  run(CF_HEAD_VAE, 1.0, 5.0f, "vae head, no history, time input");
+  g_no_history = 0;
   test_linear_rows();
   for (int kv = 1; kv >= 0; kv--) {
     batch_invariance(CF_HEAD_GAUSS, kv);

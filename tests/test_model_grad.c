@@ -363,7 +363,7 @@ static void test_mlp(int dropout) {
 
 /* rotary + causal attention on a fused qkv */
 struct attn_ctx {
-  int64_t B, T, heads, dh, rot;
+  int64_t B, T, heads, dh, rot, win;
   float *pre, *qkv, *probs, *out, *w, *cs, *sn;
 };
 static void attn_run(struct attn_ctx *c) {
@@ -371,7 +371,7 @@ static void attn_run(struct attn_ctx *c) {
   memcpy(c->qkv, c->pre, (size_t)(c->B * c->T * H3) * sizeof(float));
   for (int64_t b = 0; b < c->B; b++)
     cf_rotary_apply(c->qkv + b * c->T * H3, c->T, H3, c->heads, c->dh, c->rot, c->cs, c->sn, 0, 0);
-  cf_attn_fwd(c->qkv, c->B, c->T, c->heads, c->dh, c->probs, c->out);
+  cf_attn_fwd(c->qkv, c->B, c->T, c->heads, c->dh, c->win, c->probs, c->out);
 }
 static double attn_loss(void *p) {
   struct attn_ctx *c = p;
@@ -403,18 +403,19 @@ static void attn_naive(const struct attn_ctx *c, int64_t b, int64_t h, double ba
   }
   for (int64_t t = 0; t < T; t++) {
     double mx = -1e300, sum = 0;
-    for (int64_t j = 0; j <= t; j++) {
+    int64_t j0 = c->win > 0 ? (t / c->win) * c->win : 0; /* the window, written out */
+    for (int64_t j = j0; j <= t; j++) {
       double d = 0;
       for (int64_t i = 0; i < dh; i++)
         d += q[t * dh + i] * k[j * dh + i];
       s[j] = d / sqrt((double)dh);
       mx = fmax(mx, s[j]);
     }
-    for (int64_t j = 0; j <= t; j++)
+    for (int64_t j = j0; j <= t; j++)
       sum += (s[j] = exp(s[j] - mx));
     for (int64_t i = 0; i < dh; i++) {
       double o = 0;
-      for (int64_t j = 0; j <= t; j++)
+      for (int64_t j = j0; j <= t; j++)
         o += s[j] / sum * c->pre[(b * T + j) * H3 + h * 3 * dh + 2 * dh + i];
       out[t * dh + i] = o;
     }
@@ -422,9 +423,10 @@ static void attn_naive(const struct attn_ctx *c, int64_t b, int64_t h, double ba
   free(q), free(k), free(s);
 }
 
-static void test_attention(void) {
-  printf("rotary causal attention (T spans %d-row query blocks)\n", CF_ATTN_CHUNK);
-  struct attn_ctx c = {.B = 2, .T = CF_ATTN_CHUNK + 6, .heads = 2, .dh = 8, .rot = 4};
+static void test_attention(int64_t win) {
+  printf("rotary causal attention (T spans %d-row query blocks), window %lld\n", CF_ATTN_CHUNK,
+         (long long)win);
+  struct attn_ctx c = {.B = 2, .T = CF_ATTN_CHUNK + 6, .heads = 2, .dh = 8, .rot = 4, .win = win};
   int64_t H = c.heads * c.dh, H3 = 3 * H, R = c.B * c.T;
   size_t nq = (size_t)(R * H3), no = (size_t)(R * H);
   c.pre = cf_test_floats(nq), c.qkv = cf_test_floats(nq),
@@ -456,6 +458,11 @@ static void test_attention(void) {
          "attention: a later token changed an earlier output");
   EXPECT(maxdiff(o0 + tc * H, c.out + tc * H, (size_t)H) > 1e-3,
          "attention: changing a token did not change its own output");
+  if (win > 0) { /* nor anything outside its window: the next window starts unchanged */
+    int64_t nx = tc - tc % win + win;
+    EXPECT(memcmp(o0 + nx * H, c.out + nx * H, (size_t)(win * H) * sizeof(float)) == 0,
+           "attention window %lld: a token changed outputs of the next window", (long long)win);
+  }
   for (int64_t i = 0; i < H3; i++)
     c.pre[tc * H3 + i] -= 1.0f;
   /* gradients */
@@ -573,6 +580,8 @@ static void test_block(void) {
 
 /* ---- the full model ---- */
 
+static int g_no_history; /* test_model: the ODE-style ablation (no history, time input) */
+
 static struct cf_model_cfg small_cfg(enum cf_head head) {
   struct cf_model_cfg c = {.D = 3,
                            .S = 2,
@@ -587,7 +596,9 @@ static struct cf_model_cfg small_cfg(enum cf_head head) {
                            .head = head,
                            .dropout = 0.0f,
                            .logstd_min = -7.0f,
-                           .logstd_max = 5.0f};
+                           .logstd_max = 5.0f,
+                           .no_history = g_no_history,
+                           .time_input = g_no_history};
   return c;
 }
 
@@ -776,6 +787,31 @@ static void test_model(enum cf_head head, int dropout, float lsmin, float lsmax,
       for (int64_t d = 0; d < cfg.D; d++)
         c.y[(b * J + j) * cfg.D + d] += 5.0f;
   EXPECT(model_loss(&c) == l0, "%s: targets of the last time point change the loss", label);
+  if (cfg.no_history) { /* a point's output depends on that point (and its time) only */
+    const int64_t Dout = head == CF_HEAD_GAUSS ? 2 * cfg.D : cfg.D;
+    size_t no = (size_t)(B * J * Dout);
+    float *o0 = cf_test_floats(no);
+    model_loss(&c);
+    memcpy(o0, cf_model_test_output(&m), no * sizeof(float));
+    for (int64_t b = 0; b < B; b++) /* move point j = 1 of every sequence */
+      for (int64_t d = 0; d < cfg.D; d++)
+        c.z[(b * J + 1) * cfg.D + d] += 1.0f;
+    model_loss(&c);
+    const float *o1 = cf_model_test_output(&m);
+    int others = 1, own = 0;
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t j = 0; j < J; j++) {
+        int same = memcmp(o0 + (b * J + j) * Dout, o1 + (b * J + j) * Dout,
+                          (size_t)Dout * sizeof(float)) == 0;
+        if (j == 1)
+          own += !same;
+        else
+          others &= same;
+      }
+    EXPECT(others && own == B, "%s: without history another point's input changed an output",
+           label);
+    free(o0);
+  }
   free(wrong), free(g1), free(c.z), free(c.y), free(c.eps);
   cf_model_release(&m);
 }
@@ -920,13 +956,18 @@ int main(void) {
   test_gelu();
   test_mlp(0);
   test_mlp(1);
-  test_attention();
+  test_attention(0);
+  test_attention(5);
   test_block();
   test_model(CF_HEAD_GAUSS, 0, -7.0f, 5.0f, "gauss head");
   test_model(CF_HEAD_GAUSS, 1, -7.0f, 5.0f, "gauss head, dropout 0.2");
   test_model(CF_HEAD_GAUSS, 0, -0.4f, 0.4f, "gauss head, log-std clamped to [-0.4, 0.4]");
   test_model(CF_HEAD_VAE, 0, -7.0f, 5.0f, "vae head");
   test_model(CF_HEAD_VAE, 1, -7.0f, 5.0f, "vae head, dropout 0.2");
+  g_no_history = 1;
+  test_model(CF_HEAD_GAUSS, 0, -7.0f, 5.0f, "gauss head, no history, time input");
+  test_model(CF_HEAD_VAE, 0, -7.0f, 5.0f, "vae head, no history, time input");
+  g_no_history = 0;
   test_dropout_batching();
   return cf_test_done("test_model_grad");
 }

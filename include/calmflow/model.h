@@ -8,6 +8,7 @@
  *
  * Network (calmflow-method.md, Appendix A):
  *   encoder  e = fc2(dropout(relu(ln0(fc1(z)))))   z (D) -> e (S*H), ln0 = LayerNorm, no affine
+ *            (with time_input, fc1 sees [z, t_j]: D + 1 inputs)
  *            token k = j*S + s takes e_j[s*H : (s+1)*H]
  *   blocks   x += attn(ln1(x)) + mlp(ln2(x))       (parallel residual, pre-LN)
  *            attn: fused qkv (3H x H), per head the 3*dh rows are [q | k | v] (GPT-NeoX),
@@ -28,12 +29,11 @@
  * Parameters and gradients each live in one contiguous float arena (one MPI_Allreduce for
  * the gradients, one loop for the optimizer); cf_model_tensor() names every tensor with its
  * global shape (checkpoint dataset names). Tensor names:
- *   enc.fc1.weight (S*H, D)  enc.fc1.bias (S*H)  enc.fc2.weight (S*H, S*H)  enc.fc2.bias (S*H)
- *   layers.L.ln1.weight (H) .ln1.bias .ln2.weight .ln2.bias
- *   layers.L.attn.qkv.weight (3H, H) .attn.qkv.bias (3H) .attn.out.weight (H, H) .attn.out.bias (H)
- *   layers.L.mlp.fc1.weight (ffn, H) .mlp.fc1.bias (ffn) .mlp.fc2.weight (H, ffn) .mlp.fc2.bias (H)
- *   lnf.weight (H) lnf.bias (H)
- *   vae only: head.mu.fc1.weight (H, H) head.mu.fc1.bias head.mu.fc2.weight head.mu.fc2.bias
+ *   enc.fc1.weight (S*H, D or D+1)  enc.fc1.bias (S*H)  enc.fc2.weight (S*H, S*H)  enc.fc2.bias
+ * (S*H) layers.L.ln1.weight (H) .ln1.bias .ln2.weight .ln2.bias layers.L.attn.qkv.weight (3H, H)
+ * .attn.qkv.bias (3H) .attn.out.weight (H, H) .attn.out.bias (H) layers.L.mlp.fc1.weight (ffn, H)
+ * .mlp.fc1.bias (ffn) .mlp.fc2.weight (H, ffn) .mlp.fc2.bias (H) lnf.weight (H) lnf.bias (H) vae
+ * only: head.mu.fc1.weight (H, H) head.mu.fc1.bias head.mu.fc2.weight head.mu.fc2.bias
  *             head.lv.fc1.weight ... head.lv.fc2.bias
  *   dec.fc1.weight (I, S*H) dec.fc1.bias (I) dec.fc2.weight (I, I) dec.fc2.bias (I)
  *   dec.fc3.weight (Dout, I) dec.fc3.bias (Dout)        Dout = D (vae) or 2D (gauss: [mean |
@@ -88,6 +88,12 @@ struct cf_model_cfg {
   float dropout;    /* encoder / head / decoder MLP dropout (0.1) */
   float logstd_min; /* gauss clamp (-7) */
   float logstd_max; /* gauss clamp (5) */
+  int no_history;   /* 1: ODE-style ablation (-flow_history 0): a token attends only to the
+                       tokens of its own point, so the next point depends on the current one
+                       only; needs -par_cp 1 */
+  int time_input;   /* 1: the encoder also sees the point's time t_j = (j / P) / (N - 1) as an
+                       extra input column (enc.fc1 is (S*H, D + 1)); the default without
+                       history, where rotary positions alone cannot tell the time */
 };
 
 /* Dropout key: sequence b of a call is global sequence seq0 + b. */
@@ -163,6 +169,11 @@ int64_t cf_model_local_tokens(const struct cf_model *m);
  * model group (grid.mp) it is the squared norm of the whole model's gradient. */
 double cf_model_grad_sqnorm(const struct cf_model *m);
 void cf_model_release(struct cf_model *m); /* idempotent; *m all-zero after */
+
+/* Local. The time input of point j (time_input): t = (j / P) / (N - 1), in [0, 1]. */
+static inline float cf_model_point_time(const struct cf_model_cfg *c, int64_t j) {
+  return (float)((double)(j / c->P) / (double)(c->N - 1));
+}
 
 /* Local. Deterministic initialization from seed: transformer linears N(0, 0.02), biases 0,
  * LayerNorm weight 1 bias 0; encoder / head / decoder linears PyTorch default

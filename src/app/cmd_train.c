@@ -295,6 +295,10 @@ cf_status cf_app_layout(const struct cf_opts *o, int world, const struct cf_mode
     par[i] = (int)v;
   }
   if (microbatches <= 0) microbatches = par[1];
+  CF_CHECK(!mc->no_history || par[2] == 1, CF_ETOPO,
+           "-flow_history 0 with -par_cp %d: without history a point attends only to itself, so "
+           "there is no sequence to split (use -par_cp 1)",
+           par[2]);
   CF_TRY(cf_grid_check(world, par[0], par[1], par[2], mc->layers, mc->heads, mc->N * mc->P,
                        microbatches));
   CF_CHECK(mc->ffn % par[0] == 0, CF_ETOPO,

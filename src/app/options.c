@@ -41,6 +41,12 @@ static const struct optdef {
     {"flow_head", "gauss", TR, "output head: gauss (default) or vae (the authors')"},
     {"flow_predict", "auto", TR,
      "next (absolute next point) or velocity; auto = velocity for gauss, next for vae"},
+    {"flow_history", "1", TR,
+     "1: each point attends to the whole causal prefix (CaLMFlow); 0: ODE-style ablation, a "
+     "point attends only to its own tokens (needs -par_cp 1)"},
+    {"net_time_input", "auto", TR,
+     "1: the encoder also sees the point's time t in [0, 1]; auto = 1 with -flow_history 0, "
+     "else 0"},
     {"net_layers", "2", TR, "transformer blocks"},
     {"net_hidden", "64", TR, "hidden size H"},
     {"net_heads", "2", TR, "attention heads"},
@@ -296,6 +302,16 @@ cf_status cf_app_model_cfg(const struct cf_opts *o, struct cf_model_cfg *mc,
                   head);
   else
     return cf_err(CF_EINVAL, "option -flow_head: unknown head '%s' (expected gauss or vae)", head);
+  int64_t hist;
+  CF_TRY(cf_opt_int(o, "flow_history", 0, 1, &hist));
+  mc->no_history = hist == 0;
+  if (strcmp(cf_opt_str(o, "net_time_input"), "auto") == 0) {
+    mc->time_input = mc->no_history;
+  } else {
+    int64_t ti;
+    CF_TRY(cf_opt_int(o, "net_time_input", 0, 1, &ti));
+    mc->time_input = (int)ti;
+  }
   CF_TRY(cf_model_cfg_check(mc));
 
   fc->D = mc->D;

@@ -34,10 +34,12 @@ struct cf_kv_impl {
   int n_tp, n_cp;
   int64_t tlo[2], thi[2]; /* the global token ranges whose keys and values this rank caches */
   int64_t lmax;           /* tokens cached per sequence at most */
+  int64_t win;            /* attention window (cf_attn_first): S without history, else 0 */
   float *k, *v;           /* (nl, B, hl, lmax, dh) rotated keys, values */
   float *cs, *sn;         /* (max_len, rot/2) */
   /* workspace for up to max_new tokens (pmax points) per sequence */
   struct cf_unit_a enc; /* (B*pmax, SH) first stage */
+  float *zin;           /* (B*pmax, D+1) encoder input with the time column (time_input) */
   float *x, *xn;        /* (B*max_new, H) residual stream */
   float *xh, *rs, *u;   /* LayerNorm scratch */
   float *qkv;           /* (B*max_new, 3*Hl) */
@@ -89,6 +91,7 @@ static void kv_layout(struct cf_kv_impl *kv, const struct cf_model *m, int64_t B
   kv->cs = cf_arena_floats(a, (size_t)max_len * half);
   kv->sn = cf_arena_floats(a, (size_t)max_len * half);
   if (kv->first) unit_layout(a, &kv->enc, Mp, (size_t)im->SH);
+  if (kv->first && c->time_input) kv->zin = cf_arena_floats(a, Mp * (size_t)(c->D + 1));
   kv->x = cf_arena_floats(a, Mt * H);
   kv->xn = cf_arena_floats(a, Mt * H);
   kv->xh = cf_arena_floats(a, Mt * H);
@@ -177,6 +180,7 @@ cf_status cf_kvcache_init(struct cf_kvcache *c, const struct cf_model *m, int64_
     kv->tlo[1] = kv->thi[1] = max_len;
   }
   kv->lmax = local_count(kv, max_len);
+  kv->win = mc->no_history ? mc->S : 0;
   if (kv->lmax < 1) kv->lmax = 1;
   cf_arena_plan(&kv->arena);
   kv_layout(kv, m, B, max_len, max_new, &kv->arena);
@@ -251,7 +255,7 @@ static void attend(const struct cf_kv_impl *kv, const float *q, int64_t ldq, con
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)lc, (int)dh, scale, q,
                 (int)ldq, Kc, (int)dh, 0.0f, sc, (int)lc);
     for (int64_t t = 0; t < n; t++)
-      cf_causal_softmax_row(sc + t * lc, len + t, lc);
+      cf_span_softmax_row(sc + t * lc, cf_attn_first(len + t, kv->win), len + t, lc);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)dh, (int)lc, 1.0f, sc,
                 (int)lc, Vc, (int)dh, 0.0f, o, (int)ldo);
     return;
@@ -261,16 +265,20 @@ static void attend(const struct cf_kv_impl *kv, const float *q, int64_t ldq, con
                 (int)ldq, Kc, (int)dh, 0.0f, sc, (int)lc);
   for (int64_t t = 0; t < n; t++) {
     float *r = sc + t * lc, *p = pr + t * ldp;
-    int64_t nv = local_count(kv, len + t + 1); /* this rank's keys at positions <= len + t */
+    /* this rank's keys in the query's window: positions [first, len + t] */
+    int64_t j0 = local_count(kv, cf_attn_first(len + t, kv->win)),
+            nv = local_count(kv, len + t + 1);
     float mx = -INFINITY;
     double s = 0;
-    for (int64_t j = 0; j < nv; j++)
+    for (int64_t j = j0; j < nv; j++)
       mx = r[j] > mx ? r[j] : mx;
-    for (int64_t j = 0; j < nv; j++) {
+    for (int64_t j = j0; j < nv; j++) {
       float e = expf(r[j] - mx);
       r[j] = e;
       s += e;
     }
+    for (int64_t j = 0; j < j0; j++)
+      r[j] = 0.0f;
     for (int64_t j = nv; j < lc; j++)
       r[j] = 0.0f;
     p[0] = mx;
@@ -364,10 +372,20 @@ cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const 
   /* first stage: encoder z_new (B*np, D) -> x (B*np, SH) = (M, H); else the previous
    * stage's residual stream */
   float *x = kv->x, *xn = kv->xn;
-  if (kv->first)
+  if (kv->first && cf->time_input) { /* [z, t] rows: point len/S + i of each sequence */
+    const int64_t D = cf->D;
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t i = 0; i < np; i++) {
+        float *dst = kv->zin + (b * np + i) * (D + 1);
+        memcpy(dst, in + (b * np + i) * D, (size_t)D * sizeof(float));
+        dst[D] = cf_model_point_time(cf, len / S + i);
+      }
+    mlp2_rows(&im->enc1, &im->enc2, kv->zin, B * np, &kv->enc, x);
+  } else if (kv->first) {
     mlp2_rows(&im->enc1, &im->enc2, in, B * np, &kv->enc, x);
-  else
+  } else {
     memcpy(x, in, (size_t)(M * H) * sizeof(float));
+  }
 
   for (int64_t l = 0; l < kv->nl; l++) {
     const struct cf_block_p *p = &im->blk[kv->l0 + l];

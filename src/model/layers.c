@@ -270,25 +270,31 @@ void cf_rotary_apply(float *qkv, int64_t n, int64_t ld, int64_t heads, int64_t d
   }
 }
 
-void cf_causal_softmax_row(float *r, int64_t i, int64_t ncol) {
-  float mx = r[0];
-  for (int64_t j = 1; j <= i; j++)
+void cf_span_softmax_row(float *r, int64_t first, int64_t i, int64_t ncol) {
+  float mx = r[first];
+  for (int64_t j = first + 1; j <= i; j++)
     mx = r[j] > mx ? r[j] : mx;
   double s = 0;
-  for (int64_t j = 0; j <= i; j++) {
+  for (int64_t j = first; j <= i; j++) {
     float e = expf(r[j] - mx);
     r[j] = e;
     s += e;
   }
   float inv = (float)(1.0 / s);
-  for (int64_t j = 0; j <= i; j++)
+  for (int64_t j = 0; j < first; j++)
+    r[j] = 0.0f;
+  for (int64_t j = first; j <= i; j++)
     r[j] *= inv;
   for (int64_t j = i + 1; j < ncol; j++)
     r[j] = 0.0f;
 }
 
-void cf_attn_fwd(const float *qkv, int64_t B, int64_t T, int64_t heads, int64_t dh, float *probs,
-                 float *out) {
+void cf_causal_softmax_row(float *r, int64_t i, int64_t ncol) {
+  cf_span_softmax_row(r, 0, i, ncol);
+}
+
+void cf_attn_fwd(const float *qkv, int64_t B, int64_t T, int64_t heads, int64_t dh, int64_t win,
+                 float *probs, float *out) {
   int64_t H = heads * dh, ld = 3 * H;
   float scale = (float)(1.0 / sqrt((double)dh));
   for (int64_t b = 0; b < B; b++) {
@@ -301,7 +307,7 @@ void cf_attn_fwd(const float *qkv, int64_t B, int64_t T, int64_t heads, int64_t 
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)r1, (int)dh, scale,
                     Q + r0 * ld, (int)ld, K, (int)ld, 0.0f, Pm + r0 * T, (int)T);
         for (int64_t i = r0; i < r1; i++)
-          cf_causal_softmax_row(Pm + i * T, i, r1);
+          cf_span_softmax_row(Pm + i * T, cf_attn_first(i, win), i, r1);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)dh, (int)r1, 1.0f,
                     Pm + r0 * T, (int)T, V, (int)ld, 0.0f, O + r0 * H, (int)H);
       }

@@ -87,12 +87,20 @@ void cf_rotary_apply(float *qkv, int64_t n, int64_t ld, int64_t heads, int64_t d
 /* Softmax of score row r over columns [0, last] in place (sum in double); columns
  * (last, ncol) are set to 0. */
 void cf_causal_softmax_row(float *r, int64_t last, int64_t ncol);
+/* The same over columns [first, last]; every other column of [0, ncol) is set to 0. */
+void cf_span_softmax_row(float *r, int64_t first, int64_t last, int64_t ncol);
+/* First key token query token i may attend to: 0, or with win > 0 (-flow_history 0: tokens
+ * attend only within their own point of win = S tokens) the start of i's point. */
+static inline int64_t cf_attn_first(int64_t i, int64_t win) {
+  return win > 0 ? i - i % win : 0;
+}
 
 /* Causal attention for B sequences of T tokens from a rotated fused qkv (B*T, 3H):
  * probs (B, heads, T, T) (only the causal blocks written), out (B*T, H) = softmax(QK^T/sqrt dh) V
- * with heads concatenated. */
-void cf_attn_fwd(const float *qkv, int64_t B, int64_t T, int64_t heads, int64_t dh, float *probs,
-                 float *out);
+ * with heads concatenated. win > 0: token i attends only to keys from cf_attn_first(i, win)
+ * (probabilities outside are 0, so cf_attn_bwd needs no window). */
+void cf_attn_fwd(const float *qkv, int64_t B, int64_t T, int64_t heads, int64_t dh, int64_t win,
+                 float *probs, float *out);
 /* dqkv (B*T, 3H) = gradient w.r.t. the rotated qkv from dout (B*T, H) (overwritten);
  * scratch holds CF_ATTN_CHUNK*T floats. The caller inverse-rotates dq, dk. */
 void cf_attn_bwd(const float *qkv, const float *probs, const float *dout, int64_t B, int64_t T,
@@ -178,6 +186,7 @@ struct cf_model_impl {
 /* Sizes and rotary tables a transformer block needs. */
 struct cf_block_dims {
   int64_t H, heads, dh, rot, ffn; /* heads and ffn: this rank's share under tensor parallelism */
+  int64_t win;                    /* attention window (cf_attn_first): S without history, else 0 */
   const float *cs, *sn;           /* (>= T, rot/2) rotary tables, position = token index */
   MPI_Comm tp;                    /* tensor-parallel group (MPI_COMM_NULL: none) */
   struct cf_ring *ring;   /* context parallel: attention over the ring (NULL: whole sequence) */

@@ -44,6 +44,8 @@ cf_status cf_model_cfg_check(const struct cf_model_cfg *c) {
            "-net_rotary_base must be positive and finite (got %g)", c->rotary_base);
   CF_CHECK(c->head == CF_HEAD_VAE || c->head == CF_HEAD_GAUSS, CF_EINVAL,
            "-flow_head must be vae or gauss for this model (got code %d)", (int)c->head);
+  CF_CHECK((c->no_history == 0 || c->no_history == 1) && (c->time_input == 0 || c->time_input == 1),
+           CF_EINVAL, "-flow_history and -net_time_input must be 0 or 1");
   CF_CHECK(c->logstd_min < c->logstd_max && isfinite(c->logstd_min) && isfinite(c->logstd_max),
            CF_EINVAL, "-net_logstd_min (%g) must be below -net_logstd_max (%g), both finite",
            (double)c->logstd_min, (double)c->logstd_max);
@@ -148,7 +150,7 @@ static void build_tensors(struct tbuild *t) {
   struct cf_model_impl *im = t->im;
   int64_t H = c->H, SH = im->SH;
   t->held = im->first;
-  add_lin(t, &im->enc1, "enc.fc1", SH, c->D, 0, CF_SPLIT_NONE);
+  add_lin(t, &im->enc1, "enc.fc1", SH, c->D + (c->time_input != 0), 0, CF_SPLIT_NONE);
   add_lin(t, &im->enc2, "enc.fc2", SH, SH, 0, CF_SPLIT_NONE);
   for (int64_t l = 0; l < c->layers; l++) {
     struct cf_block_p dummy, *p = t->fill ? &im->blk[l] : &dummy;
@@ -211,7 +213,7 @@ static void act_layout(struct cf_model_impl *im, const struct cf_model_cfg *c, i
   im->cs = cf_arena_floats(a, T * half);
   im->sn = cf_arena_floats(a, T * half);
   if (im->first) {
-    im->z = seq_buf(&k, Jl * (size_t)c->D);
+    im->z = seq_buf(&k, Jl * (size_t)(c->D + (c->time_input != 0)));
     unit_layout(&k, &im->enc, Jl, SH, drop);
   }
   for (int64_t l = im->l0; l < im->l1; l++) {
@@ -296,6 +298,10 @@ static cf_status part_init(struct cf_model_impl *im, const struct cf_model_cfg *
     im->tpc = g->n_tp > 1 ? g->tp : MPI_COMM_NULL;
     im->n_cp = g->n_cp;
     im->cp_rank = g->cp_rank;
+    CF_CHECK(!c->no_history || g->n_cp == 1, CF_ETOPO,
+             "-flow_history 0 with -par_cp %d: without history a point attends only to itself, "
+             "so there is no sequence to split (use -par_cp 1)",
+             g->n_cp);
     cf_grid_stage_layers(c->layers, g->n_pp, g->pp_rank, &im->l0, &im->l1);
   }
   im->first = im->l0 == 0;
@@ -616,7 +622,7 @@ cf_status cf_block_fwd(const struct cf_block_p *p, const struct cf_block_a *a, i
   if (d->ring != NULL)
     CF_TRY(cf_ring_attn_fwd(d->ring, B, a->qkv, a->probs, a->ao));
   else
-    cf_attn_fwd(a->qkv, B, T, d->heads, d->dh, a->probs, a->ao);
+    cf_attn_fwd(a->qkv, B, T, d->heads, d->dh, d->win, a->probs, a->ao);
   cf_layernorm_fwd(a->x, R, H, p->ln2.w, p->ln2.b, a->xh2, a->rs2, a->u2);
   cf_linear_fwd(a->u2, R, p->fc1.w, p->fc1.b, d->ffn, H, 0, a->f);
   cf_gelu_fwd(a->f, a->g, a->cdf, (size_t)(R * d->ffn));
@@ -668,6 +674,7 @@ static struct cf_block_dims block_dims(const struct cf_model *m) {
                             .dh = im->dh,
                             .rot = im->rot,
                             .ffn = im->ffn_l,
+                            .win = m->cfg.no_history ? m->cfg.S : 0,
                             .cs = im->cs,
                             .sn = im->sn,
                             .tp = im->tpc,
@@ -715,14 +722,17 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
   memset(out, 0, sizeof *out);
   act_select(m, b0);
 
-  /* encoder: z (Rp, D) -> e (Rp, SH) = x0 (R, H) */
+  /* encoder: z (Rp, D) (or [z, t] (Rp, D+1) with the time input) -> e (Rp, SH) = x0 (R, H) */
   if (im->first) {
+    const int64_t Din = D + (c->time_input != 0);
     for (int64_t b = 0; b < B; b++) {
-      float *dst = im->z + b * Jl * D;
+      float *dst = im->z + b * Jl * Din;
       for (int i = 0; i < 2; i++) {
-        int64_t n = im->phi[i] - im->plo[i];
-        memcpy(dst, z + (b * J + im->plo[i]) * D, (size_t)(n * D) * sizeof(float));
-        dst += n * D;
+        for (int64_t j = im->plo[i]; j < im->phi[i]; j++) {
+          memcpy(dst, z + (b * J + j) * D, (size_t)D * sizeof(float));
+          if (c->time_input) dst[D] = cf_model_point_time(c, j);
+          dst += Din;
+        }
       }
     }
     if (drop) cf_dropout_mask_rows(im->enc.mask, B, im->plo, im->phi, SH, c->dropout, dk, 0);
@@ -909,7 +919,8 @@ cf_status cf_model_backward_at(struct cf_model *m, int64_t b0, int64_t B) {
     struct cf_unit_a ue = unit_masked(&im->enc, drop);
     cf_linear_bwd(ue.d, im->gx, Rp, im->enc2.w, SH, SH, im->enc2.gw, im->enc2.gb, im->genc, 0);
     cf_lnrelu_bwd(im->genc, ue.xh, ue.rs, ue.mask, Rp, SH, im->genc);
-    cf_linear_bwd(im->z, im->genc, Rp, im->enc1.w, SH, c->D, im->enc1.gw, im->enc1.gb, NULL, 0);
+    cf_linear_bwd(im->z, im->genc, Rp, im->enc1.w, SH, c->D + (c->time_input != 0), im->enc1.gw,
+                  im->enc1.gb, NULL, 0);
     if (m->grad_ready) CF_TRY(m->grad_ready(m->grad_ctx, 0));
   }
   return CF_OK;
