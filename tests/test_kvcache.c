@@ -70,9 +70,11 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
                              .dropout = 0.1f,
                              .logstd_min = -lsmax,
                              .logstd_max = lsmax,
+                             .gmm_k = 4,
                              .no_history = g_no_history,
                              .time_input = g_no_history};
   const int64_t B = 3, D = cfg.D, S = cfg.S, P = cfg.P, N = cfg.N, H = cfg.H;
+  const int64_t Dout = cf_model_dout(&cfg), W = cf_head_noise_width(&cfg), K = cfg.gmm_k;
   const int64_t J = N * P, T = J * S;
   struct cf_model m;
   cf_status st = cf_model_init(&m, &cfg, B);
@@ -98,9 +100,9 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
   EXPECT_OK(
       cf_model_forward(&m, B, z, y, head == CF_HEAD_VAE ? zero : NULL, NULL, 1.0, 1.0f, &loss),
       "forward");
-  float *href = cf_test_floats(nh), *oref = cf_test_floats((size_t)(B * J * 2 * D));
+  float *href = cf_test_floats(nh), *oref = cf_test_floats((size_t)(B * J * Dout));
   memcpy(href, cf_model_test_hidden(&m), nh * sizeof(float));
-  size_t nout = (size_t)(B * J * (head == CF_HEAD_GAUSS ? 2 * D : D));
+  size_t nout = (size_t)(B * J * Dout);
   memcpy(oref, cf_model_test_output(&m), nout * sizeof(float));
   double tol = 1e-5 * fmax(1.0, maxabs(href, nh));
 
@@ -167,20 +169,54 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
   float *ysamp = cf_test_floats(nz);
   EXPECT_OK(cf_head_sample(&m, &cb, J, hall, NULL, 0.0f, ysamp), "head sample tau=0");
   double otol = 1e-5 * fmax(1.0, maxabs(oref, nout)), d4 = 0;
-  for (int64_t r = 0; r < B * J; r++)
+  for (int64_t r = 0; r < B * J; r++) {
+    const float *o = oref + r * Dout;
+    int64_t kb = 0; /* gmm: the most probable component */
+    for (int64_t k = 1; head == CF_HEAD_GMM && k < K; k++)
+      if (o[k] > o[kb]) kb = k;
     for (int64_t d = 0; d < D; d++) {
-      float want = head == CF_HEAD_GAUSS ? oref[r * 2 * D + d] : oref[r * D + d];
+      float want = head == CF_HEAD_GMM ? o[K + kb * D + d] : o[d];
       d4 = fmax(d4, fabs(ysamp[r * D + d] - want));
     }
+  }
   printf("  head sample tau=0 vs %s: max |diff| %.2e\n",
-         head == CF_HEAD_GAUSS ? "the gauss mean" : "decoding mu", d4);
+         head == CF_HEAD_VAE ? "decoding mu"
+                             : (head == CF_HEAD_GMM ? "the likeliest mean" : "the gauss mean"),
+         d4);
   EXPECT(d4 <= otol, "%s: head sample with tau=0 differs by %g", label, d4);
 
-  float *enoise = cf_test_floats(head == CF_HEAD_GAUSS ? nz : nh);
-  randn(enoise, head == CF_HEAD_GAUSS ? nz : nh, 1.0f);
+  const size_t nn = (size_t)(B * J * W);
+  float *enoise = cf_test_floats(nn);
+  randn(enoise, nn, 1.0f);
+  int64_t picked[8] = {0}; /* gmm: how often each component is drawn */
+  for (int64_t r = 0; head == CF_HEAD_GMM && r < B * J; r++)
+    enoise[r * W + D] = (float)fmod(0.137 + 0.618034 * (double)r, 1.0); /* spread uniforms */
   EXPECT_OK(cf_head_sample(&m, &cb, J, hall, enoise, 1.0f, ysamp), "head sample tau=1");
   double d5 = 0;
-  if (head == CF_HEAD_GAUSS) {
+  if (head == CF_HEAD_GMM) { /* the component whose softmax interval holds the uniform */
+    for (int64_t r = 0; r < B * J; r++) {
+      const float *o = oref + r * Dout;
+      double zs = 0, cum = 0;
+      for (int64_t k = 0; k < K; k++)
+        zs += exp((double)o[k]);
+      int64_t k = 0;
+      for (; k < K - 1; k++) {
+        cum += exp((double)o[k]) / zs;
+        if (enoise[r * W + D] < cum) break;
+      }
+      picked[k]++;
+      for (int64_t d = 0; d < D; d++) {
+        float ls = o[K + K * D + k * D + d];
+        ls = ls < cfg.logstd_min ? cfg.logstd_min : (ls > cfg.logstd_max ? cfg.logstd_max : ls);
+        double want = o[K + k * D + d] + exp(ls) * enoise[r * W + d];
+        d5 = fmax(d5, fabs(ysamp[r * D + d] - want));
+      }
+    }
+    int used = 0;
+    for (int64_t k = 0; k < K; k++)
+      used += picked[k] > 0;
+    EXPECT(used >= 2, "%s: the uniforms picked only %d component(s)", label, used);
+  } else if (head == CF_HEAD_GAUSS) {
     for (int64_t r = 0; r < B * J; r++)
       for (int64_t d = 0; d < D; d++) {
         float ls = oref[r * 2 * D + D + d];
@@ -364,11 +400,12 @@ static void batch_invariance(enum cf_head head, int kv) {
                              .head = head,
                              .dropout = 0.1f,
                              .logstd_min = -7.0f,
-                             .logstd_max = 5.0f};
-  const char *label = head == CF_HEAD_VAE ? (kv ? "vae, KV cache" : "vae, recompute")
-                                          : (kv ? "gauss, KV cache" : "gauss, recompute");
+                             .logstd_max = 5.0f,
+                             .gmm_k = 5};
+  char label[64];
+  snprintf(label, sizeof label, "%s, %s", cf_head_name(head), kv ? "KV cache" : "recompute");
   const int64_t P = cfg.P, S = cfg.S, D = cfg.D, H = cfg.H, N = cfg.N;
-  const int64_t epsw = head == CF_HEAD_VAE ? P * S * H : P * D;
+  const int64_t epsw = P * cf_head_noise_width(&cfg);
   const size_t nh = (size_t)((N - 1) * P * S * H), ny = (size_t)((N - 1) * P * D);
   struct cf_model m;
   cf_status st = cf_model_init(&m, &cfg, 1);
@@ -443,6 +480,7 @@ int main(void) {
   run(CF_HEAD_GAUSS, 0.25, 5.0f, "gauss head, rotary_pct 0.25 (2 of 8 dims)");
   run(CF_HEAD_VAE, 1.0, 5.0f, "vae head, rotary_pct 1 (all 8 dims)");
   run(CF_HEAD_GAUSS, 0.0, 0.3f, "gauss head, no rotary, log-std clamped to [-0.3, 0.3]");
+  run(CF_HEAD_GMM, 0.25, 5.0f, "gmm head (K = 4), rotary_pct 0.25");
   g_no_history = 1;
   run(CF_HEAD_GAUSS, 0.25, 5.0f, "gauss head, no history, time input");
   run(CF_HEAD_VAE, 1.0, 5.0f, "vae head, no history, time input");
@@ -451,6 +489,7 @@ int main(void) {
   for (int kv = 1; kv >= 0; kv--) {
     batch_invariance(CF_HEAD_GAUSS, kv);
     batch_invariance(CF_HEAD_VAE, kv);
+    batch_invariance(CF_HEAD_GMM, kv);
   }
   return cf_test_done("test_kvcache");
 }

@@ -8,7 +8,7 @@
  * round-off (bit for bit when only pipeline stages split it, since stages do not change the
  * arithmetic). Then, on the part: a sequence gives the same bits alone and inside a batch of
  * three (batch invariance at a layout), and recomputing the prefix in one extend agrees with
- * the point-by-point cache. Both heads. */
+ * the point-by-point cache. Every head. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,20 +37,20 @@ static double rel(const float *a, const float *b, size_t n) {
 
 /* Run the part point by point over B sequences of z (B, J, D); on the last stage, h_all
  * (B, J*S, H) collects the final hidden states and y_all (B, J, D) the head's draws (tau 1,
- * noise eps (B, J, D) for gauss or (B, J*S, H) for vae). recompute: one extend per step over
+ * noise eps (B, J, cf_head_noise_width)). recompute: one extend per step over
  * the whole prefix (max_new = T), as -sample_kvcache 0. */
 static cf_status run_part(const struct cf_model *m, const struct cf_grid *g, int64_t B,
                           const float *z, const float *eps, int recompute, float *h_all,
                           float *y_all) {
   const struct cf_model_cfg *c = &m->cfg;
   const int64_t P = c->P, S = c->S, D = c->D, H = c->H, J = c->N * P, T = J * S;
-  const int vae = c->head == CF_HEAD_VAE;
   struct cf_kvcache kc;
   CF_TRY(cf_kvcache_init(&kc, m, B, T, recompute ? T : P * S));
   float *in = NULL, *out = NULL, *e = NULL, *y = NULL;
   cf_status st = cf_alloc((void **)&in, (size_t)(B * T * (H > D ? H : D)) * sizeof(float), "in");
   if (st == CF_OK) st = cf_alloc((void **)&out, (size_t)(B * T * H) * sizeof(float), "out");
-  if (st == CF_OK) st = cf_alloc((void **)&e, (size_t)(B * P * S * H + B * P * D) * 4, "eps");
+  if (st == CF_OK)
+    st = cf_alloc((void **)&e, (size_t)(B * P * cf_head_noise_width(c)) * sizeof(float), "eps");
   if (st == CF_OK) st = cf_alloc((void **)&y, (size_t)(B * P * D) * sizeof(float), "y");
   for (int64_t t = 0; t < c->N && st == CF_OK; t++) {
     const int64_t np = recompute ? (t + 1) * P : P, j0 = recompute ? 0 : t * P;
@@ -72,7 +72,7 @@ static cf_status run_part(const struct cf_model *m, const struct cf_grid *g, int
       continue;
     }
     /* the newest point's hidden states and its head draw */
-    const int64_t per = vae ? S * H : D;
+    const int64_t per = cf_head_noise_width(c);
     for (int64_t b = 0; b < B; b++) {
       const float *hb = out + (b * np + (np - P)) * S * H;
       memcpy(h_all + (b * T + t * P * S) * H, hb, (size_t)(P * S * H) * sizeof(float));
@@ -105,9 +105,10 @@ static void run(MPI_Comm comm, int tp, int pp, int cp, enum cf_head head) {
                              .head = head,
                              .dropout = 0.1f,
                              .logstd_min = -7,
-                             .logstd_max = 5};
+                             .logstd_max = 5,
+                             .gmm_k = 3};
   const int64_t B = 3, P = cfg.P, S = cfg.S, D = cfg.D, H = cfg.H, J = cfg.N * P, T = J * S;
-  const int vae = head == CF_HEAD_VAE;
+  const int64_t W = cf_head_noise_width(&cfg);
   struct cf_grid g;
   memset(&g, 0, sizeof g);
   EXPECT_OK(cf_grid_init(&g, comm, tp, pp, cp), "grid");
@@ -118,7 +119,7 @@ static void run(MPI_Comm comm, int tp, int pp, int cp, enum cf_head head) {
   if (cf_test_fails) return;
   cf_model_init_weights(&whole, 11);
   cf_model_init_weights(&part, 11);
-  size_t nz = (size_t)(B * J * D), nh = (size_t)(B * T * H), ne = (size_t)(B * J * S * H);
+  size_t nz = (size_t)(B * J * D), nh = (size_t)(B * T * H), ne = (size_t)(B * J * W);
   float *z = malloc(nz * 4), *eps = malloc(ne * 4), *hw = calloc(nh, 4), *hp = calloc(nh, 4);
   float *yw = calloc(nz, 4), *yp = calloc(nz, 4), *h1 = calloc(nh, 4), *y1 = calloc(nz, 4);
   float *hr = calloc(nh, 4), *yr = calloc(nz, 4);
@@ -127,15 +128,14 @@ static void run(MPI_Comm comm, int tp, int pp, int cp, enum cf_head head) {
   EXPECT_OK(run_part(&whole, NULL, B, z, eps, 0, hw, yw), "whole model rollout");
   EXPECT_OK(run_part(&part, &g, B, z, eps, 0, hp, yp), "part rollout");
   /* the same middle sequence alone: bit-identical at this layout */
-  EXPECT_OK(run_part(&part, &g, 1, z + J * D, eps + J * (vae ? S * H : D), 0, h1, y1),
-            "part, one sequence");
+  EXPECT_OK(run_part(&part, &g, 1, z + J * D, eps + J * W, 0, h1, y1), "part, one sequence");
   EXPECT_OK(run_part(&part, &g, B, z, eps, 1, hr, yr), "part, recompute");
   if (cf_model_last(&part) && !cf_test_fails) {
     double dh = rel(hp, hw, nh), dy = rel(yp, yw, nz), dr = rel(hr, hp, nh);
     int exact = tp == 1 && cp == 1;
     if (g.rank == g.size - 1)
       printf("%s tp%d pp%d cp%d: hidden vs whole %.1e, draws %.1e, recompute vs cache %.1e\n",
-             vae ? "vae" : "gauss", tp, pp, cp, dh, dy, dr);
+             cf_head_name(head), tp, pp, cp, dh, dy, dr);
     if (exact) {
       EXPECT(memcmp(hp, hw, nh * 4) == 0, "pipeline-only part differs from the whole model");
       EXPECT(memcmp(yp, yw, nz * 4) == 0, "pipeline-only draws differ from the whole model");
@@ -163,6 +163,7 @@ int main(int argc, char **argv) {
   int cp = argc > 3 ? atoi(argv[3]) : 1;
   run(comm, tp, pp, cp, CF_HEAD_GAUSS);
   run(comm, tp, pp, cp, CF_HEAD_VAE);
+  run(comm, tp, pp, cp, CF_HEAD_GMM);
   const char *name = cf_test_mpi_end(&comm, "test_kvcache_par");
   int rc = cf_test_done(name);
   MPI_Finalize();

@@ -12,16 +12,25 @@
  *            token k = j*S + s takes e_j[s*H : (s+1)*H]
  *   blocks   x += attn(ln1(x)) + mlp(ln2(x))       (parallel residual, pre-LN)
  *            attn: fused qkv (3H x H), per head the 3*dh rows are [q | k | v] (GPT-NeoX),
- *                  rotary (rotate-half, base rotary_base) on the first rot =
- * 2*floor(rotary_pct*dh/2) dims of q and k, position = token index k, scores / sqrt(dh), causal
- * softmax, out projection (H x H) mlp:  fc2(gelu(fc1(x))), fc1 (ffn x H), exact erf GELU final    h
- * = lnf(x) head vae (authors):  mu = mlp_mu(h_k), v = mlp_lv(h_k) (TwoLayerMLP H->H each: fc1 -> LN
- * no affine -> ReLU -> dropout -> fc2), var = exp(v) + 1e-4, zeta_k = mu + tau*sqrt(var)*eps_k (tau
- * = 1 in training), xhat_j = dec([zeta_{jS} .. zeta_{jS+S-1}])   (S*H -> D) loss: recon = sum_d
- * (xhat - y)^2, kl = 0.5*sum_h (mu^2 + var - 1 - log var) head gauss (default): [m, r] =
- * dec([h_{jS} .. h_{jS+S-1}]) (S*H -> 2D), logstd = clamp(r, logstd_min, logstd_max) (zero gradient
- * outside), nll = sum_d 0.5*((y - m)/exp(logstd))^2 + logstd + 0.5*log(2*pi) decoder dec (both
- * heads), I = max(S*H, D): fc1 (I x S*H) -> LN no affine -> ReLU -> dropout
+ *                  rotary (rotate-half, base rotary_base) on the first
+ *                  rot = 2*floor(rotary_pct*dh/2) dims of q and k, position = token index k,
+ *                  scores / sqrt(dh), causal softmax (-flow_history 0: within the token's
+ *                  point only), out projection (H x H)
+ *            mlp:  fc2(gelu(fc1(x))), fc1 (ffn x H), exact erf GELU
+ *   final    h = lnf(x)
+ *   head vae (authors): mu = mlp_mu(h_k), v = mlp_lv(h_k) (TwoLayerMLP H->H each: fc1 -> LN no
+ *            affine -> ReLU -> dropout -> fc2), var = exp(v) + 1e-4,
+ *            zeta_k = mu + tau*sqrt(var)*eps_k (tau = 1 in training),
+ *            xhat_j = dec([zeta_{jS} .. zeta_{jS+S-1}]) (S*H -> D);
+ *            loss: recon = sum_d (xhat - y)^2, kl = 0.5*sum_h (mu^2 + var - 1 - log var)
+ *   head gauss (default): [m, r] = dec([h_{jS} .. h_{jS+S-1}]) (S*H -> 2D),
+ *            logstd = clamp(r, logstd_min, logstd_max) (zero gradient outside),
+ *            nll = sum_d 0.5*((y - m)/exp(logstd))^2 + logstd + 0.5*log(2*pi)
+ *   head gmm (GIVT-style): [a (K) | m (K, D) | r (K, D)] = dec(...) (S*H -> K(1 + 2D)),
+ *            pi = softmax(a), logstd_k = clamp(r_k) as gauss,
+ *            nll = -log sum_k pi_k N(y; m_k, diag exp(2 logstd_k)); recon is the squared error
+ *            of the mixture mean sum_k pi_k m_k
+ *   decoder dec (every head), I = max(S*H, D): fc1 (I x S*H) -> LN no affine -> ReLU -> dropout
  *                  -> fc2 (I x I) -> LN no affine -> ReLU -> dropout -> fc3 (Dout x I)
  *   All LayerNorms use eps 1e-5. Weights are stored PyTorch-style (out, in), row-major;
  *   y = x W^T + b through cblas_sgemm (sampling: cf_linear_rows, row-deterministic).
@@ -29,15 +38,17 @@
  * Parameters and gradients each live in one contiguous float arena (one MPI_Allreduce for
  * the gradients, one loop for the optimizer); cf_model_tensor() names every tensor with its
  * global shape (checkpoint dataset names). Tensor names:
- *   enc.fc1.weight (S*H, D or D+1)  enc.fc1.bias (S*H)  enc.fc2.weight (S*H, S*H)  enc.fc2.bias
- * (S*H) layers.L.ln1.weight (H) .ln1.bias .ln2.weight .ln2.bias layers.L.attn.qkv.weight (3H, H)
- * .attn.qkv.bias (3H) .attn.out.weight (H, H) .attn.out.bias (H) layers.L.mlp.fc1.weight (ffn, H)
- * .mlp.fc1.bias (ffn) .mlp.fc2.weight (H, ffn) .mlp.fc2.bias (H) lnf.weight (H) lnf.bias (H) vae
- * only: head.mu.fc1.weight (H, H) head.mu.fc1.bias head.mu.fc2.weight head.mu.fc2.bias
+ *   enc.fc1.weight (S*H, D; D+1 with time_input)  enc.fc1.bias (S*H)
+ *   enc.fc2.weight (S*H, S*H)  enc.fc2.bias (S*H)
+ *   layers.L.ln1.weight (H) .ln1.bias .ln2.weight .ln2.bias
+ *   layers.L.attn.qkv.weight (3H, H) .attn.qkv.bias (3H) .attn.out.weight (H, H) .attn.out.bias (H)
+ *   layers.L.mlp.fc1.weight (ffn, H) .mlp.fc1.bias (ffn) .mlp.fc2.weight (H, ffn) .mlp.fc2.bias (H)
+ *   lnf.weight (H) lnf.bias (H)
+ *   vae only: head.mu.fc1.weight (H, H) head.mu.fc1.bias head.mu.fc2.weight head.mu.fc2.bias
  *             head.lv.fc1.weight ... head.lv.fc2.bias
  *   dec.fc1.weight (I, S*H) dec.fc1.bias (I) dec.fc2.weight (I, I) dec.fc2.bias (I)
- *   dec.fc3.weight (Dout, I) dec.fc3.bias (Dout)        Dout = D (vae) or 2D (gauss: [mean |
- * logstd])
+ *   dec.fc3.weight (Dout, I) dec.fc3.bias (Dout)
+ *   Dout = D (vae), 2D (gauss: [mean | logstd]) or K(1 + 2D) (gmm: [logits | means | logstds])
  *
  * Dropout (training only, when cfg.dropout > 0 and a key is given): element e of site `site`
  * for global sequence g is dropped iff the float draw
@@ -70,8 +81,12 @@
 
 #include "calmflow/error.h"
 #include "calmflow/grid.h"
+#include "calmflow/rng.h"
 
-enum cf_head { CF_HEAD_VAE = 0, CF_HEAD_GAUSS = 1 };
+enum cf_head { CF_HEAD_VAE = 0, CF_HEAD_GAUSS = 1, CF_HEAD_GMM = 2 };
+
+/* Local. "vae", "gauss", "gmm". */
+const char *cf_head_name(enum cf_head h);
 
 struct cf_model_cfg {
   int64_t D;          /* data dimension */
@@ -88,6 +103,7 @@ struct cf_model_cfg {
   float dropout;    /* encoder / head / decoder MLP dropout (0.1) */
   float logstd_min; /* gauss clamp (-7) */
   float logstd_max; /* gauss clamp (5) */
+  int64_t gmm_k;    /* gmm head: mixture components (16) */
   int no_history;   /* 1: ODE-style ablation (-flow_history 0): a token attends only to the
                        tokens of its own point, so the next point depends on the current one
                        only; needs -par_cp 1 */
@@ -127,7 +143,7 @@ struct cf_loss {
   double loss;  /* recon + beta*kl (vae) or nll (gauss) */
   double recon; /* vae: mean squared error summed over D; gauss: mean squared error of m */
   double kl;    /* vae: mean KL per token summed over H; gauss: 0 */
-  double nll;   /* gauss: mean NLL per point; vae: 0 */
+  double nll;   /* gauss, gmm: mean NLL per point; vae: 0 */
 };
 
 /* Called by cf_model_backward each time the gradients in [offset, n_params) are final:
@@ -169,6 +185,12 @@ int64_t cf_model_local_tokens(const struct cf_model *m);
  * model group (grid.mp) it is the squared norm of the whole model's gradient. */
 double cf_model_grad_sqnorm(const struct cf_model *m);
 void cf_model_release(struct cf_model *m); /* idempotent; *m all-zero after */
+
+/* Local. Decoder outputs per point: D (vae), 2D (gauss), K(1 + 2D) (gmm). */
+static inline int64_t cf_model_dout(const struct cf_model_cfg *c) {
+  return c->head == CF_HEAD_VAE ? c->D
+                                : (c->head == CF_HEAD_GAUSS ? 2 * c->D : c->gmm_k * (1 + 2 * c->D));
+}
 
 /* Local. The time input of point j (time_input): t = (j / P) / (N - 1), in [0, 1]. */
 static inline float cf_model_point_time(const struct cf_model_cfg *c, int64_t j) {
@@ -266,12 +288,24 @@ void cf_kvcache_reset(struct cf_kvcache *c); /* len = 0 */
 cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const float *in,
                           int64_t np, float *out);
 
+/* Local. Head noise floats per point: vae S*H normals (latent), gauss D normals, gmm D
+ * normals and one uniform in [0, 1) that picks the component. */
+static inline int64_t cf_head_noise_width(const struct cf_model_cfg *c) {
+  return c->head == CF_HEAD_VAE ? c->S * c->H : (c->head == CF_HEAD_GMM ? c->D + 1 : c->D);
+}
+/* Local. One point's head noise from stream r: out (cf_head_noise_width). The normals are
+ * elements 0, 1, .. of r; the gmm uniform is element 2^62 (an independent draw). */
+void cf_head_noise(const struct cf_model_cfg *c, const struct cf_rng *r, float *out);
+
 /* Local, last pipeline stage only. Draw the head's prediction for np points per sequence
  * from hidden states.
  *   h   (B, np*S, H) final hidden states
- *   eps vae: (B, np*S, H) latent noise; gauss: (B, np, D) output noise
+ *   eps (B, np, cf_head_noise_width) from cf_head_noise: vae latent noise (B, np*S, H); gauss
+ *       output noise; gmm output noise and the component uniform. NULL (tau 0 only): no
+ *       noise, and gmm takes its most probable component
  *   tau temperature: scales the latent std (vae) or the output std (gauss)
- *   y   (B, np, D) out: decoded point (vae) or mean + tau*std*eps (gauss)
+ *   y   (B, np, D) out: decoded point (vae), mean + tau*std*eps (gauss), or the same for the
+ *       component k whose softmax(a) interval holds the uniform (gmm)
  * Uses the cache's workspace (no allocation). */
 cf_status cf_head_sample(const struct cf_model *m, struct cf_kvcache *c, int64_t np, const float *h,
                          const float *eps, float tau, float *y);

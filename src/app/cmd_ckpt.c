@@ -39,7 +39,7 @@ cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv) {
              "in %d tensors\n",
              (long long)m.cfg.D, (long long)m.cfg.N, (long long)m.cfg.P, (long long)m.cfg.S,
              (long long)m.cfg.H, (long long)m.cfg.layers, (long long)m.cfg.heads,
-             m.cfg.head == CF_HEAD_VAE ? "vae" : "gauss", m.n_params, m.n_tensors);
+             cf_head_name(m.cfg.head), m.n_params, m.n_tensors);
       for (int i = 0; i < m.n_tensors; i++) {
         const struct cf_tensor_info *t = &m.tensors[i];
         if (t->ndim == 2)

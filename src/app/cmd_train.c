@@ -387,7 +387,7 @@ cf_status cf_cmd_train(MPI_Comm comm) {
            "head=%s predict=%s path=%s sigma=%g, %s lr=%g, batch=%lld paths on %d rank%s\n",
            cf_opt_str(o, "data_source"), train_file[0] ? train_file : cf_opt_str(o, "data_name"),
            (long long)mc.D, (long long)mc.N, (long long)mc.P, (long long)mc.S, (long long)mc.H,
-           (long long)mc.layers, (long long)mc.heads, mc.head == CF_HEAD_VAE ? "vae" : "gauss",
+           (long long)mc.layers, (long long)mc.heads, cf_head_name(mc.head),
            cf_predict_name(fc.predict), cf_path_name(fc.path), fc.sigma,
            cf_optimizer_name(tc.optimizer), tc.lr, (long long)tc.batch, world,
            world > 1 ? "s" : "");

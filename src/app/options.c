@@ -38,9 +38,11 @@ static const struct optdef {
     {"flow_path", "bridge", TR, "conditional paths: straight (paper), bridge, noisy, ve"},
     {"flow_sigma", "1", TR, "noise scale of bridge / noisy paths; sigma_max of ve paths"},
     {"flow_sigma_min", "1e-4", TR, "noisy: noise at t = 1; ve: sigma_min"},
-    {"flow_head", "gauss", TR, "output head: gauss (default) or vae (the authors')"},
+    {"flow_head", "gauss", TR,
+     "output head: gauss (default), gmm (Gaussian mixture) or vae (the authors')"},
+    {"flow_gmm_k", "16", TR, "gmm head: mixture components"},
     {"flow_predict", "auto", TR,
-     "next (absolute next point) or velocity; auto = velocity for gauss, next for vae"},
+     "next (absolute next point) or velocity; auto = velocity for gauss and gmm, next for vae"},
     {"flow_history", "1", TR,
      "1: each point attends to the whole causal prefix (CaLMFlow); 0: ODE-style ablation, a "
      "point attends only to its own tokens (needs -par_cp 1)"},
@@ -91,7 +93,7 @@ static const struct optdef {
     {"sample_n", "2000", SA, "samples to generate"},
     {"sample_batch", "64", SA, "sequences per model call"},
     {"sample_temperature", "auto", SA,
-     "tau, scales the predictive std (vae: latent std); auto = 1 for gauss, 0.5 for vae"},
+     "tau, scales the predictive std (vae: latent std); auto = 1 for gauss and gmm, 0.5 for vae"},
     {"sample_out", "", SA, "output file (default run_dir/samples.h5)"},
     {"sample_kvcache", "1", SA, "1: KV cache; 0: recompute the prefix every step"},
     {"sample_traj", "0", SA, "1: also write /traj (n x N x D), every time point"},
@@ -296,12 +298,17 @@ cf_status cf_app_model_cfg(const struct cf_opts *o, struct cf_model_cfg *mc,
     mc->head = CF_HEAD_GAUSS;
   else if (strcmp(head, "vae") == 0)
     mc->head = CF_HEAD_VAE;
-  else if (strcmp(head, "gmm") == 0 || strcmp(head, "fm") == 0 || strcmp(head, "cvae") == 0)
+  else if (strcmp(head, "gmm") == 0)
+    mc->head = CF_HEAD_GMM;
+  else if (strcmp(head, "fm") == 0 || strcmp(head, "cvae") == 0)
     return cf_err(CF_EINVAL,
-                  "option -flow_head: '%s' is not implemented yet (calmflow 5); use gauss or vae",
+                  "option -flow_head: '%s' is not implemented yet (calmflow 5); use gauss, gmm or "
+                  "vae",
                   head);
   else
-    return cf_err(CF_EINVAL, "option -flow_head: unknown head '%s' (expected gauss or vae)", head);
+    return cf_err(CF_EINVAL, "option -flow_head: unknown head '%s' (expected gauss, gmm or vae)",
+                  head);
+  CF_TRY(cf_opt_int(o, "flow_gmm_k", 1, 4096, &mc->gmm_k));
   int64_t hist;
   CF_TRY(cf_opt_int(o, "flow_history", 0, 1, &hist));
   mc->no_history = hist == 0;

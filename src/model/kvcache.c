@@ -215,6 +215,11 @@ void cf_kvcache_reset(struct cf_kvcache *c) {
   if (c != NULL) c->len = 0;
 }
 
+void cf_head_noise(const struct cf_model_cfg *c, const struct cf_rng *r, float *out) {
+  cf_rng_normal(r, 0, out, (size_t)(c->head == CF_HEAD_VAE ? c->S * c->H : c->D));
+  if (c->head == CF_HEAD_GMM) out[c->D] = (float)cf_rng_uniform1(r, (uint64_t)1 << 62);
+}
+
 /* Row-deterministic copies of cf_mlp2_fwd and cf_decoder_fwd (no dropout). */
 static void mlp2_rows(const struct cf_lin *l1, const struct cf_lin *l2, const float *in, int64_t M,
                       const struct cf_unit_a *u, float *out) {
@@ -448,7 +453,32 @@ cf_status cf_head_sample(const struct cf_model *m, struct cf_kvcache *c, int64_t
   CF_CHECK(h != NULL && y != NULL, CF_EINVAL, "kvcache: head sample needs h and y");
   CF_CHECK(eps != NULL || tau == 0.0f, CF_EINVAL, "kvcache: head sample with tau != 0 needs eps");
   const int64_t Mp = c->B * np, M = Mp * S;
-  if (cf->head == CF_HEAD_GAUSS) {
+  if (cf->head == CF_HEAD_GMM) {
+    decoder_rows(im, h, Mp, &kv->ud1, &kv->ud2, kv->out);
+    const int64_t K = cf->gmm_k, W = D + 1;
+    const float lo = cf->logstd_min, hi = cf->logstd_max;
+    for (int64_t r = 0; r < Mp; r++) {
+      const float *o = kv->out + r * im->Dout, *e = eps != NULL ? eps + r * W : NULL;
+      int64_t k = 0;
+      for (int64_t q = 1; q < K; q++) /* the most probable component */
+        if (o[q] > o[k]) k = q;
+      if (e != NULL) { /* the component whose share of softmax(a) holds the uniform */
+        double tot = 0, amax = o[k];
+        for (int64_t q = 0; q < K; q++)
+          tot += exp((double)o[q] - amax);
+        double want = (double)e[D] * tot, cum = 0;
+        for (k = 0; k < K - 1; k++) {
+          cum += exp((double)o[k] - amax);
+          if (want < cum) break;
+        }
+      }
+      const float *mu = o + K + k * D, *rr = o + K + K * D + k * D;
+      for (int64_t d = 0; d < D; d++) {
+        float ls = rr[d] < lo ? lo : (rr[d] > hi ? hi : rr[d]);
+        y[r * D + d] = mu[d] + tau * expf(ls) * (e != NULL ? e[d] : 0.0f);
+      }
+    }
+  } else if (cf->head == CF_HEAD_GAUSS) {
     decoder_rows(im, h, Mp, &kv->ud1, &kv->ud2, kv->out);
     const float lo = cf->logstd_min, hi = cf->logstd_max;
     for (int64_t r = 0; r < Mp; r++) {

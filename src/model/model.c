@@ -42,8 +42,13 @@ cf_status cf_model_cfg_check(const struct cf_model_cfg *c) {
            "-net_rotary_pct must be in [0, 1] (got %g)", c->rotary_pct);
   CF_CHECK(c->rotary_base > 0.0 && isfinite(c->rotary_base), CF_EINVAL,
            "-net_rotary_base must be positive and finite (got %g)", c->rotary_base);
-  CF_CHECK(c->head == CF_HEAD_VAE || c->head == CF_HEAD_GAUSS, CF_EINVAL,
-           "-flow_head must be vae or gauss for this model (got code %d)", (int)c->head);
+  CF_CHECK(c->head == CF_HEAD_VAE || c->head == CF_HEAD_GAUSS || c->head == CF_HEAD_GMM, CF_EINVAL,
+           "-flow_head must be vae, gauss or gmm for this model (got code %d)", (int)c->head);
+  CF_CHECK(c->head != CF_HEAD_GMM || (c->gmm_k >= 1 && c->gmm_k <= 4096), CF_EINVAL,
+           "-flow_gmm_k must be in [1, 4096] (got %lld)", (long long)c->gmm_k);
+  CF_CHECK(c->head != CF_HEAD_GMM || (double)c->gmm_k * (2.0 * (double)c->D + 1) <= CF_MAX_DIM,
+           CF_EINVAL, "-flow_gmm_k x (2 -data_dim + 1) = %.0f is too large (at most %lld)",
+           (double)c->gmm_k * (2.0 * (double)c->D + 1), CF_MAX_DIM);
   CF_CHECK((c->no_history == 0 || c->no_history == 1) && (c->time_input == 0 || c->time_input == 1),
            CF_EINVAL, "-flow_history and -net_time_input must be 0 or 1");
   CF_CHECK(c->logstd_min < c->logstd_max && isfinite(c->logstd_min) && isfinite(c->logstd_max),
@@ -354,7 +359,7 @@ cf_status cf_model_init_part(struct cf_model *m, const struct cf_model_cfg *cfg,
   im->rot = 2 * (int64_t)floor(c->rotary_pct * (double)im->dh / 2.0);
   im->SH = c->S * c->H;
   im->Idec = im->SH > c->D ? im->SH : c->D;
-  im->Dout = c->head == CF_HEAD_GAUSS ? 2 * c->D : c->D;
+  im->Dout = cf_model_dout(c);
   im->n_pred_pts = (c->N - 1) * c->P;
   im->n_pred_tok = im->n_pred_pts * c->S;
 
@@ -495,7 +500,7 @@ void cf_model_init_weights(struct cf_model *m, uint64_t seed) {
 
 double cf_model_flops(const struct cf_model_cfg *c) {
   double J = (double)(c->N * c->P), T = J * (double)c->S, H = (double)c->H, D = (double)c->D;
-  double SH = (double)c->S * H, I = fmax(SH, D), Dout = c->head == CF_HEAD_GAUSS ? 2 * D : D;
+  double SH = (double)c->S * H, I = fmax(SH, D), Dout = (double)cf_model_dout(c);
   double f = J * 2.0 * (D * SH + SH * SH);                               /* encoder */
   f += (double)c->layers * (T * (8.0 * H * H + 4.0 * H * (double)c->ffn) /* qkv, out, mlp */
                             + 2.0 * T * T * H);                          /* causal attention */
@@ -694,6 +699,66 @@ static int64_t global_row(const int64_t lo[2], const int64_t hi[2], int64_t r) {
 
 /* ---- training forward ---- */
 
+const char *cf_head_name(enum cf_head h) {
+  return h == CF_HEAD_VAE ? "vae" : (h == CF_HEAD_GAUSS ? "gauss" : "gmm");
+}
+
+/* log pi_k + log N(y; m_k, diag s_k^2) of component k of the gmm row o (lza: log sum exp a). */
+static double gmm_logp(const struct cf_model_cfg *c, const float *o, const float *y, int64_t k,
+                       double lza) {
+  const int64_t K = c->gmm_k, D = c->D;
+  const float *mu = o + K + k * D, *r = o + K + K * D + k * D;
+  double l = (double)o[k] - lza;
+  for (int64_t d = 0; d < D; d++) {
+    float ls = r[d] < c->logstd_min ? c->logstd_min : (r[d] > c->logstd_max ? c->logstd_max : r[d]);
+    double z = ((double)y[d] - (double)mu[d]) * exp(-(double)ls);
+    l -= 0.5 * z * z + ls + CF_HALF_LOG_2PI;
+  }
+  return l;
+}
+
+/* The gmm head's NLL of target y (D) under one decoder row o = [a (K) | m (K, D) | r (K, D)];
+ * g (Dout) gets scale x its gradient, *r2 the squared error of the mixture mean. Sums in
+ * double, log-sum-exps shifted by their largest term. */
+static double gmm_nll(const struct cf_model_cfg *c, const float *o, const float *y, double scale,
+                      float *g, double *r2) {
+  const int64_t K = c->gmm_k, D = c->D;
+  const float *a = o, *mu = o + K, *r = o + K + K * D;
+  const float lo = c->logstd_min, hi = c->logstd_max;
+  double amax = -INFINITY, lmax = -INFINITY, za = 0, zl = 0;
+  for (int64_t k = 0; k < K; k++)
+    amax = fmax(amax, (double)a[k]);
+  for (int64_t k = 0; k < K; k++)
+    za += exp((double)a[k] - amax);
+  const double lza = amax + log(za); /* log sum_k exp a_k */
+  for (int64_t k = 0; k < K; k++)
+    lmax = fmax(lmax, gmm_logp(c, o, y, k, lza));
+  for (int64_t k = 0; k < K; k++)
+    zl += exp(gmm_logp(c, o, y, k, lza) - lmax);
+  const double nll = -(lmax + log(zl));
+  double err = 0;
+  for (int64_t d = 0; d < D; d++) {
+    double mm = 0;
+    for (int64_t k = 0; k < K; k++)
+      mm += exp((double)a[k] - lza) * (double)mu[k * D + d];
+    err += ((double)y[d] - mm) * ((double)y[d] - mm);
+  }
+  *r2 = err;
+  for (int64_t k = 0; k < K; k++) {
+    /* responsibility of component k, and the gradients of -log sum_k pi_k N_k */
+    double resp = exp(gmm_logp(c, o, y, k, lza) + nll), pi = exp((double)a[k] - lza);
+    g[k] = (float)(scale * (pi - resp));
+    for (int64_t d = 0; d < D; d++) {
+      float rr = r[k * D + d], ls = rr < lo ? lo : (rr > hi ? hi : rr);
+      double is = exp(-(double)ls), diff = (double)y[d] - (double)mu[k * D + d], z = diff * is;
+      g[K + k * D + d] = (float)(-scale * resp * diff * is * is);
+      g[K + K * D + k * D + d] =
+          (rr >= lo && rr <= hi) ? (float)(scale * resp * (1.0 - z * z)) : 0.0f;
+    }
+  }
+  return nll;
+}
+
 cf_status cf_model_forward(struct cf_model *m, int64_t B, const float *z, const float *y,
                            const float *eps, const struct cf_dropkey *dk, double n_pts, float beta,
                            struct cf_loss *out) {
@@ -777,6 +842,22 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
           g[d] = (float)(-diff * is * is / n_pts);
           g[D + d] = (r >= lo && r <= hi) ? (float)((1.0 - zz * zz) / n_pts) : 0.0f;
         }
+      }
+    }
+    out->nll = nll / n_pts;
+    out->recon = rec / n_pts;
+    out->loss = out->nll;
+  } else if (c->head == CF_HEAD_GMM) {
+    cf_decoder_fwd(im, im->hf, Rp, &u1, &u2, im->out);
+    double nll = 0, rec = 0;
+    for (int64_t b = 0; b < B; b++) {
+      for (int64_t jl = 0; jl < Jl; jl++) {
+        int64_t j = global_row(im->plo, im->phi, jl), row = b * Jl + jl;
+        if (j >= im->n_pred_pts) continue;
+        double r2;
+        nll += gmm_nll(c, im->out + row * Dout, y + (b * J + j) * D, 1.0 / n_pts,
+                       im->dout + row * Dout, &r2);
+        rec += r2;
       }
     }
     out->nll = nll / n_pts;
@@ -870,8 +951,8 @@ cf_status cf_model_backward_at(struct cf_model *m, int64_t b0, int64_t B) {
   if (im->last) {
     struct cf_unit_a u1 = unit_masked(&im->ud1, drop), u2 = unit_masked(&im->ud2, drop);
     /* decoder: dout (Rp, Dout) -> d(decoder input) (Rp, SH) */
-    const float *dec_in = c->head == CF_HEAD_GAUSS ? im->hf : im->zeta;
-    float *g_in = c->head == CF_HEAD_GAUSS ? im->gh : im->gt;
+    const float *dec_in = c->head != CF_HEAD_VAE ? im->hf : im->zeta;
+    float *g_in = c->head != CF_HEAD_VAE ? im->gh : im->gt;
     cf_linear_bwd(u2.d, im->dout, Rp, im->dec3.w, im->Dout, Id, im->dec3.gw, im->dec3.gb, im->gd2,
                   0);
     cf_lnrelu_bwd(im->gd2, u2.xh, u2.rs, u2.mask, Rp, Id, im->gd2);

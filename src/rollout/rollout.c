@@ -89,8 +89,7 @@ static cf_status rollout_batch(const struct cf_model *m, const struct cf_flow_cf
   const struct cf_model_cfg *mc = &m->cfg;
   const int64_t P = mc->P, N = mc->N, S = mc->S, D = mc->D, H = mc->H, J = N * P;
   const int64_t nm = r->nm, Bm = r->Bm;
-  const int vae = mc->head == CF_HEAD_VAE;
-  const int64_t epsw = vae ? P * S * H : P * D; /* noise floats per sequence and step */
+  const int64_t per = cf_head_noise_width(mc), epsw = P * per; /* noise per point, sequence */
   const int piped = r->n_pp > 1;
   /* t = 0: the source points */
   if (r->first || r->last)
@@ -141,8 +140,7 @@ static cf_status rollout_batch(const struct cf_model *m, const struct cf_flow_cf
             int64_t ib = mb * Bm + i; /* sequence within the batch */
             uint64_t g = (uint64_t)((s0 + (ib < b ? ib : 0)) * P + p);
             struct cf_rng q = {sc->seed, CF_RNG_SAMPLE, (uint32_t)t, g};
-            int64_t per = vae ? S * H : D;
-            cf_rng_normal(&q, 0, w->eps + i * epsw + p * per, (size_t)per);
+            cf_head_noise(mc, &q, w->eps + i * epsw + p * per);
           }
         CF_TRY(cf_head_sample(m, c, P, w->hl, w->eps, (float)sc->tau, w->y));
         for (int64_t i = 0; i < Bm; i++)
@@ -490,7 +488,7 @@ static void bufs_layout(struct cf_arena *ar, struct bufs *w, const struct replic
   if (r->last) {
     w->h = cf_arena_floats(ar, (size_t)rows);
     w->hl = cf_arena_floats(ar, (size_t)(Bm * P * S * H));
-    w->eps = cf_arena_floats(ar, (size_t)(Bm * P * (S * H > D ? S * H : D)));
+    w->eps = cf_arena_floats(ar, (size_t)(Bm * P * cf_head_noise_width(mc)));
     if (r->n_pp > 1) w->pts = cf_arena_floats(ar, (size_t)(nm * Bm * P * D));
   }
 }
