@@ -1,8 +1,10 @@
 /* test_reference.c: compare the C model with the independent PyTorch reference
  * (tests/reference/make_reference.py): loss components, every parameter gradient, the
  * final hidden states through the KV cache (whole sequence at once and point by point),
- * and head sampling. The dump holds float32 weights and inputs and float64 reference
- * values, so the tolerances below only have to cover the C code's float32 round-off.
+ * and head sampling (gmm: also the most probable component's mean, without noise), for the
+ * vae, gauss and gmm heads and the no_history / time_input ablation. The dump holds float32
+ * weights and inputs and float64 reference values, so the tolerances below only have to
+ * cover the C code's float32 round-off.
  * After the real comparison the test perturbs one weight and checks that the loss,
  * gradient and hidden-state comparisons then fail (the test can fail).
  *
@@ -24,8 +26,8 @@
 #define TOL_LOSS_REL 1e-5
 #define TOL_LOSS_ABS 1e-6
 /* Gradients: max |g_c - g_ref| <= TOL_GRAD * max(GRAD_FLOOR, max |g_ref|) per tensor. The
- * float32 torch run reaches ~1e-6 of this measure (make_reference.py prints it); a float32
- * C backward with different summation orders can be a few times worse, 1e-4 keeps >10x
+ * float32 torch run reaches 0.5e-6 .. 2.5e-6 of this measure (make_reference.py prints it); a
+ * float32 C backward with different summation orders can be a few times worse, 1e-4 keeps >10x
  * headroom while any wrong term (a missing path, a wrong index) gives errors of order 1. */
 #define TOL_GRAD 1e-4
 #define GRAD_FLOOR 1e-3
@@ -56,6 +58,12 @@ static int attr_f64(hid_t f, const char *name, double *v) {
   H5Aclose(a);
   if (e < 0) printf("FAIL: cannot read attribute '%s' as a number\n", name);
   return e < 0 ? -1 : 0;
+}
+
+/* An integer attribute that older dumps may lack: *v = dflt when absent. */
+static int attr_i64_opt(hid_t f, const char *name, int64_t dflt, int64_t *v) {
+  *v = dflt;
+  return H5Aexists(f, name) > 0 ? attr_i64(f, name, v) : 0;
 }
 
 /* Read dataset `name` (whose shape must be shape[0..ndim-1]; ndim 0 = scalar) as memtype. */
@@ -201,8 +209,9 @@ struct dump {
   double loss[4];     /* loss recon kl nll */
   double *hidden;     /* (B, T, H) */
   float *hidden_f;    /* (B, T, H) the same rounded to float32 */
-  float *s_eps;       /* vae (B, T, H), gauss (B, J, D) */
+  float *s_eps;       /* vae (B, T, H), gauss (B, J, D), gmm (B, J, D + 1) */
   double *s_y;        /* (B, J, D) */
+  double *s_mode;     /* gmm: (B, J, D) the sample at tau 0 without noise; else NULL */
 };
 
 static void dump_free(struct dump *d) {
@@ -215,11 +224,12 @@ static void dump_free(struct dump *d) {
   free(d->hidden_f);
   free(d->s_eps);
   free(d->s_y);
+  free(d->s_mode);
   memset(d, 0, sizeof *d);
 }
 
 static int read_cfg(hid_t f, struct dump *d) {
-  int64_t D, S, P, N, H, layers, heads, ffn, head, B;
+  int64_t D, S, P, N, H, layers, heads, ffn, head, B, gmm_k, no_history, time_input;
   double rp, rb, drop, lmin, lmax;
   if (attr_i64(f, "D", &D) || attr_i64(f, "S", &S) || attr_i64(f, "P", &P) ||
       attr_i64(f, "N", &N) || attr_i64(f, "H", &H) || attr_i64(f, "layers", &layers) ||
@@ -227,12 +237,16 @@ static int read_cfg(hid_t f, struct dump *d) {
       attr_i64(f, "B", &B) || attr_f64(f, "rotary_pct", &rp) || attr_f64(f, "rotary_base", &rb) ||
       attr_f64(f, "dropout", &drop) || attr_f64(f, "logstd_min", &lmin) ||
       attr_f64(f, "logstd_max", &lmax) || attr_f64(f, "beta", &d->beta) ||
-      attr_f64(f, "n_pts", &d->n_pts))
+      attr_f64(f, "n_pts", &d->n_pts) || attr_i64_opt(f, "no_history", 0, &no_history) ||
+      attr_i64_opt(f, "time_input", 0, &time_input))
     return -1;
-  if (head != CF_HEAD_VAE && head != CF_HEAD_GAUSS) {
-    printf("FAIL: dump attribute head = %lld, expected 0 (vae) or 1 (gauss)\n", (long long)head);
+  if (head != CF_HEAD_VAE && head != CF_HEAD_GAUSS && head != CF_HEAD_GMM) {
+    printf("FAIL: dump attribute head = %lld, expected 0 (vae), 1 (gauss) or 2 (gmm)\n",
+           (long long)head);
     return -1;
   }
+  if (head == CF_HEAD_GMM ? attr_i64(f, "gmm_k", &gmm_k) : attr_i64_opt(f, "gmm_k", 0, &gmm_k))
+    return -1;
   d->cfg = (struct cf_model_cfg){.D = D,
                                  .S = S,
                                  .P = P,
@@ -246,7 +260,10 @@ static int read_cfg(hid_t f, struct dump *d) {
                                  .head = (enum cf_head)head,
                                  .dropout = (float)drop,
                                  .logstd_min = (float)lmin,
-                                 .logstd_max = (float)lmax};
+                                 .logstd_max = (float)lmax,
+                                 .gmm_k = gmm_k,
+                                 .no_history = (int)no_history,
+                                 .time_input = (int)time_input};
   d->B = B;
   d->J = N * P;
   d->T = N * P * S;
@@ -257,15 +274,16 @@ static int read_cfg(hid_t f, struct dump *d) {
 static int read_dump(hid_t f, const struct cf_model *m, struct dump *d) {
   const struct cf_model_cfg *c = &d->cfg;
   int64_t B = d->B, J = d->J, T = d->T, D = c->D, H = c->H;
-  int vae = c->head == CF_HEAD_VAE;
-  int64_t sh_z[3] = {B, J, D}, sh_tok[3] = {B, T, H};
+  int vae = c->head == CF_HEAD_VAE, gmm = c->head == CF_HEAD_GMM;
+  int64_t W = cf_head_noise_width(c); /* per point (gauss, gmm) */
+  int64_t sh_z[3] = {B, J, D}, sh_tok[3] = {B, T, H}, sh_noise[3] = {B, J, W};
   d->z = xcalloc((size_t)(B * J * D), sizeof(float));
   d->y = xcalloc((size_t)(B * J * D), sizeof(float));
   d->params = xcalloc(m->n_params, sizeof(float));
   d->grads = xcalloc(m->n_params, sizeof(double));
   d->hidden = xcalloc((size_t)(B * T * H), sizeof(double));
   d->hidden_f = xcalloc((size_t)(B * T * H), sizeof(float));
-  d->s_eps = xcalloc((size_t)(vae ? B * T * H : B * J * D), sizeof(float));
+  d->s_eps = xcalloc((size_t)(vae ? B * T * H : B * J * W), sizeof(float));
   d->s_y = xcalloc((size_t)(B * J * D), sizeof(double));
   if (read_ds(f, "inputs/z", H5T_NATIVE_FLOAT, 3, sh_z, d->z) ||
       read_ds(f, "inputs/y", H5T_NATIVE_FLOAT, 3, sh_z, d->y))
@@ -278,10 +296,14 @@ static int read_dump(hid_t f, const struct cf_model *m, struct dump *d) {
   for (int i = 0; i < 4; i++)
     if (read_ds(f, ln[i], H5T_NATIVE_DOUBLE, 0, NULL, &d->loss[i])) return -1;
   if (read_ds(f, "out/hidden", H5T_NATIVE_DOUBLE, 3, sh_tok, d->hidden) ||
-      read_ds(f, "sample/eps", H5T_NATIVE_FLOAT, 3, vae ? sh_tok : sh_z, d->s_eps) ||
+      read_ds(f, "sample/eps", H5T_NATIVE_FLOAT, 3, vae ? sh_tok : sh_noise, d->s_eps) ||
       read_ds(f, "sample/tau", H5T_NATIVE_DOUBLE, 0, NULL, &d->tau) ||
       read_ds(f, "sample/y", H5T_NATIVE_DOUBLE, 3, sh_z, d->s_y))
     return -1;
+  if (gmm) {
+    d->s_mode = xcalloc((size_t)(B * J * D), sizeof(double));
+    if (read_ds(f, "sample/y_mode", H5T_NATIVE_DOUBLE, 3, sh_z, d->s_mode)) return -1;
+  }
   for (size_t i = 0; i < (size_t)(B * T * H); i++)
     d->hidden_f[i] = (float)d->hidden[i];
 
@@ -393,6 +415,16 @@ static int check_sample(const struct cf_model *m, const struct dump *d, int quie
   } else {
     rc = compare_out("head sample", y, d->s_y, (size_t)(B * J * D), (size_t)D, quiet);
   }
+  if (rc == 0 && d->s_mode) { /* gmm, tau 0 without noise: the most probable component */
+    st = cf_head_sample(m, &kc, J, d->hidden_f, NULL, 0.0f, y);
+    if (st != CF_OK) {
+      print_err("cf_head_sample (tau 0, no noise)", st);
+      rc = -1;
+    } else {
+      rc = compare_out("head sample (tau 0, no noise)", y, d->s_mode, (size_t)(B * J * D),
+                       (size_t)D, quiet);
+    }
+  }
   free(y);
   cf_kvcache_release(&kc);
   return rc;
@@ -428,11 +460,13 @@ static int run_dump(const char *path) {
     return 1;
   }
   H5Fclose(f);
-  printf("  head %s, D %lld S %lld P %lld N %lld H %lld layers %lld heads %lld ffn %lld "
-         "rotary_pct %g, B %lld, %zu parameters in %d tensors\n",
-         d.cfg.head == CF_HEAD_VAE ? "vae" : "gauss", (long long)d.cfg.D, (long long)d.cfg.S,
+  printf("  head %s (gmm_k %lld), D %lld S %lld P %lld N %lld H %lld layers %lld heads %lld "
+         "ffn %lld rotary_pct %g, logstd [%g, %g], no_history %d time_input %d, B %lld, "
+         "%zu parameters in %d tensors\n",
+         cf_head_name(d.cfg.head), (long long)d.cfg.gmm_k, (long long)d.cfg.D, (long long)d.cfg.S,
          (long long)d.cfg.P, (long long)d.cfg.N, (long long)d.cfg.H, (long long)d.cfg.layers,
-         (long long)d.cfg.heads, (long long)d.cfg.ffn, d.cfg.rotary_pct, (long long)d.B, m.n_params,
+         (long long)d.cfg.heads, (long long)d.cfg.ffn, d.cfg.rotary_pct, (double)d.cfg.logstd_min,
+         (double)d.cfg.logstd_max, d.cfg.no_history, d.cfg.time_input, (long long)d.B, m.n_params,
          m.n_tensors);
   memcpy(m.params, d.params, m.n_params * sizeof(float));
 
@@ -500,8 +534,9 @@ int main(int argc, char **argv) {
       EXPECT(run_dump(path) == 0, "reference dump %s failed (see above)", path);
     }
   } else if (src) {
-    const char *dumps[3] = {"ref_vae.h5", "ref_gauss.h5", "ref_vae_rot4.h5"};
-    for (int i = 0; i < 3; i++) {
+    const char *dumps[5] = {"ref_vae.h5", "ref_gauss.h5", "ref_vae_rot4.h5", "ref_gmm.h5",
+                            "ref_gauss_nohist.h5"};
+    for (int i = 0; i < 5; i++) {
       char path[4096];
       snprintf(path, sizeof path, "%s/tests/reference/%s", src, dumps[i]);
       EXPECT(run_dump(path) == 0, "reference dump %s failed (see above)", path);

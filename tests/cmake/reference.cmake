@@ -4,4 +4,7 @@ set(CF_TEST_LIBS cf_model cf_core)
 cf_test(reference_vae test_reference fast ${CMAKE_CURRENT_SOURCE_DIR}/reference/ref_vae.h5)
 cf_test(reference_gauss test_reference fast ${CMAKE_CURRENT_SOURCE_DIR}/reference/ref_gauss.h5)
 cf_test(reference_vae_rot4 test_reference fast ${CMAKE_CURRENT_SOURCE_DIR}/reference/ref_vae_rot4.h5)
+cf_test(reference_gmm test_reference fast ${CMAKE_CURRENT_SOURCE_DIR}/reference/ref_gmm.h5)
+cf_test(reference_gauss_nohist test_reference fast
+        ${CMAKE_CURRENT_SOURCE_DIR}/reference/ref_gauss_nohist.h5)
 unset(CF_TEST_LIBS)

@@ -5,11 +5,15 @@ model against.
 
 The network is written here from the specification in model.h and calmflow-method.md
 (sections 3, 4, Appendix A) only, with plain torch modules (no HF transformers):
-  encoder  TwoLayerMLP D -> S*H (fc1 -> LayerNorm no affine -> ReLU -> fc2), split into S tokens
-  blocks   GPT-NeoX, parallel residual: x += attn(ln1(x)) + mlp(ln2(x))
+  encoder  TwoLayerMLP D -> S*H (fc1 -> LayerNorm no affine -> ReLU -> fc2), split into S tokens;
+           with time_input fc1 sees [z, t_j], t_j = (j // P) / (N - 1)
+  blocks   GPT-NeoX, parallel residual: x += attn(ln1(x)) + mlp(ln2(x)); causal attention,
+           with no_history only within the token's own point (keys i - i % S .. i)
   lnf      final LayerNorm
   heads    vae (mu / log-variance MLPs, reparameterized latent, decoder, recon + beta*KL)
            gauss (decoder to [mean | logstd], clamped logstd, Gaussian NLL)
+           gmm (decoder to [logits (K) | means (K, D) | logstds (K, D)], clamped logstds,
+           mixture NLL; recon = squared error of the mixture mean)
 
 Weights and inputs are drawn in float32 (so C reads them exactly); the model then runs in
 float64 and every output and gradient is dumped in float64, so the reference is far more
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 
 LN_EPS = 1e-5
 VAR_FLOOR = 1e-4
+HEAD_CODE = {"vae": 0, "gauss": 1, "gmm": 2}  # enum cf_head
 
 
 def f32(x):
@@ -77,11 +82,13 @@ def rotate_half(x):
 
 class Attention(nn.Module):
     """GPT-NeoX self-attention: fused qkv with per-head [q | k | v] rows, rotary on the
-    first `rot` dims of each head's q and k (rotate-half), causal softmax of q.k / sqrt(dh)."""
+    first `rot` dims of each head's q and k (rotate-half), causal softmax of q.k / sqrt(dh).
+    With `point_tokens` = S (no_history) query i sees only keys i - i % S .. i."""
 
-    def __init__(self, hidden, heads, rot, base):
+    def __init__(self, hidden, heads, rot, base, point_tokens=0):
         super().__init__()
         self.heads, self.dh, self.rot, self.base = heads, hidden // heads, rot, base
+        self.point_tokens = point_tokens
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
 
@@ -104,7 +111,10 @@ class Attention(nn.Module):
         k = self.rotary(qkv[..., self.dh : 2 * self.dh])
         v = qkv[..., 2 * self.dh :]
         s = q @ k.transpose(-1, -2) / math.sqrt(self.dh)  # (B, heads, T, T)
-        mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+        mask = torch.ones(T, T, dtype=torch.bool).triu(1)  # True: key after the query
+        if self.point_tokens:  # also hide keys of earlier points
+            pt = torch.arange(T) // self.point_tokens
+            mask = mask | (pt[None, :] != pt[:, None])
         s = s.masked_fill(mask, float("-inf"))
         a = torch.softmax(s, dim=-1) @ v  # (B, heads, T, dh)
         return self.out(a.transpose(1, 2).reshape(B, T, H))
@@ -125,7 +135,8 @@ class Block(nn.Module):
         super().__init__()
         self.ln1 = nn.LayerNorm(c["H"], eps=LN_EPS)
         self.ln2 = nn.LayerNorm(c["H"], eps=LN_EPS)
-        self.attn = Attention(c["H"], c["heads"], c["rot"], c["rotary_base"])
+        self.attn = Attention(c["H"], c["heads"], c["rot"], c["rotary_base"],
+                              c["S"] if c["no_history"] else 0)
         self.mlp = MLP(c["H"], c["ffn"])
 
     def forward(self, x):
@@ -137,32 +148,42 @@ class CalmFlow(nn.Module):
         super().__init__()
         self.c = c
         D, S, H = c["D"], c["S"], c["H"]
-        self.enc = TwoLayerMLP(D, S * H, S * H)
+        self.enc = TwoLayerMLP(D + c["time_input"], S * H, S * H)
         self.layers = nn.ModuleList([Block(c) for _ in range(c["layers"])])
         self.lnf = nn.LayerNorm(H, eps=LN_EPS)
         if c["head"] == "vae":
             self.head = nn.ModuleDict({"mu": TwoLayerMLP(H, H, H), "lv": TwoLayerMLP(H, H, H)})
             self.dec = Decoder(S * H, D)
         else:
-            self.dec = Decoder(S * H, 2 * D)
+            self.dec = Decoder(S * H, dout(c))
 
     def hidden(self, z):
         """z (B, J, D) -> final hidden states (B, T, H) after lnf."""
         B, J, _ = z.shape
         S, H = self.c["S"], self.c["H"]
+        if self.c["time_input"]:  # the float32 time of each point, as C computes it
+            t = [f32((j // self.c["P"]) / (self.c["N"] - 1)) for j in range(J)]
+            t = torch.tensor(t, dtype=z.dtype).view(1, J, 1).expand(B, J, 1)
+            z = torch.cat([z, t], dim=-1)  # (B, J, D + 1)
         x = self.enc(z).reshape(B, J * S, H)  # token k = j*S + s takes e_j[s*H:(s+1)*H]
         for blk in self.layers:
             x = blk(x)
         return self.lnf(x)
 
     def head_params(self, h):
-        """vae: (mu, var) per token (B, T, H); gauss: (mean, raw logstd) per point (B, J, D)."""
+        """vae: (mu, var) per token (B, T, H); gauss: (mean, raw logstd) per point (B, J, D);
+        gmm: (logits (B, J, K), means (B, J, K, D), raw logstds (B, J, K, D))."""
         c = self.c
         B, T, H = h.shape
         if c["head"] == "vae":
             return self.head["mu"](h), torch.exp(self.head["lv"](h)) + VAR_FLOOR
-        out = self.dec(h.reshape(B, T // c["S"], c["S"] * H))
-        return out[..., : c["D"]], out[..., c["D"] :]
+        J, D = T // c["S"], c["D"]
+        out = self.dec(h.reshape(B, J, c["S"] * H))
+        if c["head"] == "gmm":
+            K = c["gmm_k"]
+            return (out[..., :K], out[..., K : K + K * D].reshape(B, J, K, D),
+                    out[..., K + K * D :].reshape(B, J, K, D))
+        return out[..., :D], out[..., D:]
 
     def loss(self, z, y, eps, n_pts, beta):
         c = self.c
@@ -179,6 +200,17 @@ class CalmFlow(nn.Module):
             kl = 0.5 * (mu_p**2 + var_p - 1 - torch.log(var_p)).sum() / (n_pts * c["S"])
             nll = torch.zeros((), dtype=h.dtype)
             loss = recon + beta * kl
+        elif c["head"] == "gmm":
+            a, m, r = (t[:, :Jp] for t in self.head_params(h))
+            ls = torch.clamp(r, c["logstd_min"], c["logstd_max"])
+            # log N(y; m_k, diag exp(2 ls_k)) per component (B, Jp, K)
+            logn = (-0.5 * ((yp[:, :, None, :] - m) / torch.exp(ls)) ** 2 - ls
+                    - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+            nll = -torch.logsumexp(torch.log_softmax(a, dim=-1) + logn, dim=-1).sum() / n_pts
+            mean = (torch.softmax(a, dim=-1)[..., None] * m).sum(dim=-2)  # (B, Jp, D)
+            recon = ((mean - yp) ** 2).sum() / n_pts
+            kl = torch.zeros((), dtype=h.dtype)
+            loss = nll
         else:
             m, r = self.head_params(h)
             m, r = m[:, :Jp], r[:, :Jp]
@@ -191,23 +223,43 @@ class CalmFlow(nn.Module):
         return {"loss": loss, "recon": recon, "kl": kl, "nll": nll, "hidden": h}
 
     def sample(self, h, eps, tau):
-        """cf_head_sample on all points: h (B, np*S, H) -> y (B, np, D)."""
+        """cf_head_sample on all points: h (B, np*S, H) -> y (B, np, D). gmm: eps (B, np, D+1)
+        holds D normals and the uniform that picks the component whose interval of the
+        cumulative softmax(a) holds it; eps None (tau 0): the most probable component."""
         c = self.c
         B, T, H = h.shape
         if c["head"] == "vae":
             mu, var = self.head_params(h)
             zeta = mu + tau * torch.sqrt(var) * eps
             return self.dec(zeta.reshape(B, T // c["S"], c["S"] * H))
+        if c["head"] == "gmm":
+            a, m, r = self.head_params(h)
+            D, K = c["D"], c["gmm_k"]
+            if eps is None:
+                k, e = a.argmax(dim=-1), torch.zeros(m.shape[:-2] + (D,), dtype=m.dtype)
+            else:  # k = number of cumulative shares <= u (the last component if u is past all)
+                cum = torch.cumsum(torch.softmax(a, dim=-1), dim=-1)
+                k = (cum <= eps[..., D:]).sum(dim=-1).clamp(max=K - 1)
+                e = eps[..., :D]
+            idx = k[..., None, None].expand(m.shape[:-2] + (1, D))
+            mk = m.gather(-2, idx).squeeze(-2)
+            lk = torch.clamp(r.gather(-2, idx).squeeze(-2), c["logstd_min"], c["logstd_max"])
+            return mk + tau * torch.exp(lk) * e
         m, r = self.head_params(h)
         return m + tau * torch.exp(torch.clamp(r, c["logstd_min"], c["logstd_max"])) * eps
+
+
+def dout(c):
+    """Decoder outputs per point: D (vae), 2D (gauss), K(1 + 2D) (gmm)."""
+    D = c["D"]
+    return {"vae": D, "gauss": 2 * D, "gmm": c["gmm_k"] * (1 + 2 * D)}[c["head"]]
 
 
 def spec_tensors(c):
     """Every tensor model.h names, with its shape, written out from the header's list."""
     D, S, H, ffn = c["D"], c["S"], c["H"], c["ffn"]
     I = max(S * H, D)
-    dout = D if c["head"] == "vae" else 2 * D
-    t = [("enc.fc1.weight", (S * H, D)), ("enc.fc1.bias", (S * H,)),
+    t = [("enc.fc1.weight", (S * H, D + c["time_input"])), ("enc.fc1.bias", (S * H,)),
          ("enc.fc2.weight", (S * H, S * H)), ("enc.fc2.bias", (S * H,))]
     for L in range(c["layers"]):
         p = f"layers.{L}."
@@ -224,7 +276,7 @@ def spec_tensors(c):
                   (f"head.{n}.fc2.weight", (H, H)), (f"head.{n}.fc2.bias", (H,))]
     t += [("dec.fc1.weight", (I, S * H)), ("dec.fc1.bias", (I,)),
           ("dec.fc2.weight", (I, I)), ("dec.fc2.bias", (I,)),
-          ("dec.fc3.weight", (dout, I)), ("dec.fc3.bias", (dout,))]
+          ("dec.fc3.weight", (dout(c), I)), ("dec.fc3.bias", (dout(c),))]
     return t
 
 
@@ -258,6 +310,8 @@ def build(c, seed):
     y = torch.randn(B, J, D, generator=gen)
     eps = torch.randn(B, T, H, generator=gen) if c["head"] == "vae" else None
     s_eps = torch.randn(*((B, T, H) if c["head"] == "vae" else (B, J, D)), generator=gen)
+    if c["head"] == "gmm":  # cf_head_noise: D normals, then the component uniform
+        s_eps = torch.cat([s_eps, torch.rand(B, J, 1, generator=gen)], dim=-1)
     return model, z, y, eps, s_eps
 
 
@@ -274,6 +328,26 @@ def gauss_shift_logstd(model, c, z):
         model.dec.fc3.bias[D:] += shift.float()
 
 
+def gmm_spread(model, c, z):
+    """Spread the gmm decoder outputs so that the test sees every case: logit rows scaled
+    by 3 (mixture weights far from uniform but not one-hot); the raw logstd rows scaled by
+    2 and shifted so that, over the predicted points, raw logstd (k, d) is centred on
+    logstd_max, logstd_min or their midpoint as (k + d) % 3 goes 0, 1, 2. With the narrow
+    clamp of the gmm dumps every component then has clamped and unclamped entries while the
+    responsibilities stay mixed (clamped components still explain some points)."""
+    D, K = c["D"], c["gmm_k"]
+    lo, hi = c["logstd_min"], c["logstd_max"]
+    with torch.no_grad():
+        model.dec.fc3.weight[:K] *= 3.0
+        model.dec.fc3.bias[:K] *= 3.0
+        model.dec.fc3.weight[K + K * D :] *= 2.0
+        Jp = (c["N"] - 1) * c["P"]
+        r = model.head_params(model.hidden(z))[2].detach()[:, :Jp]  # (B, Jp, K, D)
+        want = torch.tensor([[(hi, lo, 0.5 * (lo + hi))[(k + d) % 3] for d in range(D)]
+                             for k in range(K)], dtype=torch.float32)
+        model.dec.fc3.bias[K + K * D :] += (want - r.mean(dim=(0, 1))).reshape(K * D)
+
+
 def run(model64, z, y, eps, c):
     for p in model64.parameters():
         p.grad = None
@@ -285,6 +359,8 @@ def run(model64, z, y, eps, c):
 
 def make(c, seed, path):
     c = dict(c)
+    for k in ("gmm_k", "no_history", "time_input"):
+        c.setdefault(k, 0)
     dh = c["H"] // c["heads"]
     c["rot"] = 2 * int(math.floor(c["rotary_pct"] * dh / 2))
     c["J"] = c["N"] * c["P"]
@@ -299,12 +375,29 @@ def make(c, seed, path):
         assert tuple(p.shape) == shp, (n, p.shape, shp)
     if c["head"] == "gauss":
         gauss_shift_logstd(model, c, z)
+    if c["head"] == "gmm":
+        gmm_spread(model, c, z)
     with torch.no_grad():  # causal: moving the last point leaves earlier tokens unchanged
         z2 = z.clone()
         z2[:, -1] += 1.0
         h1, h2 = model.hidden(z), model.hidden(z2)
         assert torch.equal(h1[:, : -c["S"]], h2[:, : -c["S"]]), "reference is not causal"
         assert not torch.equal(h1[:, -c["S"] :], h2[:, -c["S"] :])
+        if c["no_history"]:  # moving point 1 changes its own tokens only
+            S = c["S"]
+            z2 = z.clone()
+            z2[:, 1] += 1.0
+            h2 = model.hidden(z2)
+            assert torch.equal(h1[:, :S], h2[:, :S]) and torch.equal(h1[:, 2 * S :], h2[:, 2 * S :])
+            assert not torch.equal(h1[:, S : 2 * S], h2[:, S : 2 * S])
+        if c["no_history"] and c["time_input"]:
+            # rotary scores depend on relative positions only, so without the time input
+            # point P (time 1, trajectory 0) holding point 0's z would repeat its hidden states
+            S, P = c["S"], c["P"]
+            z2 = z.clone()
+            z2[:, P] = z[:, 0]
+            diff = (model.hidden(z2)[:, P * S : (P + 1) * S] - h1[:, :S]).abs().max().item()
+            assert diff > 1e-2, f"the time input changes hidden states by only {diff}"
 
     # float64 model from the float32 weights
     m64 = CalmFlow(c).double()
@@ -316,7 +409,9 @@ def make(c, seed, path):
     m32 = CalmFlow(c)
     m32.load_state_dict(model.state_dict())
     out32, grads32 = run(m32, z, y, eps, c)
-    print(f"{path}: head {c['head']} rot {c['rot']} T {c['T']}")
+    print(f"{path}: head {c['head']} rot {c['rot']} T {c['T']}"
+          + (f" K {c['gmm_k']}" if c["head"] == "gmm" else "")
+          + (" no_history" if c["no_history"] else "") + (" time_input" if c["time_input"] else ""))
     for k in ("loss", "recon", "kl", "nll"):
         a, b = out[k].item(), out32[k].item()
         print(f"  {k:6s} {a: .10e}  float32 rel diff {abs(a - b) / max(abs(a), 1e-30):.2e}")
@@ -327,8 +422,8 @@ def make(c, seed, path):
 
     # the gauss setup must exercise the clamp on both sides (and stay clear of the bounds)
     Jp = (c["N"] - 1) * c["P"]
-    if c["head"] == "gauss":
-        r = m64.head_params(out["hidden"])[1].detach()[:, :Jp]
+    if c["head"] in ("gauss", "gmm"):
+        r = m64.head_params(out["hidden"])[-1].detach()[:, :Jp]
         hi = int((r > c["logstd_max"]).sum())
         lo = int((r < c["logstd_min"]).sum())
         print(f"  raw logstd over predicted points: {hi} above max, {lo} below min, "
@@ -337,10 +432,34 @@ def make(c, seed, path):
         gap = min((r - c["logstd_max"]).abs().min().item(), (r - c["logstd_min"]).abs().min().item())
         assert gap > 1e-3, f"raw logstd within {gap} of a clamp bound: float32 may flip it"
 
+    if c["head"] == "gmm":  # responsibilities: mixed, so every component's gradient matters
+        with torch.no_grad():
+            a, m, r = (t[:, :Jp] for t in m64.head_params(out["hidden"]))
+            ls = torch.clamp(r, c["logstd_min"], c["logstd_max"])
+            logn = (-0.5 * ((d(y)[:, :Jp, None, :] - m) / torch.exp(ls)) ** 2 - ls).sum(dim=-1)
+            resp = torch.softmax(torch.log_softmax(a, dim=-1) + logn, dim=-1).max(dim=-1)[0]
+            pim = torch.softmax(a, dim=-1).max(dim=-1)[0]
+        print(f"  largest responsibility per point: min {resp.min():.3f} median "
+              f"{resp.median():.3f}, {int((resp < 0.9).sum())} of {resp.numel()} below 0.9; "
+              f"largest pi: min {pim.min():.3f} max {pim.max():.3f}")
+        assert int((resp < 0.9).sum()) >= resp.numel() // 3
+
     # head sampling from the float32-rounded hidden states (what the C test feeds in)
     hs = out["hidden"].detach().float().double()
     with torch.no_grad():
         s_y = m64.sample(hs, s_eps.double(), c["tau"])
+        if c["head"] == "gmm":  # tau 0 without noise: the most probable component's mean
+            s_mode = m64.sample(hs, None, 0.0)
+            a = m64.head_params(hs)[0]
+            top = a.topk(2, dim=-1)[0]
+            cum = torch.cumsum(torch.softmax(a, dim=-1), dim=-1)[..., :-1]
+            u = s_eps.double()[..., -1:]
+            ugap = (cum - u).abs().min().item()
+            drawn = torch.bincount((cum <= u).sum(-1).flatten(), minlength=c["gmm_k"]).tolist()
+            print(f"  sampling: top-2 logit gap >= {(top[..., 0] - top[..., 1]).min():.2e}, "
+                  f"uniform to nearest share boundary >= {ugap:.2e}, components drawn {drawn}")
+            assert (top[..., 0] - top[..., 1]).min() > 1e-4, "near-tie of the top logits"
+            assert ugap > 1e-4, "a uniform lies within 1e-4 of a component boundary"
 
     def put(f, name, value):  # no object timestamps: regenerating gives identical files
         f.create_dataset(name, data=value, track_times=False)
@@ -348,7 +467,12 @@ def make(c, seed, path):
     with h5py.File(path, "w") as f:
         for k in ("D", "S", "P", "N", "H", "layers", "heads", "ffn", "B"):
             f.attrs[k] = np.int64(c[k])
-        f.attrs["head"] = np.int64(0 if c["head"] == "vae" else 1)  # enum cf_head
+        f.attrs["head"] = np.int64(HEAD_CODE[c["head"]])  # enum cf_head
+        if c["head"] == "gmm":
+            f.attrs["gmm_k"] = np.int64(c["gmm_k"])
+        for k in ("no_history", "time_input"):  # absent means 0 (keeps older dumps as they were)
+            if c[k]:
+                f.attrs[k] = np.int64(c[k])
         f.attrs["head_name"] = c["head"]
         for k in ("rotary_pct", "rotary_base", "dropout", "logstd_min", "logstd_max", "beta",
                   "n_pts"):
@@ -368,6 +492,8 @@ def make(c, seed, path):
         put(f, "sample/eps", s_eps.numpy())
         put(f, "sample/tau", np.float64(c["tau"]))
         put(f, "sample/y", s_y.numpy())
+        if c["head"] == "gmm":
+            put(f, "sample/y_mode", s_mode.numpy())
 
 
 def main():
@@ -380,6 +506,12 @@ def main():
     make(dict(base, head="gauss"), 2345, os.path.join(outdir, "ref_gauss.h5"))
     # rot = 4 of dh = 8: rotary on half of each head's dims
     make(dict(base, head="vae", rotary_pct=0.5), 3456, os.path.join(outdir, "ref_vae_rot4.h5"))
+    # gmm head, K = 3, with a narrow logstd clamp [-1.5, 1] so clamped components still matter
+    make(dict(base, head="gmm", gmm_k=3, logstd_min=-1.5, logstd_max=1.0), 4567,
+         os.path.join(outdir, "ref_gmm.h5"))
+    # the ODE-style ablation: attention within a point, the point's time as an encoder input
+    make(dict(base, head="gauss", no_history=1, time_input=1), 5678,
+         os.path.join(outdir, "ref_gauss_nohist.h5"))
 
 
 if __name__ == "__main__":
