@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # install-deps.sh: install the Debian packages calmflow needs, only those missing.
-# Does nothing (and needs no network) when everything is already present.
+# Does nothing (and needs no network) when everything is already present. Slurm and munge are
+# for the `slurm` tests, which start their own throw-away cluster (tests/slurm/cluster.sh) and
+# need no system-wide Slurm configuration.
 # Usage: ./scripts/install-deps.sh [--torch]   (--torch adds python3-torch, used only
 # to regenerate tests/reference dumps; neither the build nor the tests need it)
 set -euo pipefail
@@ -13,6 +15,7 @@ pkgs=(
   libscalapack-openmpi-dev
   libopenblas-dev liblapacke-dev
   python3-numpy python3-h5py python3-matplotlib
+  slurmctld slurmd slurm-client munge
 )
 [ "${1:-}" = "--torch" ] && pkgs+=(python3-torch python3-scipy)
 
