@@ -104,6 +104,8 @@ struct cf_train_result {
   double comm_seconds[4]; /* per step, the same */
   double state_bytes_max; /* state_bytes, max over ranks */
   double flops_per_step;  /* model FLOPs of one step (forward + backward), cf_model_flops */
+  double ckpt_seconds;    /* wall time spent writing checkpoints (rank 0's), all of them */
+  int64_t ckpts;          /* checkpoints written */
   char last_ckpt[4096];
 };
 

@@ -429,15 +429,17 @@ cf_status cf_cmd_train(MPI_Comm comm) {
              "{\"ranks\": %d, \"dp\": %d, \"tp\": %d, \"pp\": %d, \"cp\": %d, "
              "\"steps\": %lld, \"seconds\": %.6g, \"tokens_per_s\": %.6g, "
              "\"steady_tokens_per_s\": %.6g, \"flops_per_step\": %.6g, \"peak_rss\": %.6g, "
-             "\"state_bytes_max\": %.6g, \"final_loss\": %.8g, "
+             "\"state_bytes_max\": %.6g, \"final_loss\": %.8g, \"ckpt_seconds\": %.6g, "
+             "\"ckpts\": %lld, "
              "\"comm_bytes_per_step\": {\"dp\": %.6g, \"tp\": %.6g, \"pp\": %.6g, "
              "\"cp\": %.6g}, \"comm_seconds_per_step\": {\"dp\": %.6g, \"tp\": %.6g, "
              "\"pp\": %.6g, \"cp\": %.6g}}\n",
              world, world / (par[0] * par[1] * par[2]), par[0], par[1], par[2], (long long)tc.steps,
              res.seconds, res.tokens_per_s, res.steady_tokens_per_s, res.flops_per_step,
-             res.peak_rss, res.state_bytes_max, res.final_loss, res.comm_bytes[0],
-             res.comm_bytes[1], res.comm_bytes[2], res.comm_bytes[3], res.comm_seconds[0],
-             res.comm_seconds[1], res.comm_seconds[2], res.comm_seconds[3]);
+             res.peak_rss, res.state_bytes_max, res.final_loss, res.ckpt_seconds,
+             (long long)res.ckpts, res.comm_bytes[0], res.comm_bytes[1], res.comm_bytes[2],
+             res.comm_bytes[3], res.comm_seconds[0], res.comm_seconds[1], res.comm_seconds[2],
+             res.comm_seconds[3]);
     cf_status sw = cf_write_text_atomic(path, text);
     if (sw != CF_OK) fprintf(stderr, "calmflow: warning: %s\n", cf_errmsg());
   }

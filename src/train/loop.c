@@ -344,7 +344,10 @@ cf_status cf_train_loop(const struct cf_grid *g, const struct cf_train_cfg *tc,
     int stop = part[4] > 0 && done != tc->steps; /* every rank sees the same sum */
     if (stop || (tc->ckpt_every > 0 && done % tc->ckpt_every == 0 && done != tc->steps)) {
       PetscLogEventBegin(ev_ckpt, 0, 0, 0, 0);
+      double tc0 = now_s();
       st = checkpoint(g, run_dir, done, tc, options_yaml, L, &opt, &z, &ct, res);
+      res->ckpt_seconds += now_s() - tc0;
+      res->ckpts++;
       PetscLogEventEnd(ev_ckpt, 0, 0, 0, 0);
     }
     if (stop && st == CF_OK) {
@@ -354,7 +357,10 @@ cf_status cf_train_loop(const struct cf_grid *g, const struct cf_train_cfg *tc,
   }
   if (st == CF_OK) {
     PetscLogEventBegin(ev_ckpt, 0, 0, 0, 0);
+    double tc0 = now_s();
     st = checkpoint(g, run_dir, tc->steps, tc, options_yaml, L, &opt, &z, &ct, res);
+    res->ckpt_seconds += now_s() - tc0;
+    res->ckpts++;
     PetscLogEventEnd(ev_ckpt, 0, 0, 0, 0);
   }
   sigaction(SIGUSR1, &old_usr1, NULL);
