@@ -34,6 +34,7 @@
 #include <mpi.h>
 #include <stdint.h>
 
+#include "calmflow/cfm.h"
 #include "calmflow/error.h"
 #include "calmflow/flow.h"
 #include "calmflow/grid.h"
@@ -73,5 +74,28 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_grid *g, const struct cf
                          const struct cf_flow_cfg *fc, const struct cf_dist *src,
                          const struct cf_sample_cfg *sc, cf_rollout_sink sink, void *sink_ctx,
                          struct cf_rollout_stats *stats);
+
+/* What the CFM baseline's integrations cost, summed over every rank. */
+struct cf_rollout_ode {
+  int64_t nfe;      /* velocity-field evaluations, each over one chunk's points */
+  int64_t steps;    /* accepted steps */
+  int64_t rejected; /* rejected steps */
+  int64_t solves;   /* TS solves (one per chunk; N - 1 per chunk with traj) */
+  char type[32];    /* the TS used, e.g. "rk/5dp" */
+};
+
+/* Collective on comm. The CFM baseline's samples [sc->first, sc->n) for sink on rank 0. Sample
+ * i starts at x0 drawn with {seed, CF_RNG_X0, UINT32_MAX, i}, as CaLMFlow's, and is integrated
+ * along m's velocity field from t = o->t0 to o->t1 with PETSc TS (cf_cfm_sample; o NULL: the
+ * defaults) together with the other samples of its chunk of sc->batch. Chunk k goes to rank
+ * k % size; rank 0 gathers each round's chunks and hands them to the sink in sample order. The
+ * adaptive step is shared within a chunk, so a sample depends on -sample_batch but not on the
+ * rank count. traj: the N time points t0 + (t1 - t0) i / (N - 1) are stops of the integration
+ * (one solve per interval) and the sink gets all of them. Every rank returns the same status;
+ * what reached the sink stays valid. stats and ode may be NULL. */
+cf_status cf_rollout_cfm_run(MPI_Comm comm, struct cf_cfm *m, const struct cf_dist *src,
+                             const struct cf_sample_cfg *sc, int64_t N, const struct cf_ode_opts *o,
+                             cf_rollout_sink sink, void *sink_ctx, struct cf_rollout_stats *stats,
+                             struct cf_rollout_ode *ode);
 
 #endif

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "calmflow/cfm.h"
 #include "calmflow/ckpt.h"
 #include "calmflow/error.h"
 #include "calmflow/flow.h"
@@ -86,6 +87,10 @@ struct cf_ckpt_table {
  * every rank of the checkpoint's communicator. */
 cf_status cf_ckpt_table_init(struct cf_ckpt_table *ct, const struct cf_model *m,
                              const struct cf_grid *grid, const float *adam_m, const float *adam_v);
+/* Local. The same for any tensor list laid out in params (the CFM baseline's, cfm.h). */
+cf_status cf_ckpt_table_init_tensors(struct cf_ckpt_table *ct, const struct cf_tensor_info *tensors,
+                                     int n_tensors, const float *params, const struct cf_grid *grid,
+                                     const float *adam_m, const float *adam_v);
 void cf_ckpt_table_release(struct cf_ckpt_table *ct);
 
 /* What a run leaves behind. */
@@ -125,5 +130,21 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
                        const struct cf_model_cfg *mc, const struct cf_flow_cfg *fc,
                        const struct cf_dist *src, const struct cf_dist *tgt, const char *run_dir,
                        const char *options_yaml, const char *resume, struct cf_train_result *res);
+
+/* ---- the CFM baseline (-model cfm) ---- */
+struct cf_train_cfm_opts {
+  double sigma; /* path noise: x_t = (1 - t) x0 + t x1 + sigma eps (-cfm_sigma) */
+  int ot;       /* 1: OT-CFM, exact OT coupling over the global batch; 0: I-CFM */
+};
+
+/* Collective on the grid (data parallel only: tp = pp = cp = 1, else CF_ETOPO). Train the CFM
+ * velocity field cc for tc->steps steps of tc->batch points into run_dir, with the same loop,
+ * log.jsonl, checkpoints (model_kind "cfm", tensors cfm.*), resume and stop signals as
+ * cf_train_run; log.jsonl's loss is the CFM squared error (recon the same, kl and nll 0). */
+cf_status cf_train_cfm_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
+                           const struct cf_cfm_cfg *cc, const struct cf_train_cfm_opts *opt,
+                           const struct cf_dist *src, const struct cf_dist *tgt,
+                           const char *run_dir, const char *options_yaml, const char *resume,
+                           struct cf_train_result *res);
 
 #endif

@@ -57,6 +57,11 @@ cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv);
 cf_status cf_app_dist(MPI_Comm comm, const char *spec, int64_t dim, const char *option,
                       struct cf_dist *d, float **owned);
 
+/* Local. The CFM baseline's network and training options (-data_dim, -net_hidden as the
+ * width, -net_layers hidden layers, -cfm_time_freqs, -cfm_sigma, -cfm_coupling). */
+cf_status cf_app_cfm_cfg(const struct cf_opts *o, struct cf_cfm_cfg *cc,
+                         struct cf_train_cfm_opts *opt);
+
 /* Local. Read -par_tp/-par_pp/-par_cp into par[3] and check the layout against the world size
  * and the model (cf_grid_check, and -net_ffn divisible by -par_tp). microbatches: the
  * pipeline schedule's (training), or 0 when there is none to check (sampling). */
@@ -79,6 +84,12 @@ const char *cf_opts_first_difference(const struct cf_opts *a, const struct cf_op
 cf_status cf_load_model(MPI_Comm comm, const char *path, struct cf_opts *to, struct cf_model *m,
                         struct cf_flow_cfg *fc, struct cf_ckpt_meta *meta, int with_optim,
                         const struct cf_grid *g);
+
+/* Collective on comm. The CFM baseline stored in checkpoint `path` (options into *to), with
+ * room for max_batch points per evaluation; with_optim also reads (and checks) the optimizer
+ * moments. CF_EINVAL when the checkpoint holds another method. */
+cf_status cf_load_cfm(MPI_Comm comm, const char *path, struct cf_opts *to, struct cf_cfm *m,
+                      struct cf_ckpt_meta *meta, int with_optim, int64_t max_batch);
 
 /* Local. Write text to path atomically (temporary file, fsync, rename); on failure the old
  * file, if any, is untouched and no temporary is left. */

@@ -17,14 +17,24 @@ cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv) {
   struct cf_opts *to = NULL;
   CF_TRY(cf_alloc((void **)&to, sizeof *to, "options"));
   struct cf_model m;
+  struct cf_cfm cm;
+  memset(&m, 0, sizeof m);
+  memset(&cm, 0, sizeof cm);
   struct cf_flow_cfg fc;
   struct cf_ckpt_meta meta;
   int verify = strcmp(argv[0], "verify") == 0;
-  CF_TRY(cf_load_model(comm, path, to, &m, &fc, &meta, verify, NULL));
+  CF_TRY(cf_app_ckpt_options(comm, path, to, &meta));
+  const int cfm = strcmp(cf_opt_str(to, "model"), "cfm") == 0;
+  if (cfm)
+    CF_TRY(cf_load_cfm(comm, path, to, &cm, &meta, verify, 1));
+  else
+    CF_TRY(cf_load_model(comm, path, to, &m, &fc, &meta, verify, NULL));
+  const int nt = cfm ? cm.n_tensors : m.n_tensors;
+  const struct cf_tensor_info *tensors = cfm ? cm.tensors : m.tensors;
   if (rank == 0) {
     if (verify) {
       printf("ok: %s: %d tensors (parameters and AdamW moments) match their shapes and checksums\n",
-             path, 3 * m.n_tensors);
+             path, 3 * nt);
     } else {
       printf("checkpoint %s\n  model %s, step %lld, seed %llu, written by %lld rank%s\n", path,
              meta.model_kind ? meta.model_kind : "?", (long long)meta.step,
@@ -35,13 +45,19 @@ cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv) {
         printf("  rng %s, next step counter %lld\n", meta.rng, (long long)meta.rng_step);
       else
         printf("  rng (not recorded)\n");
-      printf("  D=%lld N=%lld P=%lld S=%lld H=%lld layers=%lld heads=%lld head=%s, %zu parameters "
-             "in %d tensors\n",
-             (long long)m.cfg.D, (long long)m.cfg.N, (long long)m.cfg.P, (long long)m.cfg.S,
-             (long long)m.cfg.H, (long long)m.cfg.layers, (long long)m.cfg.heads,
-             cf_head_name(m.cfg.head), m.n_params, m.n_tensors);
-      for (int i = 0; i < m.n_tensors; i++) {
-        const struct cf_tensor_info *t = &m.tensors[i];
+      if (cfm)
+        printf("  CFM velocity MLP: D=%lld, %lld hidden layers of width %lld, %lld time "
+               "frequencies, %zu parameters in %d tensors\n",
+               (long long)cm.cfg.D, (long long)cm.cfg.layers, (long long)cm.cfg.width,
+               (long long)cm.cfg.time_freqs, cm.n_params, cm.n_tensors);
+      else
+        printf("  D=%lld N=%lld P=%lld S=%lld H=%lld layers=%lld heads=%lld head=%s, %zu "
+               "parameters in %d tensors\n",
+               (long long)m.cfg.D, (long long)m.cfg.N, (long long)m.cfg.P, (long long)m.cfg.S,
+               (long long)m.cfg.H, (long long)m.cfg.layers, (long long)m.cfg.heads,
+               cf_head_name(m.cfg.head), m.n_params, m.n_tensors);
+      for (int i = 0; i < nt; i++) {
+        const struct cf_tensor_info *t = &tensors[i];
         if (t->ndim == 2)
           printf("    %-28s %lld x %lld\n", t->name, (long long)t->shape[0],
                  (long long)t->shape[1]);
@@ -51,6 +67,7 @@ cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv) {
     }
   }
   cf_model_release(&m);
+  cf_cfm_release(&cm);
   cf_free((void **)&to);
   return CF_OK;
 }

@@ -50,6 +50,27 @@ cf_status cf_load_model(MPI_Comm comm, const char *path, struct cf_opts *to, str
   return st;
 }
 
+cf_status cf_load_cfm(MPI_Comm comm, const char *path, struct cf_opts *to, struct cf_cfm *m,
+                      struct cf_ckpt_meta *meta, int with_optim, int64_t max_batch) {
+  struct cf_cfm_cfg cc;
+  struct cf_train_cfm_opts copt;
+  CF_TRY(cf_app_ckpt_options(comm, path, to, meta));
+  CF_CHECK(strcmp(cf_opt_str(to, "model"), "cfm") == 0, CF_EINVAL,
+           "checkpoint '%s' holds a %s model, not the CFM baseline", path, cf_opt_str(to, "model"));
+  CF_TRY(cf_app_cfm_cfg(to, &cc, &copt));
+  CF_TRY(cf_cfm_init(m, &cc, max_batch));
+  float *moments = NULL; /* (2, n_params) scratch: read to verify, then dropped */
+  if (with_optim)
+    CF_TRY(cf_alloc((void **)&moments, 2 * m->n_params * sizeof(float), "optimizer state"));
+  struct cf_ckpt_table ct;
+  cf_status st = cf_ckpt_table_init_tensors(&ct, m->tensors, m->n_tensors, m->params, NULL, moments,
+                                            moments ? moments + m->n_params : NULL);
+  if (st == CF_OK) st = cf_ckpt_read_tensors(comm, path, ct.t, ct.nt);
+  cf_ckpt_table_release(&ct);
+  cf_free((void **)&moments);
+  return st;
+}
+
 /* Rank 0: the rollout's finished samples, in order, gathered into appends of about a second's
  * worth (each append flushes and fsyncs the file, too costly per small batch). A kill loses at
  * most the samples of the last second. */
@@ -129,33 +150,63 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   else
     snprintf(out, sizeof out, "%s/samples.h5", run_dir);
 
-  /* the layout: the checkpoint's model shape decides which splits fit */
+  /* the method and its layout: the checkpoint's model decides which splits fit */
   struct cf_model m;
+  struct cf_cfm cm;
+  memset(&m, 0, sizeof m);
+  memset(&cm, 0, sizeof cm);
   struct cf_model_cfg mc0;
   struct cf_flow_cfg fc;
   struct cf_ckpt_meta meta;
   CF_TRY(cf_app_ckpt_options(comm, ck, to, &meta));
-  CF_TRY(cf_app_model_cfg(to, &mc0, &fc));
-  int par[3];
-  CF_TRY(cf_app_layout(o, world, &mc0, 0, par));
+  const int cfm = strcmp(cf_opt_str(to, "model"), "cfm") == 0;
+  int par[3] = {1, 1, 1};
   struct cf_grid g;
-  CF_TRY(cf_grid_init(&g, comm, par[0], par[1], par[2]));
-  CF_TRY(cf_load_model(comm, ck, to, &m, &fc, &meta, 0, &g));
+  int64_t D, N;
+  const char *tau_s = cf_opt_str(o, "sample_temperature");
+  if (cfm) {
+    struct cf_cfm_cfg cc;
+    struct cf_train_cfm_opts copt;
+    CF_TRY(cf_app_cfm_cfg(to, &cc, &copt));
+    static const char *axes[3] = {"par_tp", "par_pp", "par_cp"};
+    for (int i = 0; i < 3; i++) {
+      int64_t v;
+      CF_TRY(cf_opt_int(o, axes[i], 1, 1 << 20, &v));
+      CF_CHECK(v == 1, CF_ETOPO,
+               "option -%s: the CFM checkpoint '%s' samples data parallel only (expected 1)",
+               axes[i], ck);
+    }
+    CF_CHECK(strcmp(tau_s, "auto") == 0, CF_EINVAL,
+             "option -sample_temperature: the CFM baseline ('%s') integrates an ODE and has no "
+             "temperature (leave it at auto)",
+             ck);
+    CF_TRY(cf_opt_int(to, "flow_time_points", 2, 1 << 20, &N));
+    CF_TRY(cf_grid_init(&g, comm, 1, 1, 1));
+    CF_TRY(cf_load_cfm(comm, ck, to, &cm, &meta, 0, sc.batch));
+    D = cc.D;
+  } else {
+    CF_TRY(cf_app_model_cfg(to, &mc0, &fc));
+    CF_TRY(cf_app_layout(o, world, &mc0, 0, par));
+    CF_TRY(cf_grid_init(&g, comm, par[0], par[1], par[2]));
+    CF_TRY(cf_load_model(comm, ck, to, &m, &fc, &meta, 0, &g));
+    if (strcmp(tau_s, "auto") == 0)
+      sc.tau = m.cfg.head == CF_HEAD_VAE ? 0.5 : 1.0;
+    else
+      CF_TRY(cf_opt_real(o, "sample_temperature", 0, 1e3, &sc.tau));
+    D = m.cfg.D;
+    N = m.cfg.N;
+  }
   double timeout;
   CF_TRY(cf_opt_real(o, "par_timeout", 0, 1e9, &timeout));
   CF_TRY(cf_watchdog_start(timeout, rank));
   char layout[128];
   cf_grid_describe(&g, layout, sizeof layout);
-  const char *tau_s = cf_opt_str(o, "sample_temperature");
-  if (strcmp(tau_s, "auto") == 0)
-    sc.tau = m.cfg.head == CF_HEAD_VAE ? 0.5 : 1.0;
-  else
-    CF_TRY(cf_opt_real(o, "sample_temperature", 0, 1e3, &sc.tau));
   struct cf_dist src;
   float *src_pts = NULL;
-  CF_TRY(cf_app_dist(comm, cf_opt_str(to, "data_source"), m.cfg.D, "-data_source", &src, &src_pts));
+  CF_TRY(cf_app_dist(comm, cf_opt_str(to, "data_source"), D, "-data_source", &src, &src_pts));
+  struct cf_ode_opts ode_opts;
+  cf_ode_opts_default(&ode_opts);
 
-  const int64_t D = m.cfg.D, N = m.cfg.N;
   int64_t resume;
   CF_TRY(cf_opt_int(o, "sample_resume", 0, 1, &resume));
   sc.traj = (int)traj;
@@ -168,6 +219,13 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
            "tensor_parallel: %d\ncontext_parallel: %d\n",
            ck, (long long)meta.step, (long long)seed, sc.tau, sc.kvcache, (long long)sc.n,
            (int)traj, cf_opt_str(to, "data_source"), par[0], par[2]);
+  if (cfm) { /* the integration: a chunk's samples share their adaptive steps */
+    size_t len = strlen(config);
+    snprintf(config + len, sizeof config - len,
+             "model: cfm\nsample_batch: %lld\node: PETSc TS, default rk 5dp, atol %g rtol %g, "
+             "-cfm_ts_* options apply\n",
+             (long long)sc.batch, ode_opts.atol, ode_opts.rtol);
+  }
   struct cf_samples_spec spec = {.n = sc.n, .D = D, .N = N, .traj = (int)traj, .config = config};
   struct cf_samples file;
   memset(&file, 0, sizeof file);
@@ -197,7 +255,12 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   CF_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, comm));
   if (!ok) return st != CF_OK ? st : cf_err(CF_EREMOTE, "rank 0 could not allocate");
   struct cf_rollout_stats rs;
-  st = cf_rollout_run(comm, &g, &m, &fc, &src, &sc, sink_append, &k, &rs);
+  struct cf_rollout_ode ode;
+  memset(&ode, 0, sizeof ode);
+  if (cfm)
+    st = cf_rollout_cfm_run(comm, &cm, &src, &sc, N, &ode_opts, sink_append, &k, &rs, &ode);
+  else
+    st = cf_rollout_run(comm, &g, &m, &fc, &src, &sc, sink_append, &k, &rs);
   if (rank == 0) {
     /* what arrived in order is committed, also after a failure elsewhere */
     cf_status sf = k.count > 0 ? sink_flush(&k) : CF_OK;
@@ -212,7 +275,15 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   int fin = st == CF_OK;
   CF_MPI(MPI_Bcast(&fin, 1, MPI_INT, 0, comm));
   if (!fin) return st != CF_OK ? st : cf_err(CF_EREMOTE, "rank 0 could not finish '%s'", out);
-  if (rank == 0 && !sc.quiet)
+  if (rank == 0 && !sc.quiet && cfm)
+    printf("wrote %lld samples to %s (%.2f s, %.0f samples/s, CFM ODE with PETSc TS %s: %lld "
+           "solves, %.1f function evaluations and %.1f steps per solve, %lld rejected; %d "
+           "rank%s)\n",
+           (long long)sc.n, out, rs.seconds, (double)(sc.n - done) / rs.seconds, ode.type,
+           (long long)ode.solves, ode.solves ? (double)ode.nfe / (double)ode.solves : 0.0,
+           ode.solves ? (double)ode.steps / (double)ode.solves : 0.0, (long long)ode.rejected,
+           world, world > 1 ? "s" : "");
+  else if (rank == 0 && !sc.quiet)
     printf("wrote %lld samples to %s (%.2f s, %.0f samples/s, %s, tau %g, %s; busy "
            "%.0f-%.0f%% of the time per rank, coordinator %.1f%%)\n",
            (long long)sc.n, out, rs.seconds, (double)(sc.n - done) / rs.seconds,
@@ -226,14 +297,19 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
              "{\"ranks\": %d, \"tp\": %d, \"pp\": %d, \"cp\": %d, \"samples\": %lld, \"seconds\": "
              "%.6g, \"samples_per_s\": %.6g, "
              "\"kvcache\": %d, \"busy_min\": %.4f, \"busy_max\": %.4f, \"coord_seconds\": %.6g, "
-             "\"batches\": %lld}\n",
+             "\"batches\": %lld, \"model\": \"%s\", \"ode_solves\": %lld, \"nfe\": %lld, "
+             "\"nfe_per_solve\": %.6g, \"ode_steps\": %lld, \"ode_rejected\": %lld}\n",
              world, par[0], par[1], par[2], (long long)(sc.n - done), rs.seconds,
              (double)(sc.n - done) / rs.seconds, sc.kvcache, rs.busy_min, rs.busy_max,
-             rs.coord_seconds, (long long)rs.batches);
+             rs.coord_seconds, (long long)rs.batches, cfm ? "cfm" : "calmflow",
+             (long long)ode.solves, (long long)ode.nfe,
+             ode.solves ? (double)ode.nfe / (double)ode.solves : 0.0, (long long)ode.steps,
+             (long long)ode.rejected);
     (void)cf_write_text_atomic(p, text);
   }
   cf_free((void **)&src_pts);
   cf_model_release(&m);
+  cf_cfm_release(&cm);
   cf_grid_release(&g);
   cf_free((void **)&o);
   cf_free((void **)&to);

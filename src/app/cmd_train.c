@@ -189,11 +189,18 @@ static cf_status newest_valid(MPI_Comm comm, const char *dir, char *path, size_t
   cf_status st = CF_OK;
   while (path[0] != '\0') {
     struct cf_model m;
+    struct cf_cfm cm;
     struct cf_flow_cfg fc;
     struct cf_ckpt_meta meta;
     memset(&m, 0, sizeof m);
-    st = cf_load_model(comm, path, tmp, &m, &fc, &meta, 1, NULL);
+    memset(&cm, 0, sizeof cm);
+    st = cf_app_ckpt_options(comm, path, tmp, &meta);
+    if (st == CF_OK && strcmp(cf_opt_str(tmp, "model"), "cfm") == 0)
+      st = cf_load_cfm(comm, path, tmp, &cm, &meta, 1, 1);
+    else if (st == CF_OK)
+      st = cf_load_model(comm, path, tmp, &m, &fc, &meta, 1, NULL);
     cf_model_release(&m);
+    cf_cfm_release(&cm);
     if (st == CF_OK) break;
     if (rank == 0)
       fprintf(stderr, "calmflow: warning: skipping checkpoint '%s': %s\n", path, cf_errmsg());
@@ -317,21 +324,39 @@ cf_status cf_cmd_train(MPI_Comm comm) {
   CF_TRY(cf_opts_load(o, NULL, CMD_TRAIN));
   CF_TRY(cf_opts_check_unknown("train"));
   const char *model = cf_opt_str(o, "model");
-  CF_CHECK(strcmp(model, "cfm") != 0, CF_EINVAL,
-           "option -model: 'cfm' (the ODE baseline) is not implemented yet (calmflow 5)");
-  CF_CHECK(strcmp(model, "calmflow") == 0, CF_EINVAL,
-           "option -model: unknown method '%s' (expected calmflow)", model);
+  const int cfm = strcmp(model, "cfm") == 0;
+  CF_CHECK(cfm || strcmp(model, "calmflow") == 0, CF_EINVAL,
+           "option -model: unknown method '%s' (expected calmflow or cfm)", model);
   struct cf_model_cfg mc;
   struct cf_flow_cfg fc;
   struct cf_train_cfg tc;
-  CF_TRY(cf_app_model_cfg(o, &mc, &fc));
+  struct cf_cfm_cfg cc;
+  struct cf_train_cfm_opts copt;
   CF_TRY(train_cfg(o, &tc));
   double timeout;
   CF_TRY(cf_opt_real(o, "par_timeout", 0, 1e9, &timeout));
   CF_TRY(cf_watchdog_start(timeout, rank));
-  int par[3];
-  CF_TRY(cf_app_layout(o, world, &mc, tc.microbatches, par));
-  CF_TRY(cf_train_cfg_check(&tc, &mc, world / (par[0] * par[1] * par[2])));
+  int par[3] = {1, 1, 1};
+  if (cfm) {
+    CF_TRY(cf_app_cfm_cfg(o, &cc, &copt));
+    memset(&mc, 0, sizeof mc);
+    mc.D = cc.D;
+    static const char *axes[3] = {"par_tp", "par_pp", "par_cp"};
+    for (int i = 0; i < 3; i++) {
+      int64_t v;
+      CF_TRY(cf_opt_int(o, axes[i], 1, 1 << 20, &v));
+      CF_CHECK(v == 1, CF_ETOPO,
+               "option -%s: -model cfm is split by data parallelism only (expected 1, got %lld)",
+               axes[i], (long long)v);
+    }
+    CF_CHECK(tc.batch >= world, CF_ETOPO,
+             "option -train_batch: %lld points per step cannot feed %d ranks", (long long)tc.batch,
+             world);
+  } else {
+    CF_TRY(cf_app_model_cfg(o, &mc, &fc));
+    CF_TRY(cf_app_layout(o, world, &mc, tc.microbatches, par));
+    CF_TRY(cf_train_cfg_check(&tc, &mc, world / (par[0] * par[1] * par[2])));
+  }
   int overwrite;
   CF_TRY(cf_opt_bool(o, "run_overwrite", &overwrite));
   const char *run_dir = cf_opt_str(o, "run_dir");
@@ -382,7 +407,15 @@ cf_status cf_cmd_train(MPI_Comm comm) {
   CF_MPI(MPI_Bcast(&bad, 1, MPI_INT, 0, comm));
   if (bad) return st != CF_OK ? st : cf_err(CF_EREMOTE, "rank 0 could not prepare '%s'", run_dir);
 
-  if (rank == 0 && !tc.quiet) {
+  if (rank == 0 && !tc.quiet && cfm) {
+    printf("calmflow train (CFM baseline): %s -> %s, D=%lld, MLP %lld x %lld, %s coupling, "
+           "sigma=%g, %s lr=%g, batch=%lld points on %d rank%s\n",
+           cf_opt_str(o, "data_source"), train_file[0] ? train_file : cf_opt_str(o, "data_name"),
+           (long long)cc.D, (long long)cc.layers, (long long)cc.width,
+           copt.ot ? "exact OT" : "independent", copt.sigma, cf_optimizer_name(tc.optimizer), tc.lr,
+           (long long)tc.batch, world, world > 1 ? "s" : "");
+    fflush(stdout);
+  } else if (rank == 0 && !tc.quiet) {
     printf("calmflow train: %s -> %s, D=%lld N=%lld P=%lld S=%lld, H=%lld layers=%lld heads=%lld, "
            "head=%s predict=%s path=%s sigma=%g, %s lr=%g, batch=%lld paths on %d rank%s\n",
            cf_opt_str(o, "data_source"), train_file[0] ? train_file : cf_opt_str(o, "data_name"),
@@ -402,8 +435,10 @@ cf_status cf_cmd_train(MPI_Comm comm) {
     if (resume[0]) printf("resuming from %s (step %lld)\n", resume, (long long)resume_step);
   }
   struct cf_train_result res;
-  cf_status st_run = cf_train_run(&grid, &tc, &mc, &fc, &src, &tgt, run_dir, yaml,
-                                  resume[0] ? resume : NULL, &res);
+  cf_status st_run = cfm ? cf_train_cfm_run(&grid, &tc, &cc, &copt, &src, &tgt, run_dir, yaml,
+                                            resume[0] ? resume : NULL, &res)
+                         : cf_train_run(&grid, &tc, &mc, &fc, &src, &tgt, run_dir, yaml,
+                                        resume[0] ? resume : NULL, &res);
   cf_grid_release(&grid);
   if (st_run == CF_STOPPED) {
     if (rank == 0)

@@ -30,7 +30,13 @@ static const struct optdef {
     {"data_out", "data.h5", CMD_DATA, "output file of `calmflow data` (dataset /x)"},
     {"data_train", "", TR, "target samples x1 from FILE.h5 (/x, n x D) instead of -data_name"},
     {"data_source", "normal", TR, "source x0: normal, a synthetic name, or FILE.h5"},
-    {"model", "calmflow", TR, "the method: calmflow (cfm comes with calmflow 5)"},
+    {"model", "calmflow", TR,
+     "the method: calmflow, or cfm (the flow-matching ODE baseline: an MLP velocity field of "
+     "-net_layers hidden layers of width -net_hidden, sampled with PETSc TS)"},
+    {"cfm_coupling", "ot", TR,
+     "cfm: ot (exact OT over the global batch, OT-CFM) or independent (I-CFM)"},
+    {"cfm_sigma", "0", TR, "cfm: path noise sigma, x_t = (1-t) x0 + t x1 + sigma eps"},
+    {"cfm_time_freqs", "8", TR, "cfm: sinusoidal time features K (inputs t, sin/cos(pi k t))"},
     {"flow_time_points", "16", TR, "N, time points per trajectory"},
     {"flow_spatial_tokens", "1", TR, "S, spatial tokens per point"},
     {"flow_trajectories", "8", TR, "P, trajectories per sequence"},
@@ -228,6 +234,7 @@ cf_status cf_opts_check_unknown(const char *cmd) {
   for (PetscInt i = 0; i < n; i++) {
     const char *nm = names[i][0] == '-' ? names[i] + 1 : names[i];
     if (find(nm) >= 0 || is_petsc_flag(nm)) continue;
+    if (strncmp(nm, "cfm_ts_", 7) == 0) continue; /* PETSc TS options of CFM sampling */
     if (bad[0] == '\0') snprintf(bad, sizeof bad, "%s", nm);
   }
   CF_PETSC(PetscOptionsLeftRestore(NULL, &n, &names, &values));
@@ -335,6 +342,24 @@ cf_status cf_app_model_cfg(const struct cf_opts *o, struct cf_model_cfg *mc,
     CF_TRY(cf_predict_parse(pred, &fc->predict));
   CF_TRY(cf_flow_cfg_check(fc));
   return CF_OK;
+}
+
+cf_status cf_app_cfm_cfg(const struct cf_opts *o, struct cf_cfm_cfg *cc,
+                         struct cf_train_cfm_opts *opt) {
+  memset(cc, 0, sizeof *cc);
+  memset(opt, 0, sizeof *opt);
+  CF_TRY(cf_opt_int(o, "data_dim", 1, (int64_t)1 << 40, &cc->D));
+  CF_TRY(cf_opt_int(o, "net_hidden", 1, 1 << 20, &cc->width));
+  CF_TRY(cf_opt_int(o, "net_layers", 1, 4096, &cc->layers));
+  CF_TRY(cf_opt_int(o, "cfm_time_freqs", 0, 64, &cc->time_freqs));
+  CF_TRY(cf_opt_real(o, "cfm_sigma", 0, 1e6, &opt->sigma));
+  const char *cpl = cf_opt_str(o, "cfm_coupling");
+  if (strcmp(cpl, "ot") == 0)
+    opt->ot = 1;
+  else
+    CF_CHECK(strcmp(cpl, "independent") == 0, CF_EINVAL,
+             "option -cfm_coupling: unknown coupling '%s' (expected ot or independent)", cpl);
+  return cf_cfm_cfg_check(cc);
 }
 
 const char *cf_opts_first_difference(const struct cf_opts *a, const struct cf_opts *b,

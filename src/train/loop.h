@@ -31,11 +31,6 @@ struct cf_learner {
   double (*grad_sqnorm)(void *ctx); /* this rank's share of the squared gradient norm */
 };
 
-/* Local. The checkpoint table of a tensor list laid out in params (as cf_ckpt_table_init). */
-cf_status cf_ckpt_table_init_tensors(struct cf_ckpt_table *ct, const struct cf_tensor_info *tensors,
-                                     int n_tensors, const float *params, const struct cf_grid *grid,
-                                     const float *adam_m, const float *adam_v);
-
 /* Collective on the grid. Train L for tc->steps steps into run_dir, from resume (a checkpoint
  * path) or from its current parameters (NULL), as cf_train_run describes. */
 cf_status cf_train_loop(const struct cf_grid *g, const struct cf_train_cfg *tc,
