@@ -573,6 +573,47 @@ static void test_checkerboard(void) {
   }
 }
 
+/* The N-D checkerboard in 5-D: every point in [-4, 4]^5 with an even cell-index sum, each of
+ * the 512 even cells about equally often, coordinates uniform within their cells. */
+static void test_checkerboard_nd(void) {
+  const int64_t M = 100000, D = 5;
+  struct cf_dist d = dist("checkerboardnd", D);
+  static double cells[1024];
+  double s1[5] = {0}, s2[5] = {0};
+  int bad = 0;
+  float x[5];
+  for (int64_t m = 0; m < M; m++) {
+    draw(&d, (uint64_t)m, x);
+    int id = 0, sum = 0;
+    for (int64_t k = 0; k < D; k++) {
+      if (!(x[k] >= -4.0f && x[k] < 4.0f)) bad++;
+      int c = (int)floor((x[k] + 4.0) / 2.0);
+      c = c < 0 ? 0 : (c > 3 ? 3 : c);
+      sum += c;
+      id = id * 4 + c;
+      double in = (x[k] + 4.0) / 2.0 - c; /* position inside the cell, uniform on [0, 1) */
+      s1[k] += in, s2[k] += in * in;
+    }
+    if (sum % 2) bad++;
+    cells[id]++;
+  }
+  EXPECT(bad == 0, "checkerboardnd: %d points outside [-4, 4)^5 or in odd cells", bad);
+  double want = (double)M / 512, worst = 0;
+  for (int id = 0; id < 1024; id++) {
+    int sum = 0;
+    for (int k = 0, v = id; k < 5; k++, v /= 4)
+      sum += v % 4;
+    if (sum % 2 == 0) worst = fmax(worst, fabs(cells[id] - want));
+  }
+  EXPECT(worst <= 5 * sqrt(want), "checkerboardnd: a cell is %g points off %g", worst, want);
+  for (int64_t k = 0; k < D; k++) {
+    double mean = s1[k] / M, var = s2[k] / M - mean * mean;
+    EXPECT(fabs(mean - 0.5) < 0.01 && fabs(var - 1.0 / 12) < 0.01,
+           "checkerboardnd: in-cell coordinate %lld mean %g var %g (want uniform)", (long long)k,
+           mean, var);
+  }
+}
+
 /* Mixtures of unit Gaussians: the cluster of a point is the nearest of the `nc` centers
  * (c_k0, c_k1, 0, ...); checks weights, means and unit variances of every coordinate. */
 static void check_mixture(const char *name, int64_t D, int nc, const double (*ctr)[2],
@@ -818,6 +859,7 @@ int main(void) {
   test_8gaussians();
   test_moons();
   test_checkerboard();
+  test_checkerboard_nd();
   test_mixtures();
   test_points();
   test_dist_determinism();

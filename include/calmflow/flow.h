@@ -26,6 +26,9 @@ enum cf_dist_kind {
   CF_DIST_4BLOBS,       /* any D: unit Gaussians at (-15|-5|5|15, 0, ..., 0) */
   CF_DIST_2GAUSSIANS,   /* any D: unit Gaussians at (+-5, 0, ..., 0), the source of 2to4gaussians */
   CF_DIST_2TO4,         /* any D >= 2: unit Gaussians at (+-5, +-5, 0, ..., 0) */
+  CF_DIST_CHECKER_ND,   /* any D >= 2: uniform on the cubes of side 2 of [-4, 4]^D whose cell
+                           indices floor((x_d + 4) / 2) have an even sum (the authors' N-D
+                           checkerboard notebook) */
   CF_DIST_POINTS        /* an empirical set (a data file): uniform choice of a row */
 };
 
@@ -37,8 +40,8 @@ struct cf_dist {
 };
 
 /* Local. Set d to the named synthetic distribution in dimension dim. Names: normal, gaussian,
- * 8gaussians, moons, checkerboard, 4blobs, 2gaussians, 2to4gaussians. CF_EINVAL naming
- * `option` for an unknown name or a dimension the distribution does not support. */
+ * 8gaussians, moons, checkerboard, checkerboardnd, 4blobs, 2gaussians, 2to4gaussians. CF_EINVAL
+ * naming `option` for an unknown name or a dimension the distribution does not support. */
 cf_status cf_dist_by_name(struct cf_dist *d, const char *name, int64_t dim, const char *option);
 /* Local. An empirical distribution over the rows of x (n, dim), borrowed. */
 void cf_dist_points(struct cf_dist *d, const float *x, int64_t n, int64_t dim);

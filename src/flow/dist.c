@@ -20,10 +20,12 @@ static const struct {
     {"4blobs", CF_DIST_4BLOBS, 0, 1},
     {"2gaussians", CF_DIST_2GAUSSIANS, 0, 1},
     {"2to4gaussians", CF_DIST_2TO4, 0, 2},
+    {"checkerboardnd", CF_DIST_CHECKER_ND, 0, 2},
 };
 
 const char *cf_dist_names(void) {
-  return "normal, gaussian, 8gaussians, moons, checkerboard, 4blobs, 2gaussians, 2to4gaussians";
+  return "normal, gaussian, 8gaussians, moons, checkerboard, checkerboardnd, 4blobs, 2gaussians, "
+         "2to4gaussians";
 }
 
 cf_status cf_dist_by_name(struct cf_dist *d, const char *name, int64_t dim, const char *option) {
@@ -92,6 +94,24 @@ void cf_dist_draw(const struct cf_dist *d, const struct cf_rng *r, float *out) {
     x2 += fmod(floor(x1) + 4.0, 2.0);
     out[0] = (float)(2.0 * x1);
     out[1] = (float)(2.0 * x2);
+    return;
+  }
+  case CF_DIST_CHECKER_ND: {
+    /* uniform on [-4, 4]^D; an odd cell-index sum moves coordinate 0 to the neighbouring cell
+     * of its pair (0 <-> 1, 2 <-> 3), which keeps it uniform and makes the sum even */
+    int odd = 0;
+    for (int64_t k = 0; k < D; k++) {
+      double u = cf_rng_uniform1(r, (uint64_t)k) * 8.0 - 4.0;
+      int c = (int)floor((u + 4.0) / 2.0);
+      c = c < 0 ? 0 : (c > 3 ? 3 : c);
+      odd ^= c & 1;
+      out[k] = (float)u;
+    }
+    if (odd) {
+      int c0 = (int)floor(((double)out[0] + 4.0) / 2.0);
+      c0 = c0 < 0 ? 0 : (c0 > 3 ? 3 : c0);
+      out[0] = (float)((double)out[0] + ((c0 & 1) ? -2.0 : 2.0));
+    }
     return;
   }
   case CF_DIST_4BLOBS: {
