@@ -113,6 +113,21 @@ static const struct optdef {
      "optional: a second independent data sample; reports w2_floor = W2(ref, b) and w2_ratio"},
     {"eval_out", "", CMD_EVAL, "output JSON file (default: standard output)"},
     {"eval_max_exact", "5000", CMD_EVAL, "points per set used for exact W1/W2"},
+    {"eval_frechet", "1", CMD_EVAL,
+     "1: Frechet distance of the fitted Gaussians (all points, ScaLAPACK on all ranks)"},
+    {"eval_sinkhorn_max", "5000", CMD_EVAL,
+     "points per set used for Sinkhorn (sinkhorn_w2, sinkhorn_div), split over the ranks; 0: "
+     "skip"},
+    {"eval_sinkhorn_eps", "0.05", CMD_EVAL,
+     "Sinkhorn eps relative to E||y - y'||^2 over the -eval_b points"},
+    {"eval_sinkhorn_eps_abs", "0", CMD_EVAL,
+     "Sinkhorn eps in squared-distance units (> 0: overrides -eval_sinkhorn_eps)"},
+    {"eval_sinkhorn_iters", "1000", CMD_EVAL, "Sinkhorn iteration cap per transport problem"},
+    {"eval_sinkhorn_tol", "1e-6", CMD_EVAL, "Sinkhorn stop: L1 marginal violation <= this"},
+    {"eval_sinkhorn_debias", "1", CMD_EVAL,
+     "1: also OT(a, a) and OT(b, b) for the debiased divergence sinkhorn_div"},
+    {"eval_sinkhorn_mem", "256", CMD_EVAL,
+     "MiB per rank for keeping the Sinkhorn cost rows (beyond: recomputed each iteration)"},
 };
 #define NOPT ((int)(sizeof g_opts / sizeof g_opts[0]))
 

@@ -23,6 +23,9 @@ set_tests_properties(app_ckpt_faults PROPERTIES PROCESSORS 2)
 # sampling under the coordinator: the same /x at 1-4 ranks and any batch, kill and resume
 cf_script_test(app_sample test_sample.sh "fast;mpi")
 set_tests_properties(app_sample PROPERTIES PROCESSORS 2)
+# calmflow eval at 1 and 2 ranks: the collective metrics (frechet, sinkhorn_*) against numpy
+cf_script_test(app_eval test_eval.sh "fast;mpi")
+set_tests_properties(app_eval PROPERTIES PROCESSORS 2)
 # the CFM baseline through the binary: training across ranks and resume, sampling with PETSc TS
 cf_script_test(app_cfm test_cfm_cli.sh "fast;mpi")
 set_tests_properties(app_cfm PROPERTIES PROCESSORS 2)

@@ -3,3 +3,12 @@
 set(CF_TEST_LIBS cf_metrics)
 cf_test(metrics test_metrics fast ${CMAKE_CURRENT_SOURCE_DIR}/data/metrics_ref.txt)
 unset(CF_TEST_LIBS)
+# the collective metrics: Sinkhorn (entropic OT) and the Frechet distance (ScaLAPACK) against
+# numpy/scipy values (tests/reference/metrics_ot_ref.txt, written by gen_metrics.py), layout
+# invariance (grids, blocks, row splits) at 1-3 ranks, closed forms, bad input
+set(CF_TEST_LIBS cf_metrics)
+foreach(np 1 2 3)
+  cf_mpi_test(metrics_ot test_metrics_ot ${np} fast
+              ${CMAKE_CURRENT_SOURCE_DIR}/reference/metrics_ot_ref.txt)
+endforeach()
+unset(CF_TEST_LIBS)
