@@ -2,7 +2,7 @@
 """experiments.py: the comparison of calmflow 5 (docs/results.md), end to end.
 
 Usage: analysis/experiments.py [--size ci|small|full] [--groups toy2d,highdim,trajtok]
-                               [--ranks R] [--binary build/calmflow] [--out DIR]
+                               [--methods m1,m2] [--ranks R] [--binary build/calmflow] [--out DIR]
                                [--results docs/results.md] [--config configs/experiments.json]
 
 For every group, pair of distributions (source -> target), dimension, method and seed of the
@@ -101,6 +101,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="ci")
     ap.add_argument("--groups", default="toy2d,highdim,trajtok")
+    ap.add_argument("--methods", default="", help="only these methods (comma-separated)")
     ap.add_argument("--ranks", type=int, default=1)
     ap.add_argument("--binary", default="build/calmflow")
     ap.add_argument("--out")
@@ -172,7 +173,11 @@ def main():
             for dim in dims:
                 for sp in sweep_points:
                     trained = {}  # method -> (run_dir, summary, params) for seed-matched CFM
+                    only = [x for x in a.methods.split(",") if x]
                     for method in g["methods"]:
+                        if only and method not in only and not any(
+                                cfg["methods"][o].get("match") == method for o in only):
+                            continue
                         m = dict(cfg["methods"][method])
                         match = m.pop("match", None)
                         for seed in range(size["seeds"]):
