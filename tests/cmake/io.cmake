@@ -10,3 +10,15 @@ unset(CF_TEST_LIBS)
 set(CF_TEST_LIBS cf_io)
 cf_mpi_test(io_samples test_samples 1 fast)
 unset(CF_TEST_LIBS)
+# AnnData .h5ad reader: the fixtures in tests/data/h5ad, and ../shared/data/hsmm/hsmm.h5ad when
+# present (skipped with a message otherwise).
+set(CF_TEST_LIBS cf_io)
+cf_mpi_test(io_h5ad test_h5ad 1 fast)
+cf_mpi_test(io_h5ad test_h5ad 2 fast)
+cf_mpi_test(io_h5ad test_h5ad 3 fast)
+unset(CF_TEST_LIBS)
+# byte-level BPE tokenizer: GPT-2 and tokenizer.json fixtures against reference encodings
+# (tests/data/bpe, written by tests/reference/make_bpe_refs.py), error messages, speed.
+set(CF_TEST_LIBS cf_io)
+cf_test(io_bpe test_bpe fast ${CMAKE_CURRENT_SOURCE_DIR}/data/bpe)
+unset(CF_TEST_LIBS)
