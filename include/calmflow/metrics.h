@@ -97,6 +97,23 @@ double cf_mmd2_rbf_multi(const float *a, int64_t na, const float *b, int64_t nb,
 /* Local. Energy distance (V-statistics, see above). NaN when a size is < 1. */
 double cf_energy_distance(const float *a, int64_t na, const float *b, int64_t nb, int64_t d);
 
+/* ---- R^2 of mean expression ---- */
+
+/* Local. The coefficient of determination of the mean expression of generated cells, pred,
+ * against that of real cells, real (both (d): one value per gene), over the genes listed in
+ * genes (n_genes indices in 0..d-1, repeats count again) or over all d genes when genes is
+ * NULL:
+ *   R^2 = 1 - SS_res / SS_tot,  SS_res = sum_g (pred_g - real_g)^2,
+ *                               SS_tot = sum_g (real_g - mean over the genes of real)^2,
+ * as the CPA and scGPT perturbation papers report it for mean expression (scikit-learn's
+ * r2_score(real, pred)): 1 for a perfect match, 0 for predicting the average gene everywhere,
+ * negative when worse. Not symmetric: real is the reference. Sums in double.
+ * Fails (CF_EINVAL) for d < 1, fewer than 2 genes, an index outside 0..d-1, or SS_tot = 0
+ * (real constant over the genes: R^2 undefined), and (CF_ECORRUPT) for NaN / Inf in either
+ * vector, naming the gene. */
+cf_status cf_r2_mean_expression(const double *pred, const double *real, int64_t d,
+                                const int64_t *genes, int64_t n_genes, double *r2);
+
 /* ---- Sinkhorn (entropic optimal transport) ---- */
 
 struct cf_sinkhorn_opts {

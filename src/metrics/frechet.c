@@ -16,12 +16,10 @@
  * (MPI_Allreduce), and the owners of block column J copy out their blocks.
  *
  * Every failure that can happen on one rank only (allocation, bad arguments) is agreed on
- * (cf_metrics_agree) before the next collective call, so no rank is left waiting; the BLACS
- * grid is released with Cblacs_gridexit and the system handle freed, never with
- * Cblacs_exit, which would end MPI.
- *
- * ScaLAPACK and BLACS have no C header on Debian: the prototypes are declared here. Fortran
- * routines get their hidden character-length arguments (size_t) at the end.
+ * (cf_metrics_agree) before the next collective call, so no rank is left waiting. The BLACS
+ * grid (released with Cblacs_gridexit, never Cblacs_exit), the eigensolver calls with their
+ * workspace margin and the ScaLAPACK prototypes are in collective.c / collective.h, shared
+ * with pca.c.
  */
 #include <cblas.h>
 #include <limits.h>
@@ -35,89 +33,13 @@
 #include "calmflow/metrics.h"
 #include "collective.h"
 
-int Csys2blacs_handle(MPI_Comm comm);
-void Cfree_blacs_system_handle(int handle);
-void Cblacs_gridinit(int *ctxt, const char *order, int nprow, int npcol);
-void Cblacs_gridinfo(int ctxt, int *nprow, int *npcol, int *myrow, int *mycol);
-void Cblacs_gridexit(int ctxt);
-int numroc_(const int *n, const int *nb, const int *iproc, const int *isrcproc, const int *nprocs);
-void descinit_(int *desc, const int *m, const int *n, const int *mb, const int *nb,
-               const int *irsrc, const int *icsrc, const int *ictxt, const int *lld, int *info);
-void pdsyevd_(const char *jobz, const char *uplo, const int *n, double *a, const int *ia,
-              const int *ja, const int *desca, double *w, double *z, const int *iz, const int *jz,
-              const int *descz, double *work, const int *lwork, int *iwork, const int *liwork,
-              int *info, size_t ljobz, size_t luplo);
-void pdsyev_(const char *jobz, const char *uplo, const int *n, double *a, const int *ia,
-             const int *ja, const int *desca, double *w, double *z, const int *iz, const int *jz,
-             const int *descz, double *work, const int *lwork, int *info, size_t ljobz,
-             size_t luplo);
-void pdgemm_(const char *transa, const char *transb, const int *m, const int *n, const int *k,
-             const double *alpha, const double *a, const int *ia, const int *ja, const int *desca,
-             const double *b, const int *ib, const int *jb, const int *descb, const double *beta,
-             double *c, const int *ic, const int *jc, const int *descc, size_t lta, size_t ltb);
-
 #define CF_FRECHET_NB 64
-
-/* The rank's share of the distributed work: grid, block size, local matrix shape. */
-struct fr_grid {
-  int handle, ctxt, p, q, myr, myc;
-  int n, nb, mloc, nloc, lld;
-  int desc[9];
-};
-
-/* Largest divisor of size that is <= sqrt(size). */
-static int grid_rows_for(int size) {
-  int p = 1;
-  for (int i = 1; (int64_t)i * i <= size; i++)
-    if (size % i == 0) p = i;
-  return p;
-}
-
-/* Collective. The BLACS grid p x q on comm and the descriptor of a (d, d) matrix. */
-static cf_status grid_open(MPI_Comm comm, int p, int q, int d, int nb, struct fr_grid *g) {
-  memset(g, 0, sizeof *g);
-  g->handle = Csys2blacs_handle(comm);
-  g->ctxt = g->handle;
-  Cblacs_gridinit(&g->ctxt, "Row", p, q);
-  Cblacs_gridinfo(g->ctxt, &g->p, &g->q, &g->myr, &g->myc);
-  cf_status st = CF_OK;
-  if (g->p != p || g->q != q || g->myr < 0 || g->myc < 0)
-    st = cf_err(CF_ETOPO, "frechet: BLACS grid %d x %d could not be built (got %d x %d)", p, q,
-                g->p, g->q);
-  st = cf_metrics_agree(comm, st, "frechet");
-  if (st != CF_OK) {
-    if (g->myr >= 0 && g->myc >= 0 && g->p > 0) Cblacs_gridexit(g->ctxt);
-    Cfree_blacs_system_handle(g->handle);
-    return st;
-  }
-  int zero = 0, info = 0;
-  g->n = d;
-  g->nb = nb;
-  g->mloc = numroc_(&g->n, &g->nb, &g->myr, &zero, &g->p);
-  g->nloc = numroc_(&g->n, &g->nb, &g->myc, &zero, &g->q);
-  g->lld = g->mloc > 1 ? g->mloc : 1;
-  descinit_(g->desc, &g->n, &g->n, &g->nb, &g->nb, &zero, &zero, &g->ctxt, &g->lld, &info);
-  if (info != 0) st = cf_err(CF_ENUM, "frechet: descinit failed (info %d)", info);
-  st = cf_metrics_agree(comm, st, "frechet");
-  if (st != CF_OK) {
-    Cblacs_gridexit(g->ctxt);
-    Cfree_blacs_system_handle(g->handle);
-  }
-  return st;
-}
-
-/* Collective on the grid. Release the BLACS grid and the system handle (never blacs_exit,
- * which would finalize MPI). */
-static void grid_close(struct fr_grid *g) {
-  Cblacs_gridexit(g->ctxt);
-  Cfree_blacs_system_handle(g->handle);
-}
 
 /* Collective. Assemble S_a and S_b ((d, d), divisor n - 1) from the centred local rows
  * xa (na_loc, d), xb (nb_loc, d) into the local pieces A, B (lld, nloc). panel: 2 d nb. */
-static cf_status assemble(MPI_Comm comm, const struct fr_grid *g, const double *xa, int64_t na_loc,
-                          int64_t na, const double *xb, int64_t nb_loc, int64_t nb_tot,
-                          double *panel, double *A, double *B) {
+static cf_status assemble(MPI_Comm comm, const struct cf_sl_grid *g, const double *xa,
+                          int64_t na_loc, int64_t na, const double *xb, int64_t nb_loc,
+                          int64_t nb_tot, double *panel, double *A, double *B) {
   const int64_t d = g->n, nb = g->nb, nblk = (d + nb - 1) / nb;
   for (int64_t bj = 0; bj < nblk; bj++) {
     int64_t c0 = bj * nb, w = d - c0 < nb ? d - c0 : nb;
@@ -148,72 +70,9 @@ static cf_status assemble(MPI_Comm comm, const struct fr_grid *g, const double *
   return CF_OK;
 }
 
-/* Collective on the grid. Eigenvalues (and vectors into Z) of the symmetric A (lower
- * triangle); A is destroyed. vectors = 0: pdsyev values only (Z untouched). */
-static cf_status eig(MPI_Comm comm, const struct fr_grid *g, double *A, double *w, double *Z,
-                     int vectors) {
-  const int one = 1;
-  int info = 0, lwork = -1, liwork = -1, iq = 0;
-  double wq = 0;
-  if (vectors)
-    pdsyevd_("V", "L", &g->n, A, &one, &one, g->desc, w, Z, &one, &one, g->desc, &wq, &lwork, &iq,
-             &liwork, &info, 1, 1);
-  else
-    pdsyev_("N", "L", &g->n, A, &one, &one, g->desc, w, Z, &one, &one, g->desc, &wq, &lwork, &info,
-            1, 1);
-  cf_status st = CF_OK;
-  if (info != 0)
-    st = cf_err(CF_ENUM, "frechet: %s workspace query failed (info %d)",
-                vectors ? "pdsyevd" : "pdsyev", info);
-  CF_TRY(cf_metrics_agree(comm, st, "frechet"));
-  /* pdsyevd's documented minimum, in case the query comes out short, plus room for the
-   * back-transformation (pdormtr needs up to (np + nq + nb) nb + nb^2 more than pdsyevd
-   * reserves: with nb = n on one rank the query alone is too small, pdormtr complains about
-   * its LWORK and pdsyevd still returns info 0). */
-  double need = wq;
-  int64_t ni = iq;
-  int64_t n = g->n, nb = g->nb, np = g->mloc, nq = g->nloc;
-  if (vectors) {
-    int64_t tri = 3 * n + (nb * (np + 1) > 3 * nb ? nb * (np + 1) : 3 * nb);
-    int64_t lw = (1 + 6 * n + 2 * np * nq > tri ? 1 + 6 * n + 2 * np * nq : tri) + 2 * n;
-    if ((double)lw > need) need = (double)lw;
-    if (7 * n + 8 * g->q + 2 > ni) ni = 7 * n + 8 * g->q + 2;
-  }
-  need += (double)((np + nq + 2 * nb) * nb);
-  if (ni < 1) ni = 1;
-  st = need <= (double)INT_MAX && ni <= INT_MAX
-           ? CF_OK
-           : cf_err(CF_EINVAL,
-                    "frechet: ScaLAPACK workspace of %.0f doubles exceeds the 32-bit "
-                    "limit (dimension %d; use more ranks)",
-                    need, g->n);
-  double *work = NULL;
-  int *iwork = NULL;
-  lwork = (int)need + 1;
-  liwork = (int)ni;
-  if (st == CF_OK) st = cf_alloc((void **)&work, (size_t)lwork * sizeof(double), "frechet work");
-  if (st == CF_OK) st = cf_alloc((void **)&iwork, (size_t)liwork * sizeof(int), "frechet iwork");
-  st = cf_metrics_agree(comm, st, "frechet");
-  if (st == CF_OK) {
-    if (vectors)
-      pdsyevd_("V", "L", &g->n, A, &one, &one, g->desc, w, Z, &one, &one, g->desc, work, &lwork,
-               iwork, &liwork, &info, 1, 1);
-    else
-      pdsyev_("N", "L", &g->n, A, &one, &one, g->desc, w, Z, &one, &one, g->desc, work, &lwork,
-              &info, 1, 1);
-    if (info != 0)
-      st = cf_err(CF_ENUM, "frechet: %s failed (info %d) on a %d x %d covariance",
-                  vectors ? "pdsyevd" : "pdsyev", info, g->n, g->n);
-    st = cf_metrics_agree(comm, st, "frechet");
-  }
-  cf_free((void **)&work);
-  cf_free((void **)&iwork);
-  return st;
-}
-
 /* Collective. Everything after the grid exists: A, B, Z (lld, nloc) and the two eigenvalue
  * vectors; returns tr sqrt(K) (rank 0's value, broadcast). */
-static cf_status trace_sqrt(MPI_Comm comm, const struct fr_grid *g, const double *xa,
+static cf_status trace_sqrt(MPI_Comm comm, const struct cf_sl_grid *g, const double *xa,
                             int64_t na_loc, int64_t na, const double *xb, int64_t nb_loc,
                             int64_t nb_tot, double *ts) {
   const int64_t d = g->n;
@@ -236,7 +95,7 @@ static cf_status trace_sqrt(MPI_Comm comm, const struct fr_grid *g, const double
   st = cf_metrics_agree(comm, st, "frechet");
   if (st == CF_OK) st = assemble(comm, g, xa, na_loc, na, xb, nb_loc, nb_tot, panel, A, B);
   cf_free((void **)&panel);
-  if (st == CF_OK) st = eig(comm, g, A, ev, Z, 1);
+  if (st == CF_OK) st = cf_sl_eig(comm, g, A, ev, Z, 1, "frechet");
   if (st == CF_OK) {
     /* W = V L^1/2: scale the local columns of Z by sqrt(max(l_gc, 0)). */
     for (int lc = 0; lc < g->nloc; lc++) {
@@ -253,7 +112,7 @@ static cf_status trace_sqrt(MPI_Comm comm, const struct fr_grid *g, const double
             A, &one, &one, g->desc, 1, 1);
     pdgemm_("T", "N", &g->n, &g->n, &g->n, &o, Z, &one, &one, g->desc, A, &one, &one, g->desc, &z,
             B, &one, &one, g->desc, 1, 1);
-    st = eig(comm, g, B, ev + d, Z, 0);
+    st = cf_sl_eig(comm, g, B, ev + d, Z, 0, "frechet");
   }
   if (st == CF_OK) {
     double s = 0;
@@ -281,7 +140,7 @@ cf_status cf_frechet(MPI_Comm comm, const float *a, int64_t na_local, const floa
   CF_MPI(MPI_Comm_size(comm, &size));
   /* Arguments: checked everywhere, agreed, so that no rank enters a collective alone. */
   int64_t blk = opt && opt->block ? opt->block : CF_FRECHET_NB;
-  int p = opt && opt->grid_rows ? opt->grid_rows : grid_rows_for(size);
+  int p = opt && opt->grid_rows ? opt->grid_rows : cf_sl_grid_rows(size);
   cf_status st = CF_OK;
   if (out == NULL)
     st = cf_err(CF_EINVAL, "frechet: NULL output");
@@ -362,13 +221,13 @@ cf_status cf_frechet(MPI_Comm comm, const float *a, int64_t na_local, const floa
   r.n_b = tot[1];
   r.dim = d;
 
-  struct fr_grid g;
-  if (st == CF_OK) st = grid_open(comm, p, size / p, (int)d, (int)blk, &g);
+  struct cf_sl_grid g;
+  if (st == CF_OK) st = cf_sl_grid_open(comm, p, size / p, (int)d, (int)blk, "frechet", &g);
   if (st == CF_OK) {
     st = trace_sqrt(comm, &g, xa, na_local, tot[0], xb, nb_local, tot[1], &r.trace_sqrt);
     r.grid_rows = g.p;
     r.grid_cols = g.q;
-    grid_close(&g);
+    cf_sl_grid_close(&g);
   }
   cf_free((void **)&buf);
   CF_TRY(st);

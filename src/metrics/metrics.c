@@ -138,3 +138,36 @@ cf_status cf_metrics_compute(const float *a, int64_t na, const float *b, int64_t
   *out = m;
   return CF_OK;
 }
+
+cf_status cf_r2_mean_expression(const double *pred, const double *real, int64_t d,
+                                const int64_t *genes, int64_t n_genes, double *r2) {
+  CF_CHECK(pred != NULL && real != NULL && r2 != NULL, CF_EINVAL, "r2: NULL argument");
+  CF_CHECK(d >= 1, CF_EINVAL, "r2: %lld genes; expected at least 1", (long long)d);
+  int64_t m = genes ? n_genes : d;
+  CF_CHECK(m >= 2, CF_EINVAL, "r2: %lld genes selected; R^2 needs at least 2", (long long)m);
+  for (int64_t i = 0; i < m; i++) {
+    int64_t g = genes ? genes[i] : i;
+    CF_CHECK(g >= 0 && g < d, CF_EINVAL, "r2: gene index %lld (entry %lld); expected 0 to %lld",
+             (long long)g, (long long)i, (long long)(d - 1));
+    CF_CHECK(isfinite(pred[g]) && isfinite(real[g]), CF_ECORRUPT,
+             "r2: the %s mean expression of gene %lld is not finite",
+             isfinite(pred[g]) ? "real" : "generated", (long long)g);
+  }
+  double mean = 0;
+  for (int64_t i = 0; i < m; i++)
+    mean += real[genes ? genes[i] : i];
+  mean /= (double)m;
+  double res = 0, tot = 0;
+  for (int64_t i = 0; i < m; i++) {
+    int64_t g = genes ? genes[i] : i;
+    double e = pred[g] - real[g], t = real[g] - mean;
+    res += e * e;
+    tot += t * t;
+  }
+  CF_CHECK(tot > 0, CF_EINVAL,
+           "r2: the real mean expression is the same for all %lld selected genes; R^2 is "
+           "undefined",
+           (long long)m);
+  *r2 = 1.0 - res / tot;
+  return CF_OK;
+}

@@ -12,3 +12,16 @@ foreach(np 1 2 3)
               ${CMAKE_CURRENT_SOURCE_DIR}/reference/metrics_ot_ref.txt)
 endforeach()
 unset(CF_TEST_LIBS)
+# distributed PCA (ScaLAPACK, covariance and Gram routes) against dense LAPACKE (dsyevd,
+# dgesvd) in both regimes, layout invariance, reconstruction, bad input; R^2 of mean expression.
+# LAPACKE is needed by this test only (liblapacke-dev), so a site without it still builds.
+pkg_check_modules(CF_LAPACKE IMPORTED_TARGET lapacke)
+if(CF_LAPACKE_FOUND)
+  set(CF_TEST_LIBS cf_metrics PkgConfig::CF_LAPACKE)
+  foreach(np 1 2 3)
+    cf_mpi_test(pca test_pca ${np} fast)
+  endforeach()
+  unset(CF_TEST_LIBS)
+else()
+  message(STATUS "calmflow: no lapacke (pkg-config); the pca tests are not registered")
+endif()
