@@ -14,9 +14,10 @@
  * data-parallel index hold one whole model between them (tensor, pipeline and context
  * parallel) and their leader (stage 0, tensor and context rank 0) talks to the coordinator;
  * without one, every rank is a replica. Every other replica holds up to two assigned batches,
- * computes one while the next is already known, and its leader sends each result to rank 0,
- * which answers with the next batch. Rank 0's replica also computes batches and rank 0 serves
- * the queue between the rollout steps of its own batch. Results are reordered on rank 0 and
+ * computes one while the next is already known (only while more batches are left than there
+ * are replicas, so the last ones go to whoever is free), and its leader sends each result to
+ * rank 0, which answers with the next batch. Rank 0's replica also computes batches and rank 0
+ * serves the queue between the rollout steps of its own batch. Results are reordered on rank 0 and
  * handed to the sink strictly in sample order, as soon as a contiguous run is complete; the
  * batches handed out never run more than a window of 2 x replicas + 2 batches ahead of the
  * first unfinished one, which bounds rank 0's memory.

@@ -347,6 +347,11 @@ static cf_status send_assign(struct coord *c, int w, int64_t k) {
 /* Serve a worker that is owed work or must be told to stop. */
 static cf_status serve(struct coord *c, int w) {
   while (c->owed[w] > 0 && !c->stopped[w]) {
+    /* a second batch ahead only while more are left than there are replicas: at the tail a
+     * batch waiting in one replica's queue would leave another idle */
+    if (c->outstanding[w] >= 1 && c->err == CF_OK && c->next < c->nb &&
+        c->nb - c->next <= (int64_t)(c->world / c->stride))
+      return CF_OK;
     int wait;
     int64_t k = take(c, &wait);
     if (wait) return CF_OK;
