@@ -4,12 +4,16 @@
  * from one extend over the whole sequence, and from uneven chunks all equal those of
  * cf_model_forward (to float round-off); cf_head_sample with tau = 0 gives the gauss mean /
  * the vae decoding of mu, and with tau = 1 matches the training head on the same noise;
- * bad extends are refused; nothing allocates after init. Both heads, two rotary widths.
+ * bad extends are refused; nothing allocates after init. Every head, two rotary widths. The fm
+ * and cvae heads' samples (tau 0 without noise, tau 1 with noise) are recomputed here in double
+ * precision from the weights and the definitions in model.h (Euler steps of the velocity MLP;
+ * prior, latent and decoder). cf_head_noise draws the documented elements (the gmm component
+ * uniform independent of the normals).
  * cf_linear_rows (sampling's linear) matches a double-precision product to round-off and gives
  * each row the same bits alone, inside 2, 7, 64 or 129 rows at any offset, in any column
  * position and with every copy (portable, AVX2, AVX-512VL) the CPU runs. A rollout of
  * sequences in batches of 1, 5 and 16 (others different) gives every shared sequence
- * bit-identical hidden states and samples, both heads, KV cache and recompute. */
+ * bit-identical hidden states and samples, every head, KV cache and recompute. */
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -54,6 +58,130 @@ static void gather(const float *x, int64_t B, int64_t rows, int64_t w, int64_t j
 
 static int g_no_history; /* run(): the ODE-style ablation (no history, time input) */
 
+/* ---- an independent double-precision head sampler for the fm and cvae heads ---- */
+
+/* y (out) = x (in) W^T + b for tensor `name`.weight / .bias of m, one row, in double. */
+static void lin_d(const struct cf_model *m, const char *name, const double *x, double *y) {
+  char nw[96], nb[96];
+  snprintf(nw, sizeof nw, "%s.weight", name);
+  snprintf(nb, sizeof nb, "%s.bias", name);
+  const struct cf_tensor_info *tw = cf_model_find(m, nw), *tb = cf_model_find(m, nb);
+  if (tw == NULL || tb == NULL) {
+    printf("FAIL: tensor %s missing\n", name);
+    exit(1);
+  }
+  const float *W = m->params + tw->offset, *b = m->params + tb->offset;
+  const int64_t out = tw->shape[0], in = tw->shape[1];
+  for (int64_t o = 0; o < out; o++) {
+    double s = b[o];
+    for (int64_t k = 0; k < in; k++)
+      s += (double)W[o * in + k] * x[k];
+    y[o] = s;
+  }
+}
+
+/* LayerNorm without affine (eps 1e-5), then ReLU, in place. */
+static void lnrelu_d(double *x, int64_t n) {
+  double mu = 0, var = 0;
+  for (int64_t i = 0; i < n; i++)
+    mu += x[i] / (double)n;
+  for (int64_t i = 0; i < n; i++)
+    var += (x[i] - mu) * (x[i] - mu) / (double)n;
+  for (int64_t i = 0; i < n; i++)
+    x[i] = fmax(0.0, (x[i] - mu) / sqrt(var + 1e-5));
+}
+
+static double clamp_d(double v, double lo, double hi) {
+  return fmin(fmax(v, lo), hi);
+}
+
+/* One point's sample from its hidden states c (S*H) and noise e (cf_head_noise_width, or
+ * NULL): fm: K Euler steps of v([y, phi(s)], c) from tau*e; cvae: z = mp + tau exp(lp) e_z,
+ * y = m + tau exp(ls) e_y. */
+static void ref_sample(const struct cf_model *m, const float *c, const float *e, float tau,
+                       double *y) {
+  const struct cf_model_cfg *g = &m->cfg;
+  const int64_t D = g->D, SH = g->S * g->H, I = SH > D ? SH : D, W = 512;
+  double cd[512], a[512], b[512], cp[512], in[512];
+  for (int64_t k = 0; k < SH; k++)
+    cd[k] = c[k];
+  if (g->head == CF_HEAD_FM) {
+    const int64_t K = g->fm_steps;
+    lin_d(m, "head.fm.cond", cd, cp);
+    for (int64_t d = 0; d < D; d++)
+      y[d] = (double)tau * (e != NULL ? e[d] : 0.0);
+    for (int64_t k = 0; k < K; k++) {
+      const float s = (float)((double)k / (double)K); /* the float flow time */
+      for (int64_t d = 0; d < D; d++)
+        in[d] = (float)y[d]; /* the state is a float between steps */
+      for (int i = 0; i < 4; i++) {
+        in[D + 2 * i] = (float)sin(3.141592653589793 * (double)(1 << i) * (double)s);
+        in[D + 2 * i + 1] = (float)cos(3.141592653589793 * (double)(1 << i) * (double)s);
+      }
+      lin_d(m, "head.fm.fc1", in, a);
+      for (int64_t f = 0; f < g->fm_width; f++)
+        a[f] += cp[f];
+      lnrelu_d(a, g->fm_width);
+      lin_d(m, "head.fm.fc2", a, b);
+      lnrelu_d(b, g->fm_width);
+      lin_d(m, "head.fm.fc3", b, a);
+      lnrelu_d(a, g->fm_width);
+      lin_d(m, "head.fm.out", a, b);
+      for (int64_t d = 0; d < D; d++)
+        y[d] += b[d] / (double)K;
+    }
+    return;
+  }
+  const int64_t dz = g->cvae_dz;
+  const double lo = g->logstd_min, hi = g->logstd_max;
+  if (SH + dz > W || I > W) {
+    printf("FAIL: ref_sample sizes\n");
+    exit(1);
+  }
+  lin_d(m, "head.cvae.prior.fc1", cd, a);
+  lnrelu_d(a, I);
+  lin_d(m, "head.cvae.prior.fc2", a, b); /* [mp | rp] */
+  for (int64_t i = 0; i < dz; i++)
+    cd[SH + i] = (float)(b[i] + tau * exp(clamp_d(b[dz + i], lo, hi)) * (e != NULL ? e[i] : 0.0));
+  lin_d(m, "dec.fc1", cd, a);
+  lnrelu_d(a, I);
+  lin_d(m, "dec.fc2", a, b);
+  lnrelu_d(b, I);
+  lin_d(m, "dec.fc3", b, a); /* [m | r] */
+  for (int64_t d = 0; d < D; d++)
+    y[d] = a[d] + tau * exp(clamp_d(a[D + d], lo, hi)) * (e != NULL ? e[dz + d] : 0.0);
+}
+
+/* cf_head_sample of the fm / cvae head over every point of h (B*J points) at tau 0 (no noise)
+ * and tau 1 (noise e) against ref_sample. Returns the worst error relative to max(1, |y|). */
+static double check_new_head(const struct cf_model *m, struct cf_kvcache *kc, int64_t BJ,
+                             const float *h, const float *e, const char *label) {
+  const struct cf_model_cfg *g = &m->cfg;
+  const int64_t D = g->D, SH = g->S * g->H, W = cf_head_noise_width(g);
+  float *ys = cf_test_floats((size_t)(BJ * D));
+  double worst = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    const float tau = pass == 0 ? 0.0f : 1.0f, *eps = pass == 0 ? NULL : e;
+    EXPECT_OK(cf_head_sample(m, kc, BJ / kc->B, h, eps, tau, ys), "head sample");
+    double err = 0, mag = 1;
+    for (int64_t r = 0; r < BJ; r++) {
+      double want[64];
+      ref_sample(m, h + r * SH, eps != NULL ? eps + r * W : NULL, tau, want);
+      for (int64_t d = 0; d < D; d++) {
+        err = fmax(err, fabs(ys[r * D + d] - want[d]));
+        mag = fmax(mag, fabs(want[d]));
+      }
+    }
+    printf("  head sample tau=%g vs the double-precision recomputation: max |diff| %.2e\n",
+           (double)tau, err);
+    EXPECT(err <= 2e-5 * mag, "%s: head sample at tau %g differs from the recomputation by %g",
+           label, (double)tau, err);
+    worst = fmax(worst, err / mag);
+  }
+  free(ys);
+  return worst;
+}
+
 static void run(enum cf_head head, double rotary_pct, float lsmax, const char *label) {
   printf("%s\n", label);
   struct cf_model_cfg cfg = {.D = 3,
@@ -71,6 +199,10 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
                              .logstd_min = -lsmax,
                              .logstd_max = lsmax,
                              .gmm_k = 4,
+                             .fm_width = 12,
+                             .fm_draws = 2,
+                             .fm_steps = 6,
+                             .cvae_dz = 3,
                              .no_history = g_no_history,
                              .time_input = g_no_history};
   const int64_t B = 3, D = cfg.D, S = cfg.S, P = cfg.P, N = cfg.N, H = cfg.H;
@@ -167,72 +299,77 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
 
   /* head samples on every point from the whole-sequence hidden states */
   float *ysamp = cf_test_floats(nz);
-  EXPECT_OK(cf_head_sample(&m, &cb, J, hall, NULL, 0.0f, ysamp), "head sample tau=0");
-  double otol = 1e-5 * fmax(1.0, maxabs(oref, nout)), d4 = 0;
-  for (int64_t r = 0; r < B * J; r++) {
-    const float *o = oref + r * Dout;
-    int64_t kb = 0; /* gmm: the most probable component */
-    for (int64_t k = 1; head == CF_HEAD_GMM && k < K; k++)
-      if (o[k] > o[kb]) kb = k;
-    for (int64_t d = 0; d < D; d++) {
-      float want = head == CF_HEAD_GMM ? o[K + kb * D + d] : o[d];
-      d4 = fmax(d4, fabs(ysamp[r * D + d] - want));
-    }
-  }
-  printf("  head sample tau=0 vs %s: max |diff| %.2e\n",
-         head == CF_HEAD_VAE ? "decoding mu"
-                             : (head == CF_HEAD_GMM ? "the likeliest mean" : "the gauss mean"),
-         d4);
-  EXPECT(d4 <= otol, "%s: head sample with tau=0 differs by %g", label, d4);
-
   const size_t nn = (size_t)(B * J * W);
   float *enoise = cf_test_floats(nn);
   randn(enoise, nn, 1.0f);
-  int64_t picked[8] = {0}; /* gmm: how often each component is drawn */
-  for (int64_t r = 0; head == CF_HEAD_GMM && r < B * J; r++)
-    enoise[r * W + D] = (float)fmod(0.137 + 0.618034 * (double)r, 1.0); /* spread uniforms */
-  EXPECT_OK(cf_head_sample(&m, &cb, J, hall, enoise, 1.0f, ysamp), "head sample tau=1");
-  double d5 = 0;
-  if (head == CF_HEAD_GMM) { /* the component whose softmax interval holds the uniform */
+  float *yt = cf_test_floats(nz);
+  if (head == CF_HEAD_FM || head == CF_HEAD_CVAE) {
+    check_new_head(&m, &cb, B * J, hall, enoise, label);
+    EXPECT_OK(cf_head_sample(&m, &cb, J, hall, enoise, 1.0f, ysamp), "head sample tau=1");
+  } else {
+    EXPECT_OK(cf_head_sample(&m, &cb, J, hall, NULL, 0.0f, ysamp), "head sample tau=0");
+    double otol = 1e-5 * fmax(1.0, maxabs(oref, nout)), d4 = 0;
     for (int64_t r = 0; r < B * J; r++) {
       const float *o = oref + r * Dout;
-      double zs = 0, cum = 0;
-      for (int64_t k = 0; k < K; k++)
-        zs += exp((double)o[k]);
-      int64_t k = 0;
-      for (; k < K - 1; k++) {
-        cum += exp((double)o[k]) / zs;
-        if (enoise[r * W + D] < cum) break;
-      }
-      picked[k]++;
+      int64_t kb = 0; /* gmm: the most probable component */
+      for (int64_t k = 1; head == CF_HEAD_GMM && k < K; k++)
+        if (o[k] > o[kb]) kb = k;
       for (int64_t d = 0; d < D; d++) {
-        float ls = o[K + K * D + k * D + d];
-        ls = ls < cfg.logstd_min ? cfg.logstd_min : (ls > cfg.logstd_max ? cfg.logstd_max : ls);
-        double want = o[K + k * D + d] + exp(ls) * enoise[r * W + d];
-        d5 = fmax(d5, fabs(ysamp[r * D + d] - want));
+        float want = head == CF_HEAD_GMM ? o[K + kb * D + d] : o[d];
+        d4 = fmax(d4, fabs(ysamp[r * D + d] - want));
       }
     }
-    int used = 0;
-    for (int64_t k = 0; k < K; k++)
-      used += picked[k] > 0;
-    EXPECT(used >= 2, "%s: the uniforms picked only %d component(s)", label, used);
-  } else if (head == CF_HEAD_GAUSS) {
-    for (int64_t r = 0; r < B * J; r++)
-      for (int64_t d = 0; d < D; d++) {
-        float ls = oref[r * 2 * D + D + d];
-        ls = ls < cfg.logstd_min ? cfg.logstd_min : (ls > cfg.logstd_max ? cfg.logstd_max : ls);
-        double want = oref[r * 2 * D + d] + exp(ls) * enoise[r * D + d];
-        d5 = fmax(d5, fabs(ysamp[r * D + d] - want));
+    printf("  head sample tau=0 vs %s: max |diff| %.2e\n",
+           head == CF_HEAD_VAE ? "decoding mu"
+                               : (head == CF_HEAD_GMM ? "the likeliest mean" : "the gauss mean"),
+           d4);
+    EXPECT(d4 <= otol, "%s: head sample with tau=0 differs by %g", label, d4);
+
+    int64_t picked[8] = {0}; /* gmm: how often each component is drawn */
+    for (int64_t r = 0; head == CF_HEAD_GMM && r < B * J; r++)
+      enoise[r * W + D] = (float)fmod(0.137 + 0.618034 * (double)r, 1.0); /* spread uniforms */
+    EXPECT_OK(cf_head_sample(&m, &cb, J, hall, enoise, 1.0f, ysamp), "head sample tau=1");
+    double d5 = 0;
+    if (head == CF_HEAD_GMM) { /* the component whose softmax interval holds the uniform */
+      for (int64_t r = 0; r < B * J; r++) {
+        const float *o = oref + r * Dout;
+        double zs = 0, cum = 0;
+        for (int64_t k = 0; k < K; k++)
+          zs += exp((double)o[k]);
+        int64_t k = 0;
+        for (; k < K - 1; k++) {
+          cum += exp((double)o[k]) / zs;
+          if (enoise[r * W + D] < cum) break;
+        }
+        picked[k]++;
+        for (int64_t d = 0; d < D; d++) {
+          float ls = o[K + K * D + k * D + d];
+          ls = ls < cfg.logstd_min ? cfg.logstd_min : (ls > cfg.logstd_max ? cfg.logstd_max : ls);
+          double want = o[K + k * D + d] + exp(ls) * enoise[r * W + d];
+          d5 = fmax(d5, fabs(ysamp[r * D + d] - want));
+        }
       }
-  } else {
-    /* the training head decodes mu + sqrt(exp(v) + 1e-4) * eps: the same draw */
-    EXPECT_OK(cf_model_forward(&m, B, z, y, enoise, NULL, 1.0, 1.0f, &loss), "forward");
-    d5 = maxdiff(ysamp, cf_model_test_output(&m), nz);
+      int used = 0;
+      for (int64_t k = 0; k < K; k++)
+        used += picked[k] > 0;
+      EXPECT(used >= 2, "%s: the uniforms picked only %d component(s)", label, used);
+    } else if (head == CF_HEAD_GAUSS) {
+      for (int64_t r = 0; r < B * J; r++)
+        for (int64_t d = 0; d < D; d++) {
+          float ls = oref[r * 2 * D + D + d];
+          ls = ls < cfg.logstd_min ? cfg.logstd_min : (ls > cfg.logstd_max ? cfg.logstd_max : ls);
+          double want = oref[r * 2 * D + d] + exp(ls) * enoise[r * D + d];
+          d5 = fmax(d5, fabs(ysamp[r * D + d] - want));
+        }
+    } else {
+      /* the training head decodes mu + sqrt(exp(v) + 1e-4) * eps: the same draw */
+      EXPECT_OK(cf_model_forward(&m, B, z, y, enoise, NULL, 1.0, 1.0f, &loss), "forward");
+      d5 = maxdiff(ysamp, cf_model_test_output(&m), nz);
+    }
+    printf("  head sample tau=1 vs the training head on the same noise: max |diff| %.2e\n", d5);
+    EXPECT(d5 <= otol, "%s: head sample with tau=1 differs by %g", label, d5);
   }
-  printf("  head sample tau=1 vs the training head on the same noise: max |diff| %.2e\n", d5);
-  EXPECT(d5 <= otol, "%s: head sample with tau=1 differs by %g", label, d5);
   /* temperature matters */
-  float *yt = cf_test_floats(nz);
   cf_head_sample(&m, &cb, J, hall, enoise, 0.5f, yt);
   EXPECT(maxdiff(yt, ysamp, nz) > 1e-4, "%s: temperature does not change the sample", label);
   EXPECT(cf_alloc_count() == a0, "%s: extend / head sample allocated %llu times", label,
@@ -249,6 +386,50 @@ static void run(enum cf_head head, double rotary_pct, float lsmax, const char *l
   cf_model_release(&m);
   free(z), free(y), free(eps), free(zero), free(href), free(oref), free(zn), free(hn), free(hall);
   free(ys), free(ysamp), free(enoise), free(yt);
+}
+
+/* ---- cf_head_noise ---- */
+
+/* The normals are elements 0.. of the stream for every head; the gmm component uniform is
+ * independent of them (it once shared the first normal's Philox block: u was a function of
+ * |eps_0|, which skewed which component a large first coordinate came from). */
+static void test_head_noise(void) {
+  printf("cf_head_noise: documented elements, gmm uniform independent of the normals\n");
+  const enum cf_head heads[5] = {CF_HEAD_VAE, CF_HEAD_GAUSS, CF_HEAD_GMM, CF_HEAD_FM, CF_HEAD_CVAE};
+  struct cf_model_cfg c = {.D = 3, .S = 2, .H = 4, .gmm_k = 4, .cvae_dz = 5, .fm_width = 8};
+  for (int i = 0; i < 5; i++) {
+    c.head = heads[i];
+    const int64_t W = cf_head_noise_width(&c), nn = W - (c.head == CF_HEAD_GMM);
+    EXPECT(W == (c.head == CF_HEAD_VAE    ? 8
+                 : c.head == CF_HEAD_GMM  ? 4
+                 : c.head == CF_HEAD_CVAE ? 8
+                                          : 3),
+           "%s: noise width %lld", cf_head_name(c.head), (long long)W);
+    float out[16], want[16];
+    struct cf_rng r = {.seed = 5, .domain = CF_RNG_SAMPLE, .step = 2, .index = 7};
+    cf_head_noise(&c, &r, out);
+    cf_rng_normal(&r, 0, want, (size_t)nn);
+    EXPECT(memcmp(out, want, (size_t)nn * sizeof(float)) == 0,
+           "%s: the normals are not elements "
+           "0..%lld of the stream",
+           cf_head_name(c.head), (long long)(nn - 1));
+  }
+  c.head = CF_HEAD_GMM;
+  enum { NS = 4000 };
+  double su = 0, sa = 0, suu = 0, saa = 0, sua = 0;
+  for (int i = 0; i < NS; i++) {
+    struct cf_rng r = {.seed = 11, .domain = CF_RNG_SAMPLE, .step = 3, .index = (uint64_t)i};
+    float out[4];
+    cf_head_noise(&c, &r, out);
+    EXPECT(out[3] >= 0.0f && out[3] < 1.0f, "gmm uniform %g", (double)out[3]);
+    double u = out[3], a = fabs((double)out[0]);
+    su += u, sa += a, suu += u * u, saa += a * a, sua += u * a;
+  }
+  double cov = sua / NS - (su / NS) * (sa / NS);
+  double corr = cov / sqrt((suu / NS - su * su / NS / NS) * (saa / NS - sa * sa / NS / NS));
+  printf("  correlation of the gmm uniform with |eps_0| over %d streams: %.3f\n", NS, corr);
+  EXPECT(fabs(corr) < 0.08, "the gmm component uniform depends on the first normal (corr %.3f)",
+         corr);
 }
 
 /* ---- cf_linear_rows ---- */
@@ -401,7 +582,11 @@ static void batch_invariance(enum cf_head head, int kv) {
                              .dropout = 0.1f,
                              .logstd_min = -7.0f,
                              .logstd_max = 5.0f,
-                             .gmm_k = 5};
+                             .gmm_k = 5,
+                             .fm_width = 12,
+                             .fm_draws = 2,
+                             .fm_steps = 5,
+                             .cvae_dz = 3};
   char label[64];
   snprintf(label, sizeof label, "%s, %s", cf_head_name(head), kv ? "KV cache" : "recompute");
   const int64_t P = cfg.P, S = cfg.S, D = cfg.D, H = cfg.H, N = cfg.N;
@@ -481,6 +666,10 @@ int main(void) {
   run(CF_HEAD_VAE, 1.0, 5.0f, "vae head, rotary_pct 1 (all 8 dims)");
   run(CF_HEAD_GAUSS, 0.0, 0.3f, "gauss head, no rotary, log-std clamped to [-0.3, 0.3]");
   run(CF_HEAD_GMM, 0.25, 5.0f, "gmm head (K = 4), rotary_pct 0.25");
+  run(CF_HEAD_FM, 0.25, 5.0f, "fm head (F 12, 6 Euler steps), rotary_pct 0.25");
+  run(CF_HEAD_CVAE, 0.5, 5.0f, "cvae head (dz 3), rotary_pct 0.5");
+  run(CF_HEAD_CVAE, 0.5, 0.3f, "cvae head, log-stds clamped to [-0.3, 0.3]");
+  test_head_noise();
   g_no_history = 1;
   run(CF_HEAD_GAUSS, 0.25, 5.0f, "gauss head, no history, time input");
   run(CF_HEAD_VAE, 1.0, 5.0f, "vae head, no history, time input");
@@ -490,6 +679,8 @@ int main(void) {
     batch_invariance(CF_HEAD_GAUSS, kv);
     batch_invariance(CF_HEAD_VAE, kv);
     batch_invariance(CF_HEAD_GMM, kv);
+    batch_invariance(CF_HEAD_FM, kv);
+    batch_invariance(CF_HEAD_CVAE, kv);
   }
   return cf_test_done("test_kvcache");
 }

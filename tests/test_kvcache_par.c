@@ -106,7 +106,11 @@ static void run(MPI_Comm comm, int tp, int pp, int cp, enum cf_head head) {
                              .dropout = 0.1f,
                              .logstd_min = -7,
                              .logstd_max = 5,
-                             .gmm_k = 3};
+                             .gmm_k = 3,
+                             .fm_width = 12,
+                             .fm_draws = 2,
+                             .fm_steps = 5,
+                             .cvae_dz = 3};
   const int64_t B = 3, P = cfg.P, S = cfg.S, D = cfg.D, H = cfg.H, J = cfg.N * P, T = J * S;
   const int64_t W = cf_head_noise_width(&cfg);
   struct cf_grid g;
@@ -164,6 +168,8 @@ int main(int argc, char **argv) {
   run(comm, tp, pp, cp, CF_HEAD_GAUSS);
   run(comm, tp, pp, cp, CF_HEAD_VAE);
   run(comm, tp, pp, cp, CF_HEAD_GMM);
+  run(comm, tp, pp, cp, CF_HEAD_FM);
+  run(comm, tp, pp, cp, CF_HEAD_CVAE);
   const char *name = cf_test_mpi_end(&comm, "test_kvcache_par");
   int rc = cf_test_done(name);
   MPI_Finalize();

@@ -5,7 +5,10 @@
  *     and without affine, GELU, the fc -> LN -> ReLU -> dropout -> fc MLP, rotary causal
  *     attention across more than one query block, one transformer block);
  *   - the full loss w.r.t. every parameter tensor (a handful of coordinates each) for the
- *     gauss and vae heads, with and without dropout (fixed key), with clamped log-stds;
+ *     gauss, vae, gmm, fm and cvae heads, with and without dropout (fixed key), with clamped
+ *     log-stds, and every loss field recomputed from the saved head activations;
+ *   - the fm / cvae training noise drawn inside the forward is the documented counter-RNG
+ *     draw (cf_head_train_noise) and does not depend on batching;
  *   - a deliberately wrong gradient is caught (the check can fail), perturbing weights
  *     changes the loss, dropout masks are independent of batching, configuration errors
  *     name their option, and forward / backward allocate nothing. */
@@ -598,6 +601,10 @@ static struct cf_model_cfg small_cfg(enum cf_head head) {
                            .logstd_min = -7.0f,
                            .logstd_max = 5.0f,
                            .gmm_k = 3,
+                           .fm_width = 8,
+                           .fm_draws = 2,
+                           .fm_steps = 4,
+                           .cvae_dz = 3,
                            .no_history = g_no_history,
                            .time_input = g_no_history};
   return c;
@@ -649,8 +656,33 @@ static double kink_margin(const struct cf_model *m, int64_t B) {
   int drop = im->last_drop;
   size_t Rp = (size_t)(B * im->J), R = (size_t)(B * im->T);
   double mn = unit_margin(&im->enc, Rp * (size_t)im->SH, drop);
+  if (c->head == CF_HEAD_FM) { /* the velocity MLP's units (no dropout) */
+    size_t nq = Rp * (size_t)(im->R * im->F);
+    mn = fmin(mn, unit_margin(&im->fu1, nq, 0));
+    mn = fmin(mn, unit_margin(&im->fu2, nq, 0));
+    return fmin(mn, unit_margin(&im->fu3, nq, 0));
+  }
   mn = fmin(mn, unit_margin(&im->ud1, Rp * (size_t)im->Idec, drop));
   mn = fmin(mn, unit_margin(&im->ud2, Rp * (size_t)im->Idec, drop));
+  if (c->head == CF_HEAD_CVAE) { /* posterior, prior units; latent and output log-stds */
+    mn = fmin(mn, unit_margin(&im->uq, Rp * (size_t)im->Idec, drop));
+    mn = fmin(mn, unit_margin(&im->up, Rp * (size_t)im->Idec, drop));
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t j = 0; j < im->n_pred_pts; j++) {
+        const int64_t p = b * im->J + j;
+        for (int64_t i = 0; i < im->dz; i++) {
+          double rq = im->cv_q[p * 2 * im->dz + im->dz + i],
+                 rp = im->cv_p[p * 2 * im->dz + im->dz + i];
+          mn = fmin(mn, fmin(fabs(rq - c->logstd_min), fabs(rq - c->logstd_max)));
+          mn = fmin(mn, fmin(fabs(rp - c->logstd_min), fabs(rp - c->logstd_max)));
+        }
+        for (int64_t d = 0; d < c->D; d++) {
+          double r = im->out[p * im->Dout + c->D + d];
+          mn = fmin(mn, fmin(fabs(r - c->logstd_min), fabs(r - c->logstd_max)));
+        }
+      }
+    return mn;
+  }
   if (c->head == CF_HEAD_VAE) {
     mn = fmin(mn, unit_margin(&im->umu, R * (size_t)c->H, drop));
     mn = fmin(mn, unit_margin(&im->ulv, R * (size_t)c->H, drop));
@@ -667,6 +699,117 @@ static double kink_margin(const struct cf_model *m, int64_t B) {
   return mn;
 }
 
+/* The training noise of point j of sequence b as the forward saw it: the explicit eps, or the
+ * documented draws, written out here from rng.h (not through cf_head_train_noise): stream
+ * {seed, CF_RNG_HEAD, step, seq0 + b}; fm: y0 normals at base + r*D + d and s uniforms at
+ * base + n + r with n = 4*ceil(R*D/4), base = j*(n + 4*ceil(R/4)); cvae: normals at j*dz + i. */
+static void train_noise_of(const struct cf_model_cfg *g, const struct model_ctx *c, int64_t b,
+                           int64_t j, float *out) {
+  const int64_t W = cf_head_train_width(g), J = g->N * g->P;
+  if (c->eps != NULL) {
+    memcpy(out, c->eps + (b * J + j) * W, (size_t)W * sizeof(float));
+    return;
+  }
+  struct cf_rng r = {.seed = c->dk ? c->dk->seed : 0,
+                     .domain = CF_RNG_HEAD,
+                     .step = c->dk ? c->dk->step : 0,
+                     .index = (c->dk ? c->dk->seq0 : 0) + (uint64_t)b};
+  if (g->head == CF_HEAD_CVAE) {
+    for (int64_t i = 0; i < g->cvae_dz; i++)
+      out[i] = cf_rng_normal1(&r, (uint64_t)(j * g->cvae_dz + i));
+    return;
+  }
+  const int64_t R = g->fm_draws, D = g->D, n = (R * D + 3) / 4 * 4;
+  const int64_t base = j * (n + (R + 3) / 4 * 4);
+  for (int64_t q = 0; q < R; q++) {
+    float u;
+    cf_rng_uniform(&r, (uint64_t)(base + n + q), &u, 1);
+    out[q * (1 + D)] = u;
+    for (int64_t d = 0; d < D; d++)
+      out[q * (1 + D) + 1 + d] = cf_rng_normal1(&r, (uint64_t)(base + q * D + d));
+  }
+}
+
+/* fm: the MLP inputs [y_s, phi(s)] and the flow-matching loss from the saved velocities. */
+static void fm_formulas(const struct cf_model *m, const struct model_ctx *c,
+                        const struct cf_loss *l, const char *label) {
+  const struct cf_model_impl *im = m->impl;
+  const struct cf_model_cfg *g = &m->cfg;
+  const int64_t D = g->D, J = im->J, R = g->fm_draws, Dw = D + 8, W = cf_head_train_width(g);
+  float *nz = cf_test_floats((size_t)W);
+  double fm = 0, ierr = 0;
+  for (int64_t b = 0; b < c->B; b++)
+    for (int64_t j = 0; j < J; j++) {
+      const int counted = j < (g->N - 1) * g->P;
+      const float *yv = c->y + (b * J + j) * D;
+      train_noise_of(g, c, b, j, nz);
+      for (int64_t r = 0; r < R; r++) {
+        const double s = nz[r * (1 + D)];
+        const float *y0 = nz + r * (1 + D) + 1, *in = im->fm_in + ((b * J + j) * R + r) * Dw;
+        const float *v = im->out + ((b * J + j) * R + r) * D;
+        EXPECT(s >= 0 && s < 1, "%s: flow time %g outside [0, 1)", label, s);
+        for (int64_t d = 0; d < D; d++) {
+          double ys = (1 - s) * y0[d] + s * (counted ? yv[d] : 0.0);
+          ierr = fmax(ierr, fabs(ys - in[d]));
+          if (counted) fm += (v[d] - (yv[d] - (double)y0[d])) * (v[d] - (yv[d] - (double)y0[d]));
+        }
+        for (int i = 0; i < 4; i++) {
+          double a = 3.141592653589793 * (double)(1 << i) * s;
+          ierr = fmax(ierr, fabs(sin(a) - in[D + 2 * i]));
+          ierr = fmax(ierr, fabs(cos(a) - in[D + 2 * i + 1]));
+        }
+      }
+    }
+  fm /= c->n_pts * (double)R;
+  EXPECT(ierr < 1e-6, "%s: the velocity MLP's input is not [(1-s) y0 + s y, phi(s)] (%g)", label,
+         ierr);
+  EXPECT(fabs(fm - l->recon) <= 1e-6 * fm && l->loss == l->recon && l->nll == 0 && l->kl == 0,
+         "%s: fm loss %g (recon %g nll %g kl %g), recomputed %g", label, l->loss, l->recon, l->nll,
+         l->kl, fm);
+  free(nz);
+}
+
+/* cvae: z, the KL of the posterior to the prior, the decoder's Gaussian NLL and recon. */
+static void cvae_formulas(const struct cf_model *m, const struct model_ctx *c,
+                          const struct cf_loss *l, const char *label) {
+  const struct cf_model_impl *im = m->impl;
+  const struct cf_model_cfg *g = &m->cfg;
+  const int64_t D = g->D, J = im->J, dz = g->cvae_dz, SH = g->S * g->H, Dout = 2 * D;
+  const double lo = g->logstd_min, hi = g->logstd_max;
+  float *e = cf_test_floats((size_t)dz);
+  double kl = 0, nll = 0, rec = 0, zerr = 0;
+  for (int64_t b = 0; b < c->B; b++)
+    for (int64_t j = 0; j < J; j++) {
+      const int64_t p = b * J + j;
+      const float *q = im->cv_q + p * 2 * dz, *pr = im->cv_p + p * 2 * dz;
+      train_noise_of(g, c, b, j, e);
+      for (int64_t i = 0; i < dz; i++) {
+        double lq = fmin(fmax(q[dz + i], lo), hi), lp = fmin(fmax(pr[dz + i], lo), hi);
+        zerr = fmax(zerr, fabs(q[i] + exp(lq) * e[i] - im->cv_din[p * (SH + dz) + SH + i]));
+        if (j >= (g->N - 1) * g->P) continue;
+        double sq2 = exp(2 * lq), sp2 = exp(2 * lp), dm = (double)q[i] - pr[i];
+        /* KL(N(mq, sq^2) || N(mp, sp^2)) = log(sp/sq) + (sq^2 + dm^2) / (2 sp^2) - 1/2 */
+        kl += log(sqrt(sp2) / sqrt(sq2)) + (sq2 + dm * dm) / (2 * sp2) - 0.5;
+      }
+      if (j >= (g->N - 1) * g->P) continue;
+      const float *o = im->out + p * Dout, *yv = c->y + p * D;
+      for (int64_t d = 0; d < D; d++) {
+        double ls = fmin(fmax(o[D + d], lo), hi), u = (yv[d] - (double)o[d]) / exp(ls);
+        nll += 0.5 * u * u + ls + 0.5 * log(6.283185307179586);
+        rec += (yv[d] - (double)o[d]) * (yv[d] - (double)o[d]);
+      }
+    }
+  kl /= c->n_pts, nll /= c->n_pts, rec /= c->n_pts;
+  EXPECT(zerr < 1e-5, "%s: z is not mq + exp(clamp(rq)) eps_z (%g)", label, zerr);
+  EXPECT(fabs(kl - l->kl) <= 1e-5 * kl, "%s: kl %g, recomputed %g", label, l->kl, kl);
+  EXPECT(fabs(nll - l->nll) <= 1e-6 * fabs(nll), "%s: nll %g, recomputed %g", label, l->nll, nll);
+  EXPECT(fabs(rec - l->recon) <= 1e-6 * rec, "%s: recon %g, recomputed %g", label, l->recon, rec);
+  double want = nll + (double)c->beta * kl;
+  EXPECT(fabs(l->loss - want) <= 1e-5 * fabs(want), "%s: loss %g, nll + beta kl %g", label, l->loss,
+         want);
+  free(e);
+}
+
 /* The loss fields recomputed in double from the saved head activations. */
 static void head_formulas(const struct cf_model *m, const struct model_ctx *c,
                           const struct cf_loss *l, const char *label) {
@@ -674,6 +817,14 @@ static void head_formulas(const struct cf_model *m, const struct model_ctx *c,
   const struct cf_model_cfg *g = &m->cfg;
   int64_t D = g->D, J = im->J, T = im->T, H = g->H;
   double rec = 0, nll = 0, kl = 0, zerr = 0;
+  if (g->head == CF_HEAD_FM) {
+    fm_formulas(m, c, l, label);
+    return;
+  }
+  if (g->head == CF_HEAD_CVAE) {
+    cvae_formulas(m, c, l, label);
+    return;
+  }
   if (g->head == CF_HEAD_GMM) { /* the mixture written out: -log sum_k pi_k prod_d N */
     const int64_t K = g->gmm_k;
     for (int64_t b = 0; b < c->B; b++)
@@ -753,6 +904,11 @@ static void test_model(enum cf_head head, int dropout, float lsmin, float lsmax,
   size_t nz = (size_t)(B * J * cfg.D), ne = (size_t)(B * T * cfg.H);
   c.z = cf_test_floats(nz), c.y = cf_test_floats(nz);
   if (head == CF_HEAD_VAE) c.eps = cf_test_floats(ne);
+  /* fm / cvae: explicit training noise without dropout, drawn by the forward with it */
+  if ((head == CF_HEAD_FM || head == CF_HEAD_CVAE) && !dropout) {
+    ne = (size_t)(B * J * cf_head_train_width(&cfg));
+    c.eps = cf_test_floats(ne);
+  }
   /* draw data until every ReLU input and log-std is at least 3e-3 from its kink, so the
    * central differences (h = 1e-3) rarely straddle one; keep the best draw seen */
   double margin = 0;
@@ -760,6 +916,9 @@ static void test_model(enum cf_head head, int dropout, float lsmin, float lsmax,
   for (int tries = 0; tries < 2000 && margin < 3e-3; tries++) {
     randn(c.z, nz, 1, 0), randn(c.y, nz, 1, 0);
     if (c.eps != NULL) randn(c.eps, ne, 1, 0);
+    if (c.eps != NULL && head == CF_HEAD_FM) /* flow times in [0, 1) */
+      for (size_t i = 0; i < ne; i += (size_t)(1 + cfg.D))
+        c.eps[i] = (float)(0.5 + 0.49 * tanh((double)c.eps[i]));
     model_loss(&c);
     double mg = kink_margin(&m, B);
     if (mg > margin) {
@@ -780,7 +939,14 @@ static void test_model(enum cf_head head, int dropout, float lsmin, float lsmax,
   EXPECT(cf_alloc_count() == a0, "forward/backward allocated %llu times",
          (unsigned long long)(cf_alloc_count() - a0));
   EXPECT(isfinite(l.loss) && l.loss != 0, "loss %g", l.loss);
-  if (head != CF_HEAD_VAE)
+  if (head == CF_HEAD_FM)
+    EXPECT(l.kl == 0 && l.nll == 0 && l.loss == l.recon && l.recon > 0,
+           "%s loss fields %g %g %g %g", label, l.loss, l.nll, l.recon, l.kl);
+  else if (head == CF_HEAD_CVAE)
+    EXPECT(l.kl > 0 && l.recon > 0 &&
+               fabs(l.loss - (l.nll + (double)0.7f * l.kl)) < 1e-9 * fabs(l.loss),
+           "cvae loss fields %g %g %g %g", l.loss, l.nll, l.recon, l.kl);
+  else if (head != CF_HEAD_VAE)
     EXPECT(l.kl == 0 && l.loss == l.nll && l.recon > 0, "%s loss fields %g %g %g %g", label, l.loss,
            l.nll, l.recon, l.kl);
   else
@@ -892,6 +1058,53 @@ static void test_dropout_batching(void) {
   cf_model_release(&m);
 }
 
+/* fm / cvae training noise drawn inside the forward: the documented draw of
+ * cf_head_train_noise (the same loss as passing those draws explicitly), keyed by the global
+ * sequence (a sequence alone gives its outputs in a batch) and by the step. */
+static void test_head_noise(enum cf_head head) {
+  printf("%s training noise: the documented draw, independent of batching\n", cf_head_name(head));
+  struct cf_model_cfg cfg = small_cfg(head);
+  struct cf_model m;
+  if (cf_model_init(&m, &cfg, 3) != CF_OK) {
+    EXPECT(0, "init: %s", cf_errmsg());
+    return;
+  }
+  model_weights(&m);
+  const int64_t J = cfg.N * cfg.P, W = cf_head_train_width(&cfg), B = 3;
+  const size_t nz = (size_t)(J * cfg.D), ne = (size_t)(J * W);
+  const size_t no =
+      head == CF_HEAD_FM ? (size_t)(J * cfg.fm_draws * cfg.D) : (size_t)(J * 2 * cfg.D);
+  float *z = cf_test_floats(3 * nz), *y = cf_test_floats(3 * nz), *eps = cf_test_floats(3 * ne);
+  float *o_all = cf_test_floats(3 * no);
+  randn(z, 3 * nz, 1, 0), randn(y, 3 * nz, 1, 0);
+  struct cf_dropkey dk = {.seed = 3, .step = 11, .seq0 = 100};
+  for (int64_t b = 0; b < B; b++) {
+    struct cf_rng r = {.seed = 3, .domain = CF_RNG_HEAD, .step = 11, .index = (uint64_t)(100 + b)};
+    for (int64_t j = 0; j < J; j++)
+      cf_head_train_noise(&cfg, &r, j, eps + b * ne + (size_t)(j * W));
+  }
+  struct cf_loss drawn, given, one, other;
+  EXPECT_OK(cf_model_forward(&m, B, z, y, NULL, &dk, 6.0, 0.5f, &drawn), "forward");
+  memcpy(o_all, cf_model_test_output(&m), 3 * no * sizeof(float));
+  EXPECT_OK(cf_model_forward(&m, B, z, y, eps, &dk, 6.0, 0.5f, &given), "forward");
+  EXPECT(drawn.loss == given.loss && drawn.recon == given.recon && drawn.kl == given.kl,
+         "%s: the drawn training noise is not cf_head_train_noise's (loss %.9g vs %.9g)",
+         cf_head_name(head), drawn.loss, given.loss);
+  struct cf_dropkey dk2 = {.seed = 3, .step = 11, .seq0 = 102};
+  EXPECT_OK(cf_model_forward(&m, 1, z + 2 * nz, y + 2 * nz, NULL, &dk2, 6.0, 0.5f, &one),
+            "forward");
+  double d = maxdiff(o_all + 2 * no, cf_model_test_output(&m), no);
+  EXPECT(d < 1e-5, "%s: sequence 102 gets other head outputs alone than in a batch (%g)",
+         cf_head_name(head), d);
+  struct cf_dropkey dk3 = dk;
+  dk3.step = 12;
+  EXPECT_OK(cf_model_forward(&m, B, z, y, NULL, &dk3, 6.0, 0.5f, &other), "forward");
+  EXPECT(fabs(other.loss - drawn.loss) > 1e-6, "%s: the training noise does not depend on the step",
+         cf_head_name(head));
+  free(z), free(y), free(eps), free(o_all);
+  cf_model_release(&m);
+}
+
 static void test_cfg_and_layout(void) {
   printf("configuration checks, tensor layout, initialization\n");
   struct cf_model_cfg c = small_cfg(CF_HEAD_GAUSS), b;
@@ -921,6 +1134,16 @@ static void test_cfg_and_layout(void) {
   EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "rotary", "rotary_pct = 1.5");
   b = c, b.ffn = 0;
   EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "ffn", "ffn = 0");
+  b = small_cfg(CF_HEAD_FM), b.fm_width = 0;
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-flow_fm_width", "fm_width = 0");
+  b = small_cfg(CF_HEAD_FM), b.fm_draws = 65;
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-flow_fm_draws", "fm_draws = 65");
+  b = small_cfg(CF_HEAD_FM), b.fm_steps = 0;
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-flow_fm_steps", "fm_steps = 0");
+  b = small_cfg(CF_HEAD_CVAE), b.cvae_dz = 0;
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-flow_cvae_dz", "cvae_dz = 0");
+  b = c, b.head = (enum cf_head)5;
+  EXPECT_FAIL_STATUS(cf_model_cfg_check(&b), CF_EINVAL, "-flow_head", "head = 5");
 
   struct cf_model m;
   size_t bytes0 = cf_alloc_bytes();
@@ -973,6 +1196,49 @@ static void test_cfg_and_layout(void) {
   t = cf_model_find(&m, "dec.fc3.weight");
   EXPECT(t && t->shape[0] == 3, "vae dec.fc3 shape");
   EXPECT(cf_model_find(&m, "head.lv.fc2.bias") != NULL, "vae head tensors");
+  cf_model_release(&m);
+
+  /* fm: the velocity MLP replaces the decoder; cvae: posterior and prior MLPs, decoder on
+   * [c, z] (small_cfg: D 3, S*H 32, I 32, F 8, dz 3) */
+  struct cf_model_cfg fc = small_cfg(CF_HEAD_FM);
+  EXPECT(cf_model_init(&m, &fc, 1) == CF_OK, "fm init: %s", cf_errmsg());
+  size_t core =
+      (size_t)(SH * 3 + SH + SH * SH + SH) +
+      2 * (size_t)(4 * H + 3 * H * H + 3 * H + H * H + H + 4 * H * H + 4 * H + H * 4 * H + H) +
+      (size_t)(2 * H);
+  EXPECT(m.n_tensors == 4 + 24 + 2 + 10, "fm n_tensors %d", m.n_tensors);
+  EXPECT(m.n_params == core + (8 * 32 + 8) + (8 * 11 + 8) + 2 * (64 + 8) + (3 * 8 + 3),
+         "fm n_params %zu", m.n_params);
+  t = cf_model_find(&m, "head.fm.fc1.weight");
+  EXPECT(t && t->shape[0] == 8 && t->shape[1] == 11 && t->split == CF_SPLIT_NONE,
+         "fm fc1 tensor info");
+  t = cf_model_find(&m, "head.fm.cond.weight");
+  EXPECT(t && t->shape[0] == 8 && t->shape[1] == 32, "fm cond tensor info");
+  EXPECT(cf_model_find(&m, "dec.fc1.weight") == NULL, "fm model has a decoder");
+  cf_model_release(&m);
+  struct cf_model_cfg cv = small_cfg(CF_HEAD_CVAE);
+  EXPECT(cf_model_init(&m, &cv, 1) == CF_OK, "cvae init: %s", cf_errmsg());
+  EXPECT(m.n_tensors == 4 + 24 + 2 + 8 + 6, "cvae n_tensors %d", m.n_tensors);
+  EXPECT(m.n_params == core + (32 * 35 + 32) + (6 * 32 + 6) + (32 * 32 + 32) + (6 * 32 + 6) +
+                           (32 * 35 + 32) + (32 * 32 + 32) + (6 * 32 + 6),
+         "cvae n_params %zu", m.n_params);
+  t = cf_model_find(&m, "dec.fc1.weight");
+  EXPECT(t && t->shape[0] == 32 && t->shape[1] == 35, "cvae dec.fc1 shape (S*H + dz inputs)");
+  t = cf_model_find(&m, "head.cvae.post.fc1.weight");
+  EXPECT(t && t->shape[1] == 35, "cvae posterior sees [c, y]");
+  t = cf_model_find(&m, "head.cvae.prior.fc2.bias");
+  EXPECT(t && t->shape[0] == 6, "cvae prior outputs [mp | rp]");
+  cf_model_release(&m);
+  /* flops: each extra fm draw adds one MLP pass per point (forward + backward = 3x) */
+  struct cf_model_cfg f1 = fc;
+  f1.fm_draws = 1;
+  double J = (double)(fc.N * fc.P), per = 2.0 * (8.0 * 11 + 2 * 64 + 8 * 3);
+  EXPECT(fabs(cf_model_flops(&fc) - cf_model_flops(&f1) - 3.0 * J * per) <
+             1e-6 * cf_model_flops(&fc),
+         "fm flops do not count the draws");
+  EXPECT(cf_model_flops(&cv) > cf_model_flops(&c), "cvae flops do not count the head");
+
+  EXPECT(cf_model_init(&m, &v, 1) == CF_OK, "vae init: %s", cf_errmsg());
   float z[24] = {0}, y[24] = {0};
   struct cf_loss l;
   cf_err_clear();
@@ -1004,10 +1270,17 @@ int main(void) {
   test_model(CF_HEAD_VAE, 1, -7.0f, 5.0f, "vae head, dropout 0.2");
   test_model(CF_HEAD_GMM, 0, -7.0f, 5.0f, "gmm head (K = 3)");
   test_model(CF_HEAD_GMM, 1, -1.0f, 1.0f, "gmm head (K = 3), dropout 0.2, log-std in [-1, 1]");
+  test_model(CF_HEAD_FM, 0, -7.0f, 5.0f, "fm head (F 8, 2 draws), explicit noise");
+  test_model(CF_HEAD_FM, 1, -7.0f, 5.0f, "fm head, encoder dropout 0.2, drawn noise");
+  test_model(CF_HEAD_CVAE, 0, -7.0f, 5.0f, "cvae head (dz 3), explicit noise");
+  test_model(CF_HEAD_CVAE, 1, -7.0f, 5.0f, "cvae head, dropout 0.2, drawn noise");
+  test_model(CF_HEAD_CVAE, 0, -0.4f, 0.4f, "cvae head, log-stds clamped to [-0.4, 0.4]");
   g_no_history = 1;
   test_model(CF_HEAD_GAUSS, 0, -7.0f, 5.0f, "gauss head, no history, time input");
   test_model(CF_HEAD_VAE, 0, -7.0f, 5.0f, "vae head, no history, time input");
   g_no_history = 0;
   test_dropout_batching();
+  test_head_noise(CF_HEAD_FM);
+  test_head_noise(CF_HEAD_CVAE);
   return cf_test_done("test_model_grad");
 }

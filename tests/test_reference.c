@@ -2,7 +2,8 @@
  * (tests/reference/make_reference.py): loss components, every parameter gradient, the
  * final hidden states through the KV cache (whole sequence at once and point by point),
  * and head sampling (gmm: also the most probable component's mean, without noise), for the
- * vae, gauss and gmm heads and the no_history / time_input ablation. The dump holds float32
+ * vae, gauss, gmm, fm and cvae heads and the no_history / time_input ablation (fm and cvae
+ * dumps carry their training noise: inputs/eps). The dump holds float32
  * weights and inputs and float64 reference values, so the tolerances below only have to
  * cover the C code's float32 round-off.
  * After the real comparison the test perturbs one weight and checks that the loss,
@@ -203,13 +204,13 @@ struct dump {
   struct cf_model_cfg cfg;
   int64_t B, J, T;
   double n_pts, beta, tau;
-  float *z, *y, *eps; /* (B, J, D) (B, J, D) (B, T, H) or NULL */
+  float *z, *y, *eps; /* (B, J, D) (B, J, D); vae (B, T, H), fm / cvae (B, J, Wt), or NULL */
   float *params;      /* (n_params) as laid out by the model */
   double *grads;      /* (n_params) */
   double loss[4];     /* loss recon kl nll */
   double *hidden;     /* (B, T, H) */
   float *hidden_f;    /* (B, T, H) the same rounded to float32 */
-  float *s_eps;       /* vae (B, T, H), gauss (B, J, D), gmm (B, J, D + 1) */
+  float *s_eps;       /* vae (B, T, H), others (B, J, cf_head_noise_width) */
   double *s_y;        /* (B, J, D) */
   double *s_mode;     /* gmm: (B, J, D) the sample at tau 0 without noise; else NULL */
 };
@@ -230,6 +231,7 @@ static void dump_free(struct dump *d) {
 
 static int read_cfg(hid_t f, struct dump *d) {
   int64_t D, S, P, N, H, layers, heads, ffn, head, B, gmm_k, no_history, time_input;
+  int64_t fm_width, fm_draws, fm_steps, cvae_dz;
   double rp, rb, drop, lmin, lmax;
   if (attr_i64(f, "D", &D) || attr_i64(f, "S", &S) || attr_i64(f, "P", &P) ||
       attr_i64(f, "N", &N) || attr_i64(f, "H", &H) || attr_i64(f, "layers", &layers) ||
@@ -240,12 +242,19 @@ static int read_cfg(hid_t f, struct dump *d) {
       attr_f64(f, "n_pts", &d->n_pts) || attr_i64_opt(f, "no_history", 0, &no_history) ||
       attr_i64_opt(f, "time_input", 0, &time_input))
     return -1;
-  if (head != CF_HEAD_VAE && head != CF_HEAD_GAUSS && head != CF_HEAD_GMM) {
-    printf("FAIL: dump attribute head = %lld, expected 0 (vae), 1 (gauss) or 2 (gmm)\n",
+  if (head < CF_HEAD_VAE || head > CF_HEAD_CVAE) {
+    printf("FAIL: dump attribute head = %lld, expected 0 (vae), 1 (gauss), 2 (gmm), 3 (fm) or "
+           "4 (cvae)\n",
            (long long)head);
     return -1;
   }
   if (head == CF_HEAD_GMM ? attr_i64(f, "gmm_k", &gmm_k) : attr_i64_opt(f, "gmm_k", 0, &gmm_k))
+    return -1;
+  int fm = head == CF_HEAD_FM, cv = head == CF_HEAD_CVAE;
+  if ((fm ? attr_i64(f, "fm_width", &fm_width) : attr_i64_opt(f, "fm_width", 0, &fm_width)) ||
+      (fm ? attr_i64(f, "fm_draws", &fm_draws) : attr_i64_opt(f, "fm_draws", 0, &fm_draws)) ||
+      (fm ? attr_i64(f, "fm_steps", &fm_steps) : attr_i64_opt(f, "fm_steps", 0, &fm_steps)) ||
+      (cv ? attr_i64(f, "cvae_dz", &cvae_dz) : attr_i64_opt(f, "cvae_dz", 0, &cvae_dz)))
     return -1;
   d->cfg = (struct cf_model_cfg){.D = D,
                                  .S = S,
@@ -262,6 +271,10 @@ static int read_cfg(hid_t f, struct dump *d) {
                                  .logstd_min = (float)lmin,
                                  .logstd_max = (float)lmax,
                                  .gmm_k = gmm_k,
+                                 .fm_width = fm_width,
+                                 .fm_draws = fm_draws,
+                                 .fm_steps = fm_steps,
+                                 .cvae_dz = cvae_dz,
                                  .no_history = (int)no_history,
                                  .time_input = (int)time_input};
   d->B = B;
@@ -275,8 +288,10 @@ static int read_dump(hid_t f, const struct cf_model *m, struct dump *d) {
   const struct cf_model_cfg *c = &d->cfg;
   int64_t B = d->B, J = d->J, T = d->T, D = c->D, H = c->H;
   int vae = c->head == CF_HEAD_VAE, gmm = c->head == CF_HEAD_GMM;
-  int64_t W = cf_head_noise_width(c); /* per point (gauss, gmm) */
+  int64_t W = cf_head_noise_width(c);  /* per point (all heads but vae) */
+  int64_t Wt = cf_head_train_width(c); /* fm / cvae training noise per point */
   int64_t sh_z[3] = {B, J, D}, sh_tok[3] = {B, T, H}, sh_noise[3] = {B, J, W};
+  int64_t sh_train[3] = {B, J, Wt};
   d->z = xcalloc((size_t)(B * J * D), sizeof(float));
   d->y = xcalloc((size_t)(B * J * D), sizeof(float));
   d->params = xcalloc(m->n_params, sizeof(float));
@@ -291,6 +306,9 @@ static int read_dump(hid_t f, const struct cf_model *m, struct dump *d) {
   if (vae) {
     d->eps = xcalloc((size_t)(B * T * H), sizeof(float));
     if (read_ds(f, "inputs/eps", H5T_NATIVE_FLOAT, 3, sh_tok, d->eps)) return -1;
+  } else if (Wt > 0) {
+    d->eps = xcalloc((size_t)(B * J * Wt), sizeof(float));
+    if (read_ds(f, "inputs/eps", H5T_NATIVE_FLOAT, 3, sh_train, d->eps)) return -1;
   }
   const char *ln[4] = {"out/loss", "out/recon", "out/kl", "out/nll"};
   for (int i = 0; i < 4; i++)
@@ -460,14 +478,16 @@ static int run_dump(const char *path) {
     return 1;
   }
   H5Fclose(f);
-  printf("  head %s (gmm_k %lld), D %lld S %lld P %lld N %lld H %lld layers %lld heads %lld "
+  printf("  head %s (gmm_k %lld, fm width %lld draws %lld steps %lld, cvae dz %lld), D %lld "
+         "S %lld P %lld N %lld H %lld layers %lld heads %lld "
          "ffn %lld rotary_pct %g, logstd [%g, %g], no_history %d time_input %d, B %lld, "
          "%zu parameters in %d tensors\n",
-         cf_head_name(d.cfg.head), (long long)d.cfg.gmm_k, (long long)d.cfg.D, (long long)d.cfg.S,
-         (long long)d.cfg.P, (long long)d.cfg.N, (long long)d.cfg.H, (long long)d.cfg.layers,
-         (long long)d.cfg.heads, (long long)d.cfg.ffn, d.cfg.rotary_pct, (double)d.cfg.logstd_min,
-         (double)d.cfg.logstd_max, d.cfg.no_history, d.cfg.time_input, (long long)d.B, m.n_params,
-         m.n_tensors);
+         cf_head_name(d.cfg.head), (long long)d.cfg.gmm_k, (long long)d.cfg.fm_width,
+         (long long)d.cfg.fm_draws, (long long)d.cfg.fm_steps, (long long)d.cfg.cvae_dz,
+         (long long)d.cfg.D, (long long)d.cfg.S, (long long)d.cfg.P, (long long)d.cfg.N,
+         (long long)d.cfg.H, (long long)d.cfg.layers, (long long)d.cfg.heads, (long long)d.cfg.ffn,
+         d.cfg.rotary_pct, (double)d.cfg.logstd_min, (double)d.cfg.logstd_max, d.cfg.no_history,
+         d.cfg.time_input, (long long)d.B, m.n_params, m.n_tensors);
   memcpy(m.params, d.params, m.n_params * sizeof(float));
 
   float *h = xcalloc((size_t)(d.B * d.T * d.cfg.H), sizeof(float));
@@ -534,9 +554,9 @@ int main(int argc, char **argv) {
       EXPECT(run_dump(path) == 0, "reference dump %s failed (see above)", path);
     }
   } else if (src) {
-    const char *dumps[5] = {"ref_vae.h5", "ref_gauss.h5", "ref_vae_rot4.h5", "ref_gmm.h5",
-                            "ref_gauss_nohist.h5"};
-    for (int i = 0; i < 5; i++) {
+    const char *dumps[7] = {"ref_vae.h5",          "ref_gauss.h5", "ref_vae_rot4.h5", "ref_gmm.h5",
+                            "ref_gauss_nohist.h5", "ref_fm.h5",    "ref_cvae.h5"};
+    for (int i = 0; i < 7; i++) {
       char path[4096];
       snprintf(path, sizeof path, "%s/tests/reference/%s", src, dumps[i]);
       EXPECT(run_dump(path) == 0, "reference dump %s failed (see above)", path);

@@ -2,7 +2,7 @@
 # test_sample.sh: coordinator-scheduled sampling (rollout.h, samples.h) through the binary.
 #  1. determinism: /x is bit-identical at 1, 2, 3 and 4 ranks (4 oversubscribed) and for
 #     -sample_batch 1, 3 and 64, KV cache and recompute each (gauss head), and at 1 vs 3 ranks
-#     with uneven batches for the vae and gmm heads; /traj's last time point is /x;
+#     with uneven batches for the vae, gmm, fm and cvae heads; /traj's last time point is /x;
 #  2. kill and resume: a sampling job killed with SIGKILL midway leaves a file whose committed
 #     samples are exactly the first samples of an uninterrupted run; -sample_resume 1 finishes
 #     it and the file's /x equals the uninterrupted one bit for bit; resuming with other
@@ -27,6 +27,8 @@ TR=(train -train_steps 30 -train_batch 32 -flow_trajectories 4 -flow_time_points
 run mpiexec -n 1 "$CF" "${TR[@]}" -flow_head gauss -run_dir "$T/g"
 run mpiexec -n 1 "$CF" "${TR[@]}" -flow_head vae -run_dir "$T/v"
 run mpiexec -n 1 "$CF" "${TR[@]}" -flow_head gmm -flow_gmm_k 4 -run_dir "$T/m"
+run mpiexec -n 1 "$CF" "${TR[@]}" -flow_head fm -flow_fm_width 16 -flow_fm_steps 5 -run_dir "$T/f"
+run mpiexec -n 1 "$CF" "${TR[@]}" -flow_head cvae -flow_cvae_dz 3 -run_dir "$T/c"
 
 S=(sample -sample_n 41 -sample_quiet 1)
 for kv in 1 0; do
@@ -42,6 +44,10 @@ run mpiexec -n 1 "$CF" "${S[@]}" -run_dir "$T/v" -sample_batch 5 -sample_out "$T
 run mpiexec -n 3 "$CF" "${S[@]}" -run_dir "$T/v" -sample_batch 2 -sample_out "$T/v-np3.h5"
 run mpiexec -n 1 "$CF" "${S[@]}" -run_dir "$T/m" -sample_out "$T/m-np1.h5"
 run mpiexec -n 3 "$CF" "${S[@]}" -run_dir "$T/m" -sample_batch 2 -sample_out "$T/m-np3.h5"
+for h in f c; do
+  run mpiexec -n 1 "$CF" "${S[@]}" -run_dir "$T/$h" -sample_out "$T/$h-np1.h5"
+  run mpiexec -n 3 "$CF" "${S[@]}" -run_dir "$T/$h" -sample_batch 2 -sample_out "$T/$h-np3.h5"
+done
 $PY - "$T" <<'PYEOF' || fail "samples depend on the rank count or the batch size"
 import sys, h5py, numpy as np
 t = sys.argv[1]
@@ -66,6 +72,11 @@ print("vae: /x identical at 1 rank batch 5 and 3 ranks batch 2")
 gm = x("m-np1.h5")
 assert np.std(gm) > 0.05 and np.array_equal(gm, x("m-np3.h5")), "gmm samples differ"
 print("gmm: /x identical at 1 rank batch 64 and 3 ranks batch 2")
+for h, name in (("f", "fm"), ("c", "cvae")):
+    a = x(f"{h}-np1.h5")
+    assert np.all(np.isfinite(a)) and np.std(a) > 0.05, f"{name} samples degenerate"
+    assert np.array_equal(a, x(f"{h}-np3.h5")), f"{name} samples differ between 1 and 3 ranks"
+    print(f"{name}: /x identical at 1 rank batch 64 and 3 ranks batch 2")
 PYEOF
 
 # 4. model-parallel layouts (rank count, name, options)

@@ -30,8 +30,30 @@
  *            pi = softmax(a), logstd_k = clamp(r_k) as gauss,
  *            nll = -log sum_k pi_k N(y; m_k, diag exp(2 logstd_k)); recon is the squared error
  *            of the mixture mean sum_k pi_k m_k
- *   decoder dec (every head), I = max(S*H, D): fc1 (I x S*H) -> LN no affine -> ReLU -> dropout
- *                  -> fc2 (I x I) -> LN no affine -> ReLU -> dropout -> fc3 (Dout x I)
+ *   head fm (flow matching per point, MAR "diffusion loss" style; no decoder dec): with
+ *            c = [h_{jS} .. h_{jS+S-1}] (S*H), F = fm_width, a point y_s (D) at flow time s,
+ *            phi(s) = [sin(pi s), cos(pi s), sin(2 pi s), cos(2 pi s), sin(4 pi s), cos(4 pi s),
+ *                      sin(8 pi s), cos(8 pi s)] (8 Fourier features, float of the double value),
+ *            the velocity MLP (3 hidden layers, U = LN no affine -> ReLU, no dropout)
+ *              a1 = fc1([y_s, phi(s)]) + cond(c)   fc1 (F x (D+8)), cond (F x S*H): together one
+ *                                                  linear on [y_s, phi(s), c] (biases summed)
+ *              v  = out(U(fc3(U(fc2(U(a1))))))     fc2, fc3 (F x F), out (D x F)
+ *            training: R = fm_draws draws per point of s_r ~ U[0, 1) and y0_r ~ N(0, I)
+ *            (cf_head_train_noise), y_s = (1 - s_r) y0_r + s_r y,
+ *            fm = (1/R) sum_r sum_d (v_d - (y_d - y0_d))^2; loss = recon = fm per point.
+ *            sampling: y <- tau*eps, then K = fm_steps Euler steps y += v(y, k/K, c) / K for
+ *            k = 0 .. K-1 (the float s = k/K; the step is the float 1/K)
+ *   head cvae (conditional VAE; posterior sees the target), dz = cvae_dz, I as for dec:
+ *            [mq | rq] = post([c, y]) (TwoLayerMLP S*H+D -> I -> 2dz, as mu / lv above),
+ *            [mp | rp] = prior(c) (TwoLayerMLP S*H -> I -> 2dz), lq = clamp(rq), lp = clamp(rp)
+ *            (the log-std clamp of gauss), z = mq + exp(lq) eps_z (eps_z: cf_head_train_noise),
+ *            [m | r] = dec([c, z]) (dec with S*H + dz inputs, Dout = 2D), nll of y as gauss,
+ *            kl = sum_i lp_i - lq_i + (exp(2 lq_i) + (mq_i - mp_i)^2) / (2 exp(2 lp_i)) - 1/2;
+ *            loss = nll + beta*kl (per point), recon = squared error of m.
+ *            sampling: z = mp + tau*exp(lp) eps_z, [m | r] = dec([c, z]), y = m + tau*exp(ls) eps_y
+ *   decoder dec (every head but fm), I = max(S*H, D): fc1 (I x S*H; cvae: I x (S*H + dz)) -> LN
+ *                  no affine -> ReLU -> dropout -> fc2 (I x I) -> LN no affine -> ReLU -> dropout
+ *                  -> fc3 (Dout x I)
  *   All LayerNorms use eps 1e-5. Weights are stored PyTorch-style (out, in), row-major;
  *   y = x W^T + b through cblas_sgemm (sampling: cf_linear_rows, row-deterministic).
  *
@@ -46,15 +68,28 @@
  *   lnf.weight (H) lnf.bias (H)
  *   vae only: head.mu.fc1.weight (H, H) head.mu.fc1.bias head.mu.fc2.weight head.mu.fc2.bias
  *             head.lv.fc1.weight ... head.lv.fc2.bias
- *   dec.fc1.weight (I, S*H) dec.fc1.bias (I) dec.fc2.weight (I, I) dec.fc2.bias (I)
- *   dec.fc3.weight (Dout, I) dec.fc3.bias (Dout)
- *   Dout = D (vae), 2D (gauss: [mean | logstd]) or K(1 + 2D) (gmm: [logits | means | logstds])
+ *   fm only (instead of dec): head.fm.cond.weight (F, S*H) .cond.bias (F)
+ *             head.fm.fc1.weight (F, D+8) .fc1.bias (F) .fc2.weight (F, F) .fc2.bias (F)
+ *             .fc3.weight (F, F) .fc3.bias (F) .out.weight (D, F) .out.bias (D)
+ *   cvae only: head.cvae.post.fc1.weight (I, S*H+D) .post.fc1.bias (I) .post.fc2.weight (2dz, I)
+ *             .post.fc2.bias (2dz) head.cvae.prior.fc1.weight (I, S*H) ... .prior.fc2.bias (2dz)
+ *   dec.fc1.weight (I, S*H; cvae (I, S*H+dz)) dec.fc1.bias (I) dec.fc2.weight (I, I)
+ *   dec.fc2.bias (I) dec.fc3.weight (Dout, I) dec.fc3.bias (Dout)   (every head but fm)
+ *   Dout = D (vae), 2D (gauss, cvae: [mean | logstd]) or K(1 + 2D) (gmm: [logits | means |
+ *   logstds]); the fm head's velocity (D) per draw
+ *   All head tensors are replicated under tensor parallelism and live on the last stage.
  *
  * Dropout (training only, when cfg.dropout > 0 and a key is given): element e of site `site`
  * for global sequence g is dropped iff the float draw
  *   u = cf_rng_uniform({seed, CF_RNG_DROPOUT + site, step, g}, e) < dropout,
  * kept elements scaled by 1/(1-dropout). Sites: 0 encoder, 1 mu mlp, 2 lv mlp, 3 dec after fc1,
- * 4 dec after fc2; e = row-within-sequence * width + column. The transformer has no dropout.
+ * 4 dec after fc2, 5 cvae posterior, 6 cvae prior; e = row-within-sequence * width + column.
+ * The transformer and the fm head have no dropout.
+ *
+ * Head training noise (fm, cvae; cf_head_train_noise) is drawn inside cf_model_forward unless
+ * given: point j of global sequence g at step `step` uses the stream
+ * {seed, CF_RNG_HEAD, step, g} (seed, step and g = seq0 + b from the dropout key; without a
+ * key seed 0, step 0, g = b), so it does not depend on batching or the rank layout.
  *
  * Parallel parts (cf_model_init_part with a process grid, grid.h): a rank holds
  *   - pipeline: the layers [l0, l1) of its stage (cf_grid_stage_layers); stage 0 also the
@@ -83,9 +118,15 @@
 #include "calmflow/grid.h"
 #include "calmflow/rng.h"
 
-enum cf_head { CF_HEAD_VAE = 0, CF_HEAD_GAUSS = 1, CF_HEAD_GMM = 2 };
+enum cf_head {
+  CF_HEAD_VAE = 0,
+  CF_HEAD_GAUSS = 1,
+  CF_HEAD_GMM = 2,
+  CF_HEAD_FM = 3,  /* flow-matching velocity MLP per point */
+  CF_HEAD_CVAE = 4 /* conditional VAE, posterior sees the target */
+};
 
-/* Local. "vae", "gauss", "gmm". */
+/* Local. "vae", "gauss", "gmm", "fm", "cvae". */
 const char *cf_head_name(enum cf_head h);
 
 struct cf_model_cfg {
@@ -104,6 +145,10 @@ struct cf_model_cfg {
   float logstd_min; /* gauss clamp (-7) */
   float logstd_max; /* gauss clamp (5) */
   int64_t gmm_k;    /* gmm head: mixture components (16) */
+  int64_t fm_width; /* fm head: velocity MLP width F (128) */
+  int64_t fm_draws; /* fm head: draws of (s, y0) per point in training R (2) */
+  int64_t fm_steps; /* fm head: Euler steps per sampled point K (20) */
+  int64_t cvae_dz;  /* cvae head: latent size dz (8) */
   int no_history;   /* 1: ODE-style ablation (-flow_history 0): a token attends only to the
                        tokens of its own point, so the next point depends on the current one
                        only; needs -par_cp 1 */
@@ -140,10 +185,11 @@ struct cf_tensor_info {
 /* Per-call loss contributions: sums over this call's positions divided by the given
  * global counts, so summing across ranks gives the global mean. */
 struct cf_loss {
-  double loss;  /* recon + beta*kl (vae) or nll (gauss) */
-  double recon; /* vae: mean squared error summed over D; gauss: mean squared error of m */
-  double kl;    /* vae: mean KL per token summed over H; gauss: 0 */
-  double nll;   /* gauss, gmm: mean NLL per point; vae: 0 */
+  double loss;  /* recon + beta*kl (vae), nll (gauss, gmm), fm (fm), nll + beta*kl (cvae) */
+  double recon; /* vae: mean squared error summed over D; gauss, cvae: mean squared error of m;
+                   gmm: of the mixture mean; fm: the flow-matching loss fm per point */
+  double kl;    /* vae: mean KL per token summed over H; cvae: mean KL(q || p) per point; else 0 */
+  double nll;   /* gauss, gmm, cvae: mean NLL per point; vae, fm: 0 */
 };
 
 /* Called by cf_model_backward each time the gradients in [offset, n_params) are final:
@@ -186,11 +232,33 @@ int64_t cf_model_local_tokens(const struct cf_model *m);
 double cf_model_grad_sqnorm(const struct cf_model *m);
 void cf_model_release(struct cf_model *m); /* idempotent; *m all-zero after */
 
-/* Local. Decoder outputs per point: D (vae), 2D (gauss), K(1 + 2D) (gmm). */
+/* Local. Decoder outputs per point: D (vae), 2D (gauss, cvae), K(1 + 2D) (gmm); fm: D (its
+ * velocity per draw, no decoder). */
 static inline int64_t cf_model_dout(const struct cf_model_cfg *c) {
-  return c->head == CF_HEAD_VAE ? c->D
-                                : (c->head == CF_HEAD_GAUSS ? 2 * c->D : c->gmm_k * (1 + 2 * c->D));
+  switch (c->head) {
+  case CF_HEAD_GAUSS:
+  case CF_HEAD_CVAE:
+    return 2 * c->D;
+  case CF_HEAD_GMM:
+    return c->gmm_k * (1 + 2 * c->D);
+  default:
+    return c->D;
+  }
 }
+
+/* Local. Head training noise floats per point: fm R*(1 + D) (per draw r: [s_r, y0_r (D)]),
+ * cvae dz (eps_z); 0 for the other heads. */
+static inline int64_t cf_head_train_width(const struct cf_model_cfg *c) {
+  return c->head == CF_HEAD_FM ? c->fm_draws * (1 + c->D)
+                               : (c->head == CF_HEAD_CVAE ? c->cvae_dz : 0);
+}
+/* Local. Point j's head training noise from stream r (= {seed, CF_RNG_HEAD, step, g}): out
+ * (cf_head_train_width). fm: with n = 4*ceil(R*D/4) and base = j*(n + 4*ceil(R/4)), y0_r[d] is
+ * the normal at element base + r*D + d and s_r the uniform (cf_rng_uniform) at element
+ * base + n + r (separate Philox blocks, so s and y0 are independent); cvae: eps_z[i] is the
+ * normal at element j*dz + i. */
+void cf_head_train_noise(const struct cf_model_cfg *c, const struct cf_rng *r, int64_t j,
+                         float *out);
 
 /* Local. The time input of point j (time_input): t = (j / P) / (N - 1), in [0, 1]. */
 static inline float cf_model_point_time(const struct cf_model_cfg *c, int64_t j) {
@@ -216,7 +284,9 @@ void cf_model_zero_grad(struct cf_model *m);
  *   z     (B, J, D) input points, sequence order
  *   y     (B, J, D) targets; only rows j < (N-1)*P are used (the model predicts row j+P's
  *         target from tokens <= j); what y means (next point or velocity) is the caller's
- *   eps   (B, T, H) standard-normal latent noise for vae, NULL for gauss
+ *   eps   (B, T, H) standard-normal latent noise for vae; NULL for gauss and gmm; fm and cvae:
+ *         (B, J, cf_head_train_width) explicit head training noise, or NULL to draw it with
+ *         cf_head_train_noise (see "Head training noise" above)
  *   dk    dropout key, or NULL for no dropout (eval / tests)
  *   n_pts global number of predicted points over all ranks (divisor of recon and nll);
  *         the KL divisor is n_pts * S
@@ -289,23 +359,36 @@ cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const 
                           int64_t np, float *out);
 
 /* Local. Head noise floats per point: vae S*H normals (latent), gauss D normals, gmm D
- * normals and one uniform in [0, 1) that picks the component. */
+ * normals and one uniform in [0, 1) that picks the component, fm D normals (the source point),
+ * cvae dz + D normals ([eps_z | eps_y]). */
 static inline int64_t cf_head_noise_width(const struct cf_model_cfg *c) {
-  return c->head == CF_HEAD_VAE ? c->S * c->H : (c->head == CF_HEAD_GMM ? c->D + 1 : c->D);
+  switch (c->head) {
+  case CF_HEAD_VAE:
+    return c->S * c->H;
+  case CF_HEAD_GMM:
+    return c->D + 1;
+  case CF_HEAD_CVAE:
+    return c->cvae_dz + c->D;
+  default:
+    return c->D;
+  }
 }
 /* Local. One point's head noise from stream r: out (cf_head_noise_width). The normals are
- * elements 0, 1, .. of r; the gmm uniform is element 2^62 (an independent draw). */
+ * elements 0, 1, .. of r; the gmm uniform is cf_rng_uniform1's element 2^40 (a Philox block of
+ * its own, independent of the normals). */
 void cf_head_noise(const struct cf_model_cfg *c, const struct cf_rng *r, float *out);
 
 /* Local, last pipeline stage only. Draw the head's prediction for np points per sequence
  * from hidden states.
  *   h   (B, np*S, H) final hidden states
  *   eps (B, np, cf_head_noise_width) from cf_head_noise: vae latent noise (B, np*S, H); gauss
- *       output noise; gmm output noise and the component uniform. NULL (tau 0 only): no
- *       noise, and gmm takes its most probable component
- *   tau temperature: scales the latent std (vae) or the output std (gauss)
+ *       output noise; gmm output noise and the component uniform; fm the source point; cvae
+ *       [eps_z | eps_y]. NULL (tau 0 only): no noise, and gmm takes its most probable component
+ *   tau temperature: scales the latent std (vae), the output std (gauss, gmm), the source noise
+ *       (fm), the prior's std and the output std (cvae)
  *   y   (B, np, D) out: decoded point (vae), mean + tau*std*eps (gauss), or the same for the
- *       component k whose softmax(a) interval holds the uniform (gmm)
+ *       component k whose softmax(a) interval holds the uniform (gmm), the Euler solution at
+ *       s = 1 (fm), m + tau*std*eps_y decoded from z = mp + tau*exp(lp)*eps_z (cvae)
  * Uses the cache's workspace (no allocation). */
 cf_status cf_head_sample(const struct cf_model *m, struct cf_kvcache *c, int64_t np, const float *h,
                          const float *eps, float tau, float *y);

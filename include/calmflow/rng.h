@@ -24,6 +24,7 @@ enum cf_rng_domain {
   CF_RNG_INIT = 6,    /* weight initialization (index = tensor id) */
   CF_RNG_DATA = 7,    /* `calmflow data` generators */
   CF_RNG_EVAL = 8,    /* evaluation subsampling */
+  CF_RNG_HEAD = 9,    /* fm / cvae head noise during training (cf_head_train_noise) */
   CF_RNG_DROPOUT = 64 /* + site id (< 4096) */
 };
 

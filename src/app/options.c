@@ -40,15 +40,20 @@ static const struct optdef {
     {"flow_time_points", "16", TR, "N, time points per trajectory"},
     {"flow_spatial_tokens", "1", TR, "S, spatial tokens per point"},
     {"flow_trajectories", "8", TR, "P, trajectories per sequence"},
-    {"flow_kl_weight", "0.1", TR, "beta, KL weight of the vae head"},
+    {"flow_kl_weight", "0.1", TR, "beta, KL weight of the vae and cvae heads"},
     {"flow_path", "bridge", TR, "conditional paths: straight (paper), bridge, noisy, ve"},
     {"flow_sigma", "1", TR, "noise scale of bridge / noisy paths; sigma_max of ve paths"},
     {"flow_sigma_min", "1e-4", TR, "noisy: noise at t = 1; ve: sigma_min"},
     {"flow_head", "gauss", TR,
-     "output head: gauss (default), gmm (Gaussian mixture) or vae (the authors')"},
+     "output head: gauss (default), gmm (Gaussian mixture), fm (flow-matching velocity MLP), "
+     "cvae (conditional VAE) or vae (the authors')"},
     {"flow_gmm_k", "16", TR, "gmm head: mixture components"},
+    {"flow_fm_width", "128", TR, "fm head: width of the velocity MLP (3 hidden layers)"},
+    {"flow_fm_draws", "2", TR, "fm head: draws of (flow time, source noise) per point in training"},
+    {"flow_fm_steps", "20", TR, "fm head: Euler steps per sampled point"},
+    {"flow_cvae_dz", "8", TR, "cvae head: latent size"},
     {"flow_predict", "auto", TR,
-     "next (absolute next point) or velocity; auto = velocity for gauss and gmm, next for vae"},
+     "next (absolute next point) or velocity; auto = next for vae, velocity otherwise"},
     {"flow_history", "1", TR,
      "1: each point attends to the whole causal prefix (CaLMFlow); 0: ODE-style ablation, a "
      "point attends only to its own tokens (needs -par_cp 1)"},
@@ -322,15 +327,19 @@ cf_status cf_app_model_cfg(const struct cf_opts *o, struct cf_model_cfg *mc,
     mc->head = CF_HEAD_VAE;
   else if (strcmp(head, "gmm") == 0)
     mc->head = CF_HEAD_GMM;
-  else if (strcmp(head, "fm") == 0 || strcmp(head, "cvae") == 0)
-    return cf_err(CF_EINVAL,
-                  "option -flow_head: '%s' is not implemented yet (calmflow 5); use gauss, gmm or "
-                  "vae",
-                  head);
+  else if (strcmp(head, "fm") == 0)
+    mc->head = CF_HEAD_FM;
+  else if (strcmp(head, "cvae") == 0)
+    mc->head = CF_HEAD_CVAE;
   else
-    return cf_err(CF_EINVAL, "option -flow_head: unknown head '%s' (expected gauss, gmm or vae)",
+    return cf_err(CF_EINVAL,
+                  "option -flow_head: unknown head '%s' (expected gauss, gmm, fm, cvae or vae)",
                   head);
   CF_TRY(cf_opt_int(o, "flow_gmm_k", 1, 4096, &mc->gmm_k));
+  CF_TRY(cf_opt_int(o, "flow_fm_width", 1, 65536, &mc->fm_width));
+  CF_TRY(cf_opt_int(o, "flow_fm_draws", 1, 64, &mc->fm_draws));
+  CF_TRY(cf_opt_int(o, "flow_fm_steps", 1, 100000, &mc->fm_steps));
+  CF_TRY(cf_opt_int(o, "flow_cvae_dz", 1, 65536, &mc->cvae_dz));
   int64_t hist;
   CF_TRY(cf_opt_int(o, "flow_history", 0, 1, &hist));
   mc->no_history = hist == 0;

@@ -13,7 +13,8 @@
  * tokens x head size) does not depend on the number of sequences; partial results of tensor
  * and context ranks are combined in rank order after an all-gather (an all-reduce's summation
  * order can change with the message size). Training keeps cf_linear_fwd (cblas_sgemm over
- * all rows). */
+ * all rows). The fm head's Euler steps and the cvae head's prior, latent and decoder work the
+ * same way, row by row. */
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
@@ -53,6 +54,15 @@ struct cf_kv_impl {
   float *mu, *lv, *zeta;     /* (B*max_new, H) vae */
   struct cf_unit_a ud1, ud2; /* (B*pmax, I) */
   float *out;                /* (B*pmax, Dout) */
+  /* fm head */
+  float *fm_cp;                   /* (B*pmax, F) cond(c) */
+  float *fm_in;                   /* (B*pmax, D+8) [y_s, phi(s)] */
+  struct cf_unit_a fu1, fu2, fu3; /* (B*pmax, F) */
+  float *fm_v;                    /* (B*pmax, D) velocity */
+  /* cvae head */
+  struct cf_unit_a up; /* (B*pmax, I) prior unit */
+  float *cv_p;         /* (B*pmax, 2dz) [mp | rp] */
+  float *cv_din;       /* (B*pmax, S*H + dz) [c, z] */
 };
 
 /* Tokens below global position len that this rank caches. */
@@ -117,10 +127,23 @@ static void kv_layout(struct cf_kv_impl *kv, const struct cf_model *m, int64_t B
     kv->lv = cf_arena_floats(a, Mt * H);
     kv->zeta = cf_arena_floats(a, Mt * H);
   }
-  if (kv->last) {
+  if (kv->last && c->head == CF_HEAD_FM) {
+    const size_t F = (size_t)im->F;
+    kv->fm_cp = cf_arena_floats(a, Mp * F);
+    kv->fm_in = cf_arena_floats(a, Mp * (size_t)(c->D + CF_FM_FEATURES));
+    unit_layout(a, &kv->fu1, Mp, F);
+    unit_layout(a, &kv->fu2, Mp, F);
+    unit_layout(a, &kv->fu3, Mp, F);
+    kv->fm_v = cf_arena_floats(a, Mp * (size_t)c->D);
+  } else if (kv->last) {
     unit_layout(a, &kv->ud1, Mp, (size_t)im->Idec);
     unit_layout(a, &kv->ud2, Mp, (size_t)im->Idec);
     kv->out = cf_arena_floats(a, Mp * (size_t)im->Dout);
+  }
+  if (kv->last && c->head == CF_HEAD_CVAE) {
+    unit_layout(a, &kv->up, Mp, (size_t)im->Idec);
+    kv->cv_p = cf_arena_floats(a, Mp * 2 * (size_t)im->dz);
+    kv->cv_din = cf_arena_floats(a, Mp * (size_t)(im->SH + im->dz));
   }
 }
 
@@ -216,8 +239,11 @@ void cf_kvcache_reset(struct cf_kvcache *c) {
 }
 
 void cf_head_noise(const struct cf_model_cfg *c, const struct cf_rng *r, float *out) {
-  cf_rng_normal(r, 0, out, (size_t)(c->head == CF_HEAD_VAE ? c->S * c->H : c->D));
-  if (c->head == CF_HEAD_GMM) out[c->D] = (float)cf_rng_uniform1(r, (uint64_t)1 << 62);
+  const int gmm = c->head == CF_HEAD_GMM;
+  cf_rng_normal(r, 0, out, (size_t)(cf_head_noise_width(c) - gmm));
+  /* element 2^40 is Philox block 2^39, apart from the normals' blocks (rng.c keeps 40 bits of
+   * the block index: 2^62, used before, wrapped onto block 0, the first normals' bits) */
+  if (gmm) out[c->D] = (float)cf_rng_uniform1(r, (uint64_t)1 << 40);
 }
 
 /* Row-deterministic copies of cf_mlp2_fwd and cf_decoder_fwd (no dropout). */
@@ -233,6 +259,38 @@ static void decoder_rows(const struct cf_model_impl *im, const float *in, int64_
   mlp2_rows(&im->dec1, &im->dec2, in, M, u1, u2->xh);
   cf_lnrelu_fwd(u2->xh, u2->rs, NULL, M, im->Idec, u2->d);
   cf_linear_rows(u2->d, M, im->dec3.w, im->dec3.b, im->Dout, im->Idec, 0, out);
+}
+
+/* The fm head's sampler on Mp point rows: y (Mp, D) <- tau*eps, then fm_steps Euler steps of
+ * the velocity MLP from s = 0 to 1, conditioned on the rows of h (Mp, S*H). */
+static void fm_sample(const struct cf_model *m, struct cf_kv_impl *kv, int64_t Mp, const float *h,
+                      const float *eps, float tau, float *y) {
+  const struct cf_model_impl *im = m->impl;
+  const int64_t D = m->cfg.D, F = im->F, Dw = D + CF_FM_FEATURES, K = m->cfg.fm_steps;
+  const float step = (float)(1.0 / (double)K);
+  cf_linear_rows(h, Mp, im->fmc.w, im->fmc.b, F, im->SH, 0, kv->fm_cp);
+  for (int64_t i = 0; i < Mp * D; i++)
+    y[i] = tau * (eps != NULL ? eps[i] : 0.0f);
+  for (int64_t k = 0; k < K; k++) {
+    float s = (float)((double)k / (double)K), phi[CF_FM_FEATURES];
+    cf_fm_features(s, phi);
+    for (int64_t r = 0; r < Mp; r++) {
+      float *in = kv->fm_in + r * Dw;
+      memcpy(in, y + r * D, (size_t)D * sizeof(float));
+      memcpy(in + D, phi, sizeof phi);
+    }
+    cf_linear_rows(kv->fm_in, Mp, im->fm1.w, im->fm1.b, F, Dw, 0, kv->fu1.xh);
+    for (int64_t i = 0; i < Mp * F; i++)
+      kv->fu1.xh[i] += kv->fm_cp[i];
+    cf_lnrelu_fwd(kv->fu1.xh, kv->fu1.rs, NULL, Mp, F, kv->fu1.d);
+    cf_linear_rows(kv->fu1.d, Mp, im->fm2.w, im->fm2.b, F, F, 0, kv->fu2.xh);
+    cf_lnrelu_fwd(kv->fu2.xh, kv->fu2.rs, NULL, Mp, F, kv->fu2.d);
+    cf_linear_rows(kv->fu2.d, Mp, im->fm3.w, im->fm3.b, F, F, 0, kv->fu3.xh);
+    cf_lnrelu_fwd(kv->fu3.xh, kv->fu3.rs, NULL, Mp, F, kv->fu3.d);
+    cf_linear_rows(kv->fu3.d, Mp, im->fmo.w, im->fmo.b, D, F, 0, kv->fm_v);
+    for (int64_t i = 0; i < Mp * D; i++)
+      y[i] += step * kv->fm_v[i];
+  }
 }
 
 static cf_status kv_match(const struct cf_model *m, const struct cf_kvcache *c) {
@@ -453,7 +511,30 @@ cf_status cf_head_sample(const struct cf_model *m, struct cf_kvcache *c, int64_t
   CF_CHECK(h != NULL && y != NULL, CF_EINVAL, "kvcache: head sample needs h and y");
   CF_CHECK(eps != NULL || tau == 0.0f, CF_EINVAL, "kvcache: head sample with tau != 0 needs eps");
   const int64_t Mp = c->B * np, M = Mp * S;
-  if (cf->head == CF_HEAD_GMM) {
+  if (cf->head == CF_HEAD_FM) {
+    fm_sample(m, kv, Mp, h, eps, tau, y);
+  } else if (cf->head == CF_HEAD_CVAE) {
+    const int64_t dz = im->dz, SH = im->SH, Wd = SH + dz, W = dz + D;
+    const float lo = cf->logstd_min, hi = cf->logstd_max;
+    mlp2_rows(&im->cp1, &im->cp2, h, Mp, &kv->up, kv->cv_p);
+    for (int64_t r = 0; r < Mp; r++) { /* z = mp + tau exp(lp) eps_z */
+      const float *p = kv->cv_p + r * 2 * dz, *e = eps != NULL ? eps + r * W : NULL;
+      float *din = kv->cv_din + r * Wd;
+      memcpy(din, h + r * SH, (size_t)SH * sizeof(float));
+      for (int64_t i = 0; i < dz; i++) {
+        float rp = p[dz + i], lp = rp < lo ? lo : (rp > hi ? hi : rp);
+        din[SH + i] = p[i] + tau * expf(lp) * (e != NULL ? e[i] : 0.0f);
+      }
+    }
+    decoder_rows(im, kv->cv_din, Mp, &kv->ud1, &kv->ud2, kv->out);
+    for (int64_t r = 0; r < Mp; r++) { /* y = m + tau exp(ls) eps_y */
+      const float *o = kv->out + r * 2 * D, *e = eps != NULL ? eps + r * W + dz : NULL;
+      for (int64_t d = 0; d < D; d++) {
+        float ls = o[D + d] < lo ? lo : (o[D + d] > hi ? hi : o[D + d]);
+        y[r * D + d] = o[d] + tau * expf(ls) * (e != NULL ? e[d] : 0.0f);
+      }
+    }
+  } else if (cf->head == CF_HEAD_GMM) {
     decoder_rows(im, h, Mp, &kv->ud1, &kv->ud2, kv->out);
     const int64_t K = cf->gmm_k, W = D + 1;
     const float lo = cf->logstd_min, hi = cf->logstd_max;

@@ -10,6 +10,7 @@
 #ifndef CALMFLOW_MODEL_LAYERS_H
 #define CALMFLOW_MODEL_LAYERS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -106,6 +107,17 @@ void cf_attn_fwd(const float *qkv, int64_t B, int64_t T, int64_t heads, int64_t 
 void cf_attn_bwd(const float *qkv, const float *probs, const float *dout, int64_t B, int64_t T,
                  int64_t heads, int64_t dh, float *dqkv, float *scratch);
 
+/* The fm head's 8 Fourier features of flow time s (model.h): sin and cos of 2^i pi s for
+ * i = 0..3, each the float of the double value (the same in training and sampling). */
+#define CF_FM_FEATURES 8
+static inline void cf_fm_features(float s, float *phi) {
+  for (int i = 0; i < 4; i++) {
+    double a = 3.14159265358979323846 * (double)(1 << i) * (double)s;
+    phi[2 * i] = (float)sin(a);
+    phi[2 * i + 1] = (float)cos(a);
+  }
+}
+
 /* ---- parameter and activation layout (model.c) ---- */
 
 struct cf_lin {
@@ -150,9 +162,13 @@ struct cf_model_impl {
   int64_t tlo[2], thi[2];     /* the same in tokens */
   int has_ring;               /* n_cp > 1: attention through ring */
   struct cf_ring ring;
+  int64_t F, R, Wt; /* fm width, fm draws, head training noise per point */
+  int64_t dz;       /* cvae latent size */
   /* parameters */
   struct cf_lin enc1, enc2, mu1, mu2, lv1, lv2, dec1, dec2, dec3;
-  struct cf_block_p *blk; /* (layers) */
+  struct cf_lin fmc, fm1, fm2, fm3, fmo; /* fm: cond, fc1, fc2, fc3, out */
+  struct cf_lin cq1, cq2, cp1, cp2;      /* cvae: posterior fc1, fc2; prior fc1, fc2 */
+  struct cf_block_p *blk;                /* (layers) */
   struct cf_lnp lnf;
   signed char *init_kind; /* (n_tensors) 0 zero, 1 one, 2 normal(0.02), 3 uniform(1/sqrt(in)) */
   int64_t *fan_in;        /* (n_tensors) */
@@ -169,7 +185,24 @@ struct cf_model_impl {
   struct cf_unit_a umu, ulv;
   float *zeta, *fac, *gmu_kl, *gv_kl; /* (R, H) */
   struct cf_unit_a ud1, ud2;          /* decoder units (B*J, I) */
-  float *out, *dout;                  /* (B*J, Dout) decoder output and dloss/dout */
+  float *out, *dout; /* (B*J, Dout) decoder output and dloss/dout; fm (B*J*R, D) velocities */
+  float *hnoise;     /* (B*J, Wt) fm / cvae training noise of the call's points */
+  /* fm: rows B*J*R (point-major, draw r of point p at p*R + r) */
+  float *fm_cp;                   /* (B*J, F) cond(c) */
+  float *fm_in;                   /* (B*J*R, D+8) [y_s, phi(s)] */
+  struct cf_unit_a fu1, fu2, fu3; /* (B*J*R, F) */
+  float *fm_g1, *fm_g2;           /* (B*J*R, F) backward scratch */
+  float *fm_gc;                   /* (B*J, F) d loss / d cond(c), summed over draws */
+  /* cvae: rows B*J */
+  float *cv_qin;           /* (B*J, S*H + D) [c, y] */
+  struct cf_unit_a uq, up; /* (B*J, I) posterior, prior units */
+  float *cv_q, *cv_p;      /* (B*J, 2dz) [mq | rq], [mp | rp] */
+  float *cv_din;           /* (B*J, S*H + dz) [c, z] */
+  float *cv_fac;           /* (B*J, dz) d z / d rq: exp(lq) eps_z inside the clamp, else 0 */
+  float *cv_gqkl, *cv_gp;  /* (B*J, 2dz) KL gradients w.r.t. [mq | rq] and [mp | rp] */
+  float *cv_gq;            /* (B*J, 2dz) backward: total gradient w.r.t. [mq | rq] */
+  float *cv_gdin;          /* (B*J, S*H + dz) */
+  float *cv_gqin;          /* (B*J, S*H + D) */
   /* backward scratch */
   float *gx, *gao, *gh; /* (R, H) */
   float *gt;            /* (2, R, H): [d ln1 out | d ln2 out] in a block's backward */
@@ -225,7 +258,8 @@ void cf_mlp2_fwd(const struct cf_lin *l1, const struct cf_lin *l2, const float *
 /* ---- test hooks ---- */
 /* Final hidden states (after lnf) of the last cf_model_forward: (B, T, H). */
 const float *cf_model_test_hidden(const struct cf_model *m);
-/* Decoder output of the last cf_model_forward for every point: (B, J, Dout). */
+/* Decoder output of the last cf_model_forward for every point: (B, J, Dout); fm: the
+ * velocities (B, J, R, D). */
 const float *cf_model_test_output(const struct cf_model *m);
 
 #endif

@@ -1,6 +1,7 @@
 /* model.c: the CaLMFlow network's configuration check, parameter layout (one arena for
  * parameters, one for gradients, named tensors), initialization, and the training forward
- * and backward: encoder, GPT-NeoX blocks, final LayerNorm, vae or gauss head, decoder. */
+ * and backward: encoder, GPT-NeoX blocks, final LayerNorm, the vae, gauss, gmm, fm or cvae
+ * head, decoder. */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -42,8 +43,17 @@ cf_status cf_model_cfg_check(const struct cf_model_cfg *c) {
            "-net_rotary_pct must be in [0, 1] (got %g)", c->rotary_pct);
   CF_CHECK(c->rotary_base > 0.0 && isfinite(c->rotary_base), CF_EINVAL,
            "-net_rotary_base must be positive and finite (got %g)", c->rotary_base);
-  CF_CHECK(c->head == CF_HEAD_VAE || c->head == CF_HEAD_GAUSS || c->head == CF_HEAD_GMM, CF_EINVAL,
-           "-flow_head must be vae, gauss or gmm for this model (got code %d)", (int)c->head);
+  CF_CHECK(c->head == CF_HEAD_VAE || c->head == CF_HEAD_GAUSS || c->head == CF_HEAD_GMM ||
+               c->head == CF_HEAD_FM || c->head == CF_HEAD_CVAE,
+           CF_EINVAL, "-flow_head must be vae, gauss, gmm, fm or cvae (got code %d)", (int)c->head);
+  CF_CHECK(c->head != CF_HEAD_FM || (c->fm_width >= 1 && c->fm_width <= 65536), CF_EINVAL,
+           "-flow_fm_width must be in [1, 65536] (got %lld)", (long long)c->fm_width);
+  CF_CHECK(c->head != CF_HEAD_FM || (c->fm_draws >= 1 && c->fm_draws <= 64), CF_EINVAL,
+           "-flow_fm_draws must be in [1, 64] (got %lld)", (long long)c->fm_draws);
+  CF_CHECK(c->head != CF_HEAD_FM || (c->fm_steps >= 1 && c->fm_steps <= 100000), CF_EINVAL,
+           "-flow_fm_steps must be in [1, 100000] (got %lld)", (long long)c->fm_steps);
+  CF_CHECK(c->head != CF_HEAD_CVAE || (c->cvae_dz >= 1 && c->cvae_dz <= 65536), CF_EINVAL,
+           "-flow_cvae_dz must be in [1, 65536] (got %lld)", (long long)c->cvae_dz);
   CF_CHECK(c->head != CF_HEAD_GMM || (c->gmm_k >= 1 && c->gmm_k <= 4096), CF_EINVAL,
            "-flow_gmm_k must be in [1, 4096] (got %lld)", (long long)c->gmm_k);
   CF_CHECK(c->head != CF_HEAD_GMM || (double)c->gmm_k * (2.0 * (double)c->D + 1) <= CF_MAX_DIM,
@@ -181,8 +191,21 @@ static void build_tensors(struct tbuild *t) {
     add_lin(t, &im->mu2, "head.mu.fc2", H, H, 0, CF_SPLIT_NONE);
     add_lin(t, &im->lv1, "head.lv.fc1", H, H, 0, CF_SPLIT_NONE);
     add_lin(t, &im->lv2, "head.lv.fc2", H, H, 0, CF_SPLIT_NONE);
+  } else if (c->head == CF_HEAD_CVAE) {
+    add_lin(t, &im->cq1, "head.cvae.post.fc1", im->Idec, SH + c->D, 0, CF_SPLIT_NONE);
+    add_lin(t, &im->cq2, "head.cvae.post.fc2", 2 * im->dz, im->Idec, 0, CF_SPLIT_NONE);
+    add_lin(t, &im->cp1, "head.cvae.prior.fc1", im->Idec, SH, 0, CF_SPLIT_NONE);
+    add_lin(t, &im->cp2, "head.cvae.prior.fc2", 2 * im->dz, im->Idec, 0, CF_SPLIT_NONE);
+  } else if (c->head == CF_HEAD_FM) { /* the velocity MLP replaces the decoder */
+    add_lin(t, &im->fmc, "head.fm.cond", im->F, SH, 0, CF_SPLIT_NONE);
+    add_lin(t, &im->fm1, "head.fm.fc1", im->F, c->D + CF_FM_FEATURES, 0, CF_SPLIT_NONE);
+    add_lin(t, &im->fm2, "head.fm.fc2", im->F, im->F, 0, CF_SPLIT_NONE);
+    add_lin(t, &im->fm3, "head.fm.fc3", im->F, im->F, 0, CF_SPLIT_NONE);
+    add_lin(t, &im->fmo, "head.fm.out", c->D, im->F, 0, CF_SPLIT_NONE);
+    return;
   }
-  add_lin(t, &im->dec1, "dec.fc1", im->Idec, SH, 0, CF_SPLIT_NONE);
+  add_lin(t, &im->dec1, "dec.fc1", im->Idec, SH + (c->head == CF_HEAD_CVAE ? im->dz : 0), 0,
+          CF_SPLIT_NONE);
   add_lin(t, &im->dec2, "dec.fc2", im->Idec, im->Idec, 0, CF_SPLIT_NONE);
   add_lin(t, &im->dec3, "dec.fc3", im->Dout, im->Idec, 0, CF_SPLIT_NONE);
 }
@@ -254,12 +277,42 @@ static void act_layout(struct cf_model_impl *im, const struct cf_model_cfg *c, i
       im->gmu = seq_buf(&k, Tl * H);
       im->gv = seq_buf(&k, Tl * H);
     }
-    unit_layout(&k, &im->ud1, Jl, Id, drop);
-    unit_layout(&k, &im->ud2, Jl, Id, drop);
-    im->out = seq_buf(&k, Jl * (size_t)im->Dout);
-    im->dout = seq_buf(&k, Jl * (size_t)im->Dout);
-    im->gd1 = seq_buf(&k, Jl * Id);
-    im->gd2 = seq_buf(&k, Jl * Id);
+    const size_t Wt = (size_t)im->Wt, R = (size_t)im->R, F = (size_t)im->F, dz = (size_t)im->dz;
+    const size_t D = (size_t)c->D;
+    if (Wt > 0) im->hnoise = seq_buf(&k, Jl * Wt);
+    if (c->head == CF_HEAD_FM) { /* no decoder; no dropout */
+      im->fm_cp = seq_buf(&k, Jl * F);
+      im->fm_in = seq_buf(&k, Jl * R * (D + CF_FM_FEATURES));
+      unit_layout(&k, &im->fu1, Jl * R, F, 0);
+      unit_layout(&k, &im->fu2, Jl * R, F, 0);
+      unit_layout(&k, &im->fu3, Jl * R, F, 0);
+      im->out = seq_buf(&k, Jl * R * D);
+      im->dout = seq_buf(&k, Jl * R * D);
+      im->fm_g1 = seq_buf(&k, Jl * R * F);
+      im->fm_g2 = seq_buf(&k, Jl * R * F);
+      im->fm_gc = seq_buf(&k, Jl * F);
+    } else {
+      if (c->head == CF_HEAD_CVAE) {
+        im->cv_qin = seq_buf(&k, Jl * (SH + D));
+        unit_layout(&k, &im->uq, Jl, Id, drop);
+        unit_layout(&k, &im->up, Jl, Id, drop);
+        im->cv_q = seq_buf(&k, Jl * 2 * dz);
+        im->cv_p = seq_buf(&k, Jl * 2 * dz);
+        im->cv_din = seq_buf(&k, Jl * (SH + dz));
+        im->cv_fac = seq_buf(&k, Jl * dz);
+        im->cv_gqkl = seq_buf(&k, Jl * 2 * dz);
+        im->cv_gp = seq_buf(&k, Jl * 2 * dz);
+        im->cv_gq = seq_buf(&k, Jl * 2 * dz);
+        im->cv_gdin = seq_buf(&k, Jl * (SH + dz));
+        im->cv_gqin = seq_buf(&k, Jl * (SH + D));
+      }
+      unit_layout(&k, &im->ud1, Jl, Id, drop);
+      unit_layout(&k, &im->ud2, Jl, Id, drop);
+      im->out = seq_buf(&k, Jl * (size_t)im->Dout);
+      im->dout = seq_buf(&k, Jl * (size_t)im->Dout);
+      im->gd1 = seq_buf(&k, Jl * Id);
+      im->gd2 = seq_buf(&k, Jl * Id);
+    }
   }
   im->gx = seq_buf(&k, Tl * H);
   im->gt = seq_buf(&k, 2 * Tl * H);
@@ -346,6 +399,17 @@ cf_status cf_model_init_part(struct cf_model *m, const struct cf_model_cfg *cfg,
   CF_TRY(buf_check((double)max_batch * (double)c->heads * Tt * Tt, "attention probabilities"));
   CF_TRY(buf_check(R * Iw, "a decoder activation"));
   CF_TRY(buf_check(Iw * Iw, "dec.fc2.weight"));
+  if (c->head == CF_HEAD_FM) {
+    double F = (double)c->fm_width;
+    CF_TRY(buf_check(R * (double)c->fm_draws * fmax(F, (double)c->D + CF_FM_FEATURES),
+                     "an fm head activation"));
+    CF_TRY(buf_check(F * fmax(F, (double)c->S * (double)c->H), "an fm head weight"));
+  }
+  if (c->head == CF_HEAD_CVAE) {
+    double w = (double)c->S * (double)c->H + fmax((double)c->D, (double)c->cvae_dz);
+    CF_TRY(buf_check(R * w, "a cvae head activation"));
+    CF_TRY(buf_check(Iw * w, "a cvae head weight"));
+  }
 
   m->cfg = *cfg;
   m->max_batch = max_batch;
@@ -362,6 +426,10 @@ cf_status cf_model_init_part(struct cf_model *m, const struct cf_model_cfg *cfg,
   im->Dout = cf_model_dout(c);
   im->n_pred_pts = (c->N - 1) * c->P;
   im->n_pred_tok = im->n_pred_pts * c->S;
+  im->F = c->head == CF_HEAD_FM ? c->fm_width : 0;
+  im->R = c->head == CF_HEAD_FM ? c->fm_draws : 0;
+  im->dz = c->head == CF_HEAD_CVAE ? c->cvae_dz : 0;
+  im->Wt = cf_head_train_width(c);
 
   cf_status st = part_init(im, c, g);
   if (st != CF_OK) goto fail;
@@ -505,7 +573,18 @@ double cf_model_flops(const struct cf_model_cfg *c) {
   f += (double)c->layers * (T * (8.0 * H * H + 4.0 * H * (double)c->ffn) /* qkv, out, mlp */
                             + 2.0 * T * T * H);                          /* causal attention */
   if (c->head == CF_HEAD_VAE) f += T * 2.0 * 4.0 * H * H;                /* mu, lv MLPs */
-  f += J * 2.0 * (SH * I + I * I + I * Dout);                            /* decoder */
+  if (c->head == CF_HEAD_FM) { /* cond once per point, the MLP once per draw */
+    double F = (double)c->fm_width, R = (double)c->fm_draws;
+    f += J * 2.0 * (F * SH + R * (F * (D + CF_FM_FEATURES) + 2.0 * F * F + F * D));
+    return 3.0 * f;
+  }
+  double din = SH;
+  if (c->head == CF_HEAD_CVAE) { /* posterior, prior; the decoder also sees z */
+    double dz = (double)c->cvae_dz;
+    f += J * 2.0 * ((SH + D) * I + SH * I + 2.0 * I * 2.0 * dz);
+    din += dz;
+  }
+  f += J * 2.0 * (din * I + I * I + I * Dout); /* decoder */
   return 3.0 * f;
 }
 
@@ -700,7 +779,72 @@ static int64_t global_row(const int64_t lo[2], const int64_t hi[2], int64_t r) {
 /* ---- training forward ---- */
 
 const char *cf_head_name(enum cf_head h) {
-  return h == CF_HEAD_VAE ? "vae" : (h == CF_HEAD_GAUSS ? "gauss" : "gmm");
+  switch (h) {
+  case CF_HEAD_VAE:
+    return "vae";
+  case CF_HEAD_GAUSS:
+    return "gauss";
+  case CF_HEAD_GMM:
+    return "gmm";
+  case CF_HEAD_FM:
+    return "fm";
+  case CF_HEAD_CVAE:
+    return "cvae";
+  }
+  return "?";
+}
+
+void cf_head_train_noise(const struct cf_model_cfg *c, const struct cf_rng *r, int64_t j,
+                         float *out) {
+  if (c->head == CF_HEAD_FM) {
+    const uint64_t R = (uint64_t)c->fm_draws, D = (uint64_t)c->D, n = (R * D + 3) / 4 * 4;
+    const uint64_t base = (uint64_t)j * (n + (R + 3) / 4 * 4);
+    for (uint64_t q = 0; q < R; q++) {
+      float *o = out + q * (1 + D);
+      cf_rng_uniform(r, base + n + q, o, 1);
+      cf_rng_normal(r, base + q * D, o + 1, (size_t)D);
+    }
+  } else if (c->head == CF_HEAD_CVAE) {
+    cf_rng_normal(r, (uint64_t)j * (uint64_t)c->cvae_dz, out, (size_t)c->cvae_dz);
+  }
+}
+
+/* The call's head training noise (fm, cvae) into hnoise (B*Jl, Wt): rows of eps (B, J, Wt)
+ * when given, else drawn per point from {seed, CF_RNG_HEAD, step, seq0 + b} of the key. */
+static void head_noise(struct cf_model_impl *im, const struct cf_model_cfg *c, int64_t B,
+                       const float *eps, const struct cf_dropkey *dk) {
+  const int64_t Wt = im->Wt, Jl = im->Jl, J = im->J;
+  for (int64_t b = 0; b < B; b++) {
+    struct cf_rng r = {.seed = dk != NULL ? dk->seed : 0,
+                       .domain = CF_RNG_HEAD,
+                       .step = dk != NULL ? dk->step : 0,
+                       .index = (dk != NULL ? dk->seq0 : 0) + (uint64_t)b};
+    for (int64_t jl = 0; jl < Jl; jl++) {
+      int64_t j = global_row(im->plo, im->phi, jl);
+      float *dst = im->hnoise + (b * Jl + jl) * Wt;
+      if (eps != NULL)
+        memcpy(dst, eps + (b * J + j) * Wt, (size_t)Wt * sizeof(float));
+      else
+        cf_head_train_noise(c, &r, j, dst);
+    }
+  }
+}
+
+/* The diagonal Gaussian NLL of target y (D) under one [m (D) | r (D)] row o with log-std
+ * clamp(r, lo, hi): returns it, adds the squared error of m to *rec and puts the gradient
+ * w.r.t. o divided by n in g (zero for a clamped r). */
+static double gauss_nll(const float *o, const float *y, int64_t D, float lo, float hi, double n,
+                        float *g, double *rec) {
+  double nll = 0;
+  for (int64_t d = 0; d < D; d++) {
+    float r = o[D + d], ls = r < lo ? lo : (r > hi ? hi : r);
+    double diff = (double)y[d] - (double)o[d], is = exp(-(double)ls), zz = diff * is;
+    nll += 0.5 * zz * zz + ls + CF_HALF_LOG_2PI;
+    *rec += diff * diff;
+    g[d] = (float)(-diff * is * is / n);
+    g[D + d] = (r >= lo && r <= hi) ? (float)((1.0 - zz * zz) / n) : 0.0f;
+  }
+  return nll;
 }
 
 /* log pi_k + log N(y; m_k, diag s_k^2) of component k of the gmm row o (lza: log sum exp a). */
@@ -757,6 +901,197 @@ static double gmm_nll(const struct cf_model_cfg *c, const float *o, const float 
     }
   }
   return nll;
+}
+
+/* ---- the fm head (training) ---- */
+
+/* Velocity MLP forward on the call's B*Jl*R draw rows from the saved noise: fills fm_cp,
+ * fm_in, the units, out (velocities) and dout; the loss into *out. */
+static void fm_forward(struct cf_model_impl *im, const struct cf_model_cfg *c, int64_t B,
+                       const float *y, double n_pts, struct cf_loss *out) {
+  const int64_t D = c->D, J = im->J, Jl = im->Jl, R = im->R, F = im->F, Wt = im->Wt;
+  const int64_t Dw = D + CF_FM_FEATURES, Rp = B * Jl, Rq = Rp * R;
+  cf_linear_fwd(im->hf, Rp, im->fmc.w, im->fmc.b, F, im->SH, 0, im->fm_cp); /* (Rp, F) */
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t jl = 0; jl < Jl; jl++) {
+      const int64_t j = global_row(im->plo, im->phi, jl), p = b * Jl + jl;
+      const float *yr = j < im->n_pred_pts ? y + (b * J + j) * D : NULL; /* others: y = 0 */
+      for (int64_t r = 0; r < R; r++) {
+        const float *nz = im->hnoise + p * Wt + r * (1 + D), s = nz[0];
+        float *in = im->fm_in + (p * R + r) * Dw;
+        for (int64_t d = 0; d < D; d++)
+          in[d] = (1.0f - s) * nz[1 + d] + s * (yr != NULL ? yr[d] : 0.0f);
+        cf_fm_features(s, in + D);
+      }
+    }
+  }
+  cf_linear_fwd(im->fm_in, Rq, im->fm1.w, im->fm1.b, F, Dw, 0, im->fu1.xh);
+  for (int64_t q = 0; q < Rq; q++) {
+    float *a = im->fu1.xh + q * F;
+    const float *cp = im->fm_cp + (q / R) * F;
+    for (int64_t f = 0; f < F; f++)
+      a[f] += cp[f];
+  }
+  cf_lnrelu_fwd(im->fu1.xh, im->fu1.rs, NULL, Rq, F, im->fu1.d);
+  cf_linear_fwd(im->fu1.d, Rq, im->fm2.w, im->fm2.b, F, F, 0, im->fu2.xh);
+  cf_lnrelu_fwd(im->fu2.xh, im->fu2.rs, NULL, Rq, F, im->fu2.d);
+  cf_linear_fwd(im->fu2.d, Rq, im->fm3.w, im->fm3.b, F, F, 0, im->fu3.xh);
+  cf_lnrelu_fwd(im->fu3.xh, im->fu3.rs, NULL, Rq, F, im->fu3.d);
+  cf_linear_fwd(im->fu3.d, Rq, im->fmo.w, im->fmo.b, D, F, 0, im->out); /* (Rq, D) */
+  const double div = n_pts * (double)R;
+  double fm = 0;
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t jl = 0; jl < Jl; jl++) {
+      const int64_t j = global_row(im->plo, im->phi, jl), p = b * Jl + jl;
+      if (j >= im->n_pred_pts) continue;
+      const float *yr = y + (b * J + j) * D;
+      for (int64_t r = 0; r < R; r++) {
+        const float *nz = im->hnoise + p * Wt + r * (1 + D) + 1, *v = im->out + (p * R + r) * D;
+        float *g = im->dout + (p * R + r) * D;
+        for (int64_t d = 0; d < D; d++) {
+          double diff = (double)v[d] - ((double)yr[d] - (double)nz[d]);
+          fm += diff * diff;
+          g[d] = (float)(2.0 * diff / div);
+        }
+      }
+    }
+  }
+  out->recon = fm / div;
+  out->loss = out->recon;
+}
+
+/* Backward of fm_forward for B sequences: parameter gradients added, gh (Rp, S*H) =
+ * d loss / d c (overwritten). */
+static void fm_backward(struct cf_model_impl *im, const struct cf_model_cfg *c, int64_t B) {
+  const int64_t D = c->D, R = im->R, F = im->F, Rp = B * im->Jl, Rq = Rp * R;
+  const int64_t Dw = D + CF_FM_FEATURES;
+  float *g1 = im->fm_g1, *g2 = im->fm_g2;
+  cf_linear_bwd(im->fu3.d, im->dout, Rq, im->fmo.w, D, F, im->fmo.gw, im->fmo.gb, g1, 0);
+  cf_lnrelu_bwd(g1, im->fu3.xh, im->fu3.rs, NULL, Rq, F, g1);
+  cf_linear_bwd(im->fu2.d, g1, Rq, im->fm3.w, F, F, im->fm3.gw, im->fm3.gb, g2, 0);
+  cf_lnrelu_bwd(g2, im->fu2.xh, im->fu2.rs, NULL, Rq, F, g2);
+  cf_linear_bwd(im->fu1.d, g2, Rq, im->fm2.w, F, F, im->fm2.gw, im->fm2.gb, g1, 0);
+  cf_lnrelu_bwd(g1, im->fu1.xh, im->fu1.rs, NULL, Rq, F, g1); /* d loss / d a1 */
+  cf_linear_bwd(im->fm_in, g1, Rq, im->fm1.w, F, Dw, im->fm1.gw, im->fm1.gb, NULL, 0);
+  for (int64_t p = 0; p < Rp; p++) { /* cond(c) enters every draw of its point */
+    float *gc = im->fm_gc + p * F;
+    memcpy(gc, g1 + p * R * F, (size_t)F * sizeof(float));
+    for (int64_t r = 1; r < R; r++) {
+      const float *gr = g1 + (p * R + r) * F;
+      for (int64_t f = 0; f < F; f++)
+        gc[f] += gr[f];
+    }
+  }
+  cf_linear_bwd(im->hf, im->fm_gc, Rp, im->fmc.w, F, im->SH, im->fmc.gw, im->fmc.gb, im->gh, 0);
+}
+
+/* ---- the cvae head (training) ---- */
+
+static float clampf(float v, float lo, float hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+/* Posterior, prior, reparameterized z, KL terms and decoder NLL for B sequences from the
+ * saved noise (eps_z); dout, cv_gqkl, cv_gp and cv_fac get what backward needs. */
+static void cvae_forward(struct cf_model_impl *im, const struct cf_model_cfg *c, int64_t B,
+                         const float *y, const struct cf_dropkey *dk, int drop, double n_pts,
+                         float beta, struct cf_loss *out) {
+  const int64_t D = c->D, J = im->J, Jl = im->Jl, SH = im->SH, dz = im->dz, Id = im->Idec;
+  const int64_t Rp = B * Jl, Wq = SH + D, Wd = SH + dz, Dout = im->Dout;
+  const float lo = c->logstd_min, hi = c->logstd_max;
+  struct cf_unit_a uq = unit_masked(&im->uq, drop), up = unit_masked(&im->up, drop);
+  struct cf_unit_a u1 = unit_masked(&im->ud1, drop), u2 = unit_masked(&im->ud2, drop);
+  if (drop) {
+    cf_dropout_mask_rows(im->uq.mask, B, im->plo, im->phi, Id, c->dropout, dk, 5);
+    cf_dropout_mask_rows(im->up.mask, B, im->plo, im->phi, Id, c->dropout, dk, 6);
+  }
+  for (int64_t b = 0; b < B; b++) { /* posterior input [c, y] (y = 0 where no loss) */
+    for (int64_t jl = 0; jl < Jl; jl++) {
+      const int64_t j = global_row(im->plo, im->phi, jl), p = b * Jl + jl;
+      float *q = im->cv_qin + p * Wq;
+      memcpy(q, im->hf + p * SH, (size_t)SH * sizeof(float));
+      if (j < im->n_pred_pts)
+        memcpy(q + SH, y + (b * J + j) * D, (size_t)D * sizeof(float));
+      else
+        memset(q + SH, 0, (size_t)D * sizeof(float));
+    }
+  }
+  cf_mlp2_fwd(&im->cq1, &im->cq2, im->cv_qin, Rp, &uq, im->cv_q);
+  cf_mlp2_fwd(&im->cp1, &im->cp2, im->hf, Rp, &up, im->cv_p);
+  const double klw = (double)beta / n_pts;
+  double kl = 0;
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t jl = 0; jl < Jl; jl++) {
+      const int64_t j = global_row(im->plo, im->phi, jl), p = b * Jl + jl;
+      const int counted = j < im->n_pred_pts;
+      const float *q = im->cv_q + p * 2 * dz, *pp = im->cv_p + p * 2 * dz;
+      const float *e = im->hnoise + p * dz;
+      float *din = im->cv_din + p * Wd, *fac = im->cv_fac + p * dz;
+      float *gq = im->cv_gqkl + p * 2 * dz, *gp = im->cv_gp + p * 2 * dz;
+      memcpy(din, im->hf + p * SH, (size_t)SH * sizeof(float));
+      for (int64_t i = 0; i < dz; i++) {
+        const float rq = q[dz + i], rp = pp[dz + i], lq = clampf(rq, lo, hi);
+        const float lp = clampf(rp, lo, hi), sq = expf(lq);
+        din[SH + i] = q[i] + sq * e[i];
+        if (!counted) {
+          fac[i] = gq[i] = gq[dz + i] = gp[i] = gp[dz + i] = 0.0f;
+          continue;
+        }
+        const int inq = rq >= lo && rq <= hi, inp = rp >= lo && rp <= hi;
+        const double vq = exp(2.0 * (double)lq), ivp = exp(-2.0 * (double)lp);
+        const double dm = (double)q[i] - (double)pp[i];
+        kl += (double)lp - (double)lq + 0.5 * (vq + dm * dm) * ivp - 0.5;
+        fac[i] = inq ? sq * e[i] : 0.0f;
+        gq[i] = (float)(klw * dm * ivp);
+        gq[dz + i] = inq ? (float)(klw * (vq * ivp - 1.0)) : 0.0f;
+        gp[i] = (float)(-klw * dm * ivp);
+        gp[dz + i] = inp ? (float)(klw * (1.0 - (vq + dm * dm) * ivp)) : 0.0f;
+      }
+    }
+  }
+  cf_decoder_fwd(im, im->cv_din, Rp, &u1, &u2, im->out);
+  double nll = 0, rec = 0;
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t jl = 0; jl < Jl; jl++) {
+      const int64_t j = global_row(im->plo, im->phi, jl), p = b * Jl + jl;
+      if (j >= im->n_pred_pts) continue;
+      nll += gauss_nll(im->out + p * Dout, y + (b * J + j) * D, D, lo, hi, n_pts,
+                       im->dout + p * Dout, &rec);
+    }
+  }
+  out->nll = nll / n_pts;
+  out->recon = rec / n_pts;
+  out->kl = kl / n_pts;
+  out->loss = out->nll + (double)beta * out->kl;
+}
+
+/* Backward of cvae_forward after the decoder's: cv_gdin holds d loss / d [c, z]; parameter
+ * gradients added, gh (Rp, S*H) = d loss / d c (overwritten). */
+static void cvae_backward(struct cf_model_impl *im, int64_t B, int drop) {
+  const int64_t Jl = im->Jl, SH = im->SH, dz = im->dz, Id = im->Idec, Rp = B * Jl;
+  const int64_t Wq = im->cq1.in, Wd = SH + dz;
+  struct cf_unit_a uq = unit_masked(&im->uq, drop), up = unit_masked(&im->up, drop);
+  for (int64_t p = 0; p < Rp; p++) { /* z = mq + exp(lq) eps_z, plus the KL terms */
+    const float *gz = im->cv_gdin + p * Wd + SH, *gk = im->cv_gqkl + p * 2 * dz;
+    const float *fac = im->cv_fac + p * dz;
+    float *gq = im->cv_gq + p * 2 * dz;
+    for (int64_t i = 0; i < dz; i++) {
+      gq[i] = gz[i] + gk[i];
+      gq[dz + i] = gz[i] * fac[i] + gk[dz + i];
+    }
+  }
+  cf_linear_bwd(uq.d, im->cv_gq, Rp, im->cq2.w, 2 * dz, Id, im->cq2.gw, im->cq2.gb, im->gd1, 0);
+  cf_lnrelu_bwd(im->gd1, uq.xh, uq.rs, uq.mask, Rp, Id, im->gd1);
+  cf_linear_bwd(im->cv_qin, im->gd1, Rp, im->cq1.w, Id, Wq, im->cq1.gw, im->cq1.gb, im->cv_gqin, 0);
+  cf_linear_bwd(up.d, im->cv_gp, Rp, im->cp2.w, 2 * dz, Id, im->cp2.gw, im->cp2.gb, im->gd1, 0);
+  cf_lnrelu_bwd(im->gd1, up.xh, up.rs, up.mask, Rp, Id, im->gd1);
+  cf_linear_bwd(im->hf, im->gd1, Rp, im->cp1.w, Id, SH, im->cp1.gw, im->cp1.gb, im->gh, 0);
+  for (int64_t p = 0; p < Rp; p++) {
+    float *g = im->gh + p * SH;
+    const float *a = im->cv_gdin + p * Wd, *q = im->cv_gqin + p * Wq;
+    for (int64_t k = 0; k < SH; k++)
+      g[k] += a[k] + q[k];
+  }
 }
 
 cf_status cf_model_forward(struct cf_model *m, int64_t B, const float *z, const float *y,
@@ -818,13 +1153,22 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
   cf_layernorm_fwd(im->xL, R, H, im->lnf.w, im->lnf.b, im->xhf, im->rsf, im->hf);
 
   /* head */
+  if (im->Wt > 0) head_noise(im, c, B, eps, dk);
+  if (c->head == CF_HEAD_FM) {
+    memset(im->dout, 0, (size_t)(Rp * im->R * D) * sizeof(float));
+    fm_forward(im, c, B, y, n_pts, out);
+    im->last_B = B;
+    return CF_OK;
+  }
   struct cf_unit_a u1 = unit_masked(&im->ud1, drop), u2 = unit_masked(&im->ud2, drop);
   if (drop) {
     cf_dropout_mask_rows(im->ud1.mask, B, im->plo, im->phi, Id, c->dropout, dk, 3);
     cf_dropout_mask_rows(im->ud2.mask, B, im->plo, im->phi, Id, c->dropout, dk, 4);
   }
   memset(im->dout, 0, (size_t)(Rp * Dout) * sizeof(float));
-  if (c->head == CF_HEAD_GAUSS) {
+  if (c->head == CF_HEAD_CVAE) {
+    cvae_forward(im, c, B, y, dk, drop, n_pts, beta, out);
+  } else if (c->head == CF_HEAD_GAUSS) {
     cf_decoder_fwd(im, im->hf, Rp, &u1, &u2, im->out);
     const float lo = c->logstd_min, hi = c->logstd_max;
     double nll = 0, rec = 0;
@@ -832,16 +1176,8 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
       for (int64_t jl = 0; jl < Jl; jl++) {
         int64_t j = global_row(im->plo, im->phi, jl), row = b * Jl + jl;
         if (j >= im->n_pred_pts) continue;
-        const float *o = im->out + row * Dout, *yr = y + (b * J + j) * D;
-        float *g = im->dout + row * Dout;
-        for (int64_t d = 0; d < D; d++) {
-          float r = o[D + d], ls = r < lo ? lo : (r > hi ? hi : r);
-          double diff = (double)yr[d] - (double)o[d], is = exp(-(double)ls), zz = diff * is;
-          nll += 0.5 * zz * zz + ls + CF_HALF_LOG_2PI;
-          rec += diff * diff;
-          g[d] = (float)(-diff * is * is / n_pts);
-          g[D + d] = (r >= lo && r <= hi) ? (float)((1.0 - zz * zz) / n_pts) : 0.0f;
-        }
+        nll += gauss_nll(im->out + row * Dout, y + (b * J + j) * D, D, lo, hi, n_pts,
+                         im->dout + row * Dout, &rec);
       }
     }
     out->nll = nll / n_pts;
@@ -948,18 +1284,24 @@ cf_status cf_model_backward_at(struct cf_model *m, int64_t b0, int64_t B) {
   const int drop = im->last_drop;
   act_select(m, b0);
 
-  if (im->last) {
+  if (im->last && c->head == CF_HEAD_FM) {
+    fm_backward(im, c, B);
+  } else if (im->last) {
     struct cf_unit_a u1 = unit_masked(&im->ud1, drop), u2 = unit_masked(&im->ud2, drop);
-    /* decoder: dout (Rp, Dout) -> d(decoder input) (Rp, SH) */
-    const float *dec_in = c->head != CF_HEAD_VAE ? im->hf : im->zeta;
-    float *g_in = c->head != CF_HEAD_VAE ? im->gh : im->gt;
+    /* decoder: dout (Rp, Dout) -> d(decoder input) (Rp, SH; cvae SH + dz) */
+    const float *dec_in =
+        c->head == CF_HEAD_VAE ? im->zeta : (c->head == CF_HEAD_CVAE ? im->cv_din : im->hf);
+    float *g_in =
+        c->head == CF_HEAD_VAE ? im->gt : (c->head == CF_HEAD_CVAE ? im->cv_gdin : im->gh);
     cf_linear_bwd(u2.d, im->dout, Rp, im->dec3.w, im->Dout, Id, im->dec3.gw, im->dec3.gb, im->gd2,
                   0);
     cf_lnrelu_bwd(im->gd2, u2.xh, u2.rs, u2.mask, Rp, Id, im->gd2);
     cf_linear_bwd(u1.d, im->gd2, Rp, im->dec2.w, Id, Id, im->dec2.gw, im->dec2.gb, im->gd1, 0);
     cf_lnrelu_bwd(im->gd1, u1.xh, u1.rs, u1.mask, Rp, Id, im->gd1);
-    cf_linear_bwd(dec_in, im->gd1, Rp, im->dec1.w, Id, SH, im->dec1.gw, im->dec1.gb, g_in, 0);
+    cf_linear_bwd(dec_in, im->gd1, Rp, im->dec1.w, Id, im->dec1.in, im->dec1.gw, im->dec1.gb, g_in,
+                  0);
 
+    if (c->head == CF_HEAD_CVAE) cvae_backward(im, B, drop);
     if (c->head == CF_HEAD_VAE) {
       /* zeta = mu + sqrt(exp(v) + 1e-4) eps, plus the KL terms computed in forward */
       size_t n = (size_t)(R * H);
@@ -976,7 +1318,8 @@ cf_status cf_model_backward_at(struct cf_model *m, int64_t b0, int64_t B) {
       cf_lnrelu_bwd(im->gt, ul.xh, ul.rs, ul.mask, R, H, im->gt);
       cf_linear_bwd(im->hf, im->gt, R, im->lv1.w, H, H, im->lv1.gw, im->lv1.gb, im->gh, 1);
     }
-
+  }
+  if (im->last) {
     /* final LayerNorm */
     cf_layernorm_bwd(im->gh, im->xhf, im->rsf, R, H, im->lnf.w, im->lnf.gw, im->lnf.gb, im->gx, 0);
     if (m->grad_ready) CF_TRY(m->grad_ready(m->grad_ctx, grad_mark(m, "lnf.weight")));

@@ -7,4 +7,6 @@ cf_test(reference_vae_rot4 test_reference fast ${CMAKE_CURRENT_SOURCE_DIR}/refer
 cf_test(reference_gmm test_reference fast ${CMAKE_CURRENT_SOURCE_DIR}/reference/ref_gmm.h5)
 cf_test(reference_gauss_nohist test_reference fast
         ${CMAKE_CURRENT_SOURCE_DIR}/reference/ref_gauss_nohist.h5)
+cf_test(reference_fm test_reference fast ${CMAKE_CURRENT_SOURCE_DIR}/reference/ref_fm.h5)
+cf_test(reference_cvae test_reference fast ${CMAKE_CURRENT_SOURCE_DIR}/reference/ref_cvae.h5)
 unset(CF_TEST_LIBS)

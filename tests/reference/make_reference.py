@@ -14,6 +14,10 @@ The network is written here from the specification in model.h and calmflow-metho
            gauss (decoder to [mean | logstd], clamped logstd, Gaussian NLL)
            gmm (decoder to [logits (K) | means (K, D) | logstds (K, D)], clamped logstds,
            mixture NLL; recon = squared error of the mixture mean)
+           fm (a velocity MLP on [y_s, phi(s)] plus a projection of the point's hidden states,
+           flow-matching loss on the given (s, y0) draws; sampling by Euler steps)
+           cvae (posterior on [c, y], prior on c, decoder on [c, z] to [mean | logstd],
+           Gaussian NLL + beta KL(q || p); sampling from the prior)
 
 Weights and inputs are drawn in float32 (so C reads them exactly); the model then runs in
 float64 and every output and gradient is dumped in float64, so the reference is far more
@@ -34,7 +38,8 @@ import torch.nn.functional as F
 
 LN_EPS = 1e-5
 VAR_FLOOR = 1e-4
-HEAD_CODE = {"vae": 0, "gauss": 1, "gmm": 2}  # enum cf_head
+HEAD_CODE = {"vae": 0, "gauss": 1, "gmm": 2, "fm": 3, "cvae": 4}  # enum cf_head
+FM_FEATURES = 8
 
 
 def f32(x):
@@ -62,9 +67,8 @@ class TwoLayerMLP(nn.Module):
 class Decoder(nn.Module):
     """fc1 (I x n_in) -> LN -> ReLU -> fc2 (I x I) -> LN -> ReLU -> fc3 (n_out x I)."""
 
-    def __init__(self, n_in, n_out):
+    def __init__(self, n_in, n_out, inner):
         super().__init__()
-        inner = max(n_in, n_out)
         self.fc1 = nn.Linear(n_in, inner)
         self.fc2 = nn.Linear(inner, inner)
         self.fc3 = nn.Linear(inner, n_out)
@@ -73,6 +77,35 @@ class Decoder(nn.Module):
         x = F.relu(ln_plain(self.fc1(x)))
         x = F.relu(ln_plain(self.fc2(x)))
         return self.fc3(x)
+
+
+def fourier(s):
+    """phi(s) (model.h): sin and cos of 2^i pi s, i = 0..3 -> (..., 8)."""
+    out = []
+    for i in range(4):
+        a = math.pi * (2**i) * s
+        out += [torch.sin(a), torch.cos(a)]
+    return torch.stack(out, dim=-1)
+
+
+class FlowHead(nn.Module):
+    """The fm head's velocity MLP: a1 = fc1([y_s, phi(s)]) + cond(c), then three
+    LayerNorm (no affine) + ReLU units around fc2, fc3, and the output layer."""
+
+    def __init__(self, D, SH, F):
+        super().__init__()
+        self.cond = nn.Linear(SH, F)
+        self.fc1 = nn.Linear(D + FM_FEATURES, F)
+        self.fc2 = nn.Linear(F, F)
+        self.fc3 = nn.Linear(F, F)
+        self.out = nn.Linear(F, D)
+
+    def forward(self, ys, s, cp):
+        """ys (..., D), s (...), cp = cond(c) broadcastable to (..., F) -> v (..., D)."""
+        a = F.relu(ln_plain(self.fc1(torch.cat([ys, fourier(s)], dim=-1)) + cp))
+        a = F.relu(ln_plain(self.fc2(a)))
+        a = F.relu(ln_plain(self.fc3(a)))
+        return self.out(a)
 
 
 def rotate_half(x):
@@ -151,11 +184,20 @@ class CalmFlow(nn.Module):
         self.enc = TwoLayerMLP(D + c["time_input"], S * H, S * H)
         self.layers = nn.ModuleList([Block(c) for _ in range(c["layers"])])
         self.lnf = nn.LayerNorm(H, eps=LN_EPS)
+        inner = max(S * H, D)  # I of model.h
         if c["head"] == "vae":
             self.head = nn.ModuleDict({"mu": TwoLayerMLP(H, H, H), "lv": TwoLayerMLP(H, H, H)})
-            self.dec = Decoder(S * H, D)
+            self.dec = Decoder(S * H, D, inner)
+        elif c["head"] == "fm":  # no decoder: the velocity MLP is the head
+            self.head = nn.ModuleDict({"fm": FlowHead(D, S * H, c["fm_width"])})
+        elif c["head"] == "cvae":
+            dz = c["cvae_dz"]
+            self.head = nn.ModuleDict({"cvae": nn.ModuleDict({
+                "post": TwoLayerMLP(S * H + D, inner, 2 * dz),
+                "prior": TwoLayerMLP(S * H, inner, 2 * dz)})})
+            self.dec = Decoder(S * H + dz, 2 * D, inner)
         else:
-            self.dec = Decoder(S * H, dout(c))
+            self.dec = Decoder(S * H, dout(c), inner)
 
     def hidden(self, z):
         """z (B, J, D) -> final hidden states (B, T, H) after lnf."""
@@ -185,12 +227,53 @@ class CalmFlow(nn.Module):
                     out[..., K + K * D :].reshape(B, J, K, D))
         return out[..., :D], out[..., D:]
 
+    def cvae_parts(self, h, y, eps_z, tau=1.0, prior=False):
+        """cvae: (mq, lq, mp, lp, z, m, ls) per point with the clamped log-stds; z from the
+        posterior (training, tau 1) or, with prior, mp + tau exp(lp) eps_z."""
+        c = self.c
+        B, T, H = h.shape
+        J, D, dz = T // c["S"], c["D"], c["cvae_dz"]
+        lo, hi = c["logstd_min"], c["logstd_max"]
+        cv = self.head["cvae"]
+        ctx = h.reshape(B, J, c["S"] * H)
+        p = cv["prior"](ctx)
+        mp, lp = p[..., :dz], torch.clamp(p[..., dz:], lo, hi)
+        if prior:
+            mq = lq = None
+            zz = mp + tau * torch.exp(lp) * eps_z
+        else:
+            q = cv["post"](torch.cat([ctx, y], dim=-1))
+            mq, lq = q[..., :dz], torch.clamp(q[..., dz:], lo, hi)
+            zz = mq + torch.exp(lq) * eps_z
+        o = self.dec(torch.cat([ctx, zz], dim=-1))
+        return mq, lq, mp, lp, zz, o[..., :D], torch.clamp(o[..., D:], lo, hi)
+
     def loss(self, z, y, eps, n_pts, beta):
         c = self.c
         h = self.hidden(z)
         B, T, H = h.shape
         Jp = (c["N"] - 1) * c["P"]  # predicted points per sequence
         yp = y[:, :Jp]
+        if c["head"] == "fm":
+            R, D = c["fm_draws"], c["D"]
+            ctx = h.reshape(B, T // c["S"], c["S"] * H)[:, :Jp]
+            nz = eps[:, :Jp].reshape(B, Jp, R, 1 + D)  # per draw [s, y0]
+            s, y0 = nz[..., 0], nz[..., 1:]
+            fmh = self.head["fm"]
+            ys = (1 - s[..., None]) * y0 + s[..., None] * yp[:, :, None, :]
+            v = fmh(ys, s, fmh.cond(ctx)[:, :, None, :])  # (B, Jp, R, D)
+            recon = ((v - (yp[:, :, None, :] - y0)) ** 2).sum() / (n_pts * R)
+            zero = torch.zeros((), dtype=h.dtype)
+            return {"loss": recon, "recon": recon, "kl": zero, "nll": zero, "hidden": h}
+        if c["head"] == "cvae":
+            mq, lq, mp, lp, _, m, ls = (t[:, :Jp] for t in self.cvae_parts(h, y, eps))
+            nll = (0.5 * ((yp - m) / torch.exp(ls)) ** 2 + ls + 0.5 * math.log(2 * math.pi)).sum()
+            nll = nll / n_pts
+            # KL(N(mq, sq^2) || N(mp, sp^2)) per latent dimension
+            kl = (lp - lq + (torch.exp(2 * lq) + (mq - mp) ** 2) / (2 * torch.exp(2 * lp)) - 0.5)
+            kl = kl.sum() / n_pts
+            recon = ((m - yp) ** 2).sum() / n_pts
+            return {"loss": nll + beta * kl, "recon": recon, "kl": kl, "nll": nll, "hidden": h}
         if c["head"] == "vae":
             mu, var = self.head_params(h)
             zeta = mu + torch.sqrt(var) * eps  # tau = 1 in training
@@ -228,6 +311,19 @@ class CalmFlow(nn.Module):
         cumulative softmax(a) holds it; eps None (tau 0): the most probable component."""
         c = self.c
         B, T, H = h.shape
+        if c["head"] == "fm":  # Euler from tau*eps, s = float32(k/K), step 1/K
+            K, D = c["fm_steps"], c["D"]
+            fmh = self.head["fm"]
+            cp = fmh.cond(h.reshape(B, T // c["S"], c["S"] * H))
+            yy = tau * eps
+            for k in range(K):
+                s = torch.full(yy.shape[:-1], f32(k / K), dtype=yy.dtype)
+                yy = yy + fmh(yy, s, cp) / K
+            return yy
+        if c["head"] == "cvae":  # eps = [eps_z (dz) | eps_y (D)]
+            dz = c["cvae_dz"]
+            _, _, _, _, _, m, ls = self.cvae_parts(h, None, eps[..., :dz], tau, prior=True)
+            return m + tau * torch.exp(ls) * eps[..., dz:]
         if c["head"] == "vae":
             mu, var = self.head_params(h)
             zeta = mu + tau * torch.sqrt(var) * eps
@@ -252,7 +348,8 @@ class CalmFlow(nn.Module):
 def dout(c):
     """Decoder outputs per point: D (vae), 2D (gauss), K(1 + 2D) (gmm)."""
     D = c["D"]
-    return {"vae": D, "gauss": 2 * D, "gmm": c["gmm_k"] * (1 + 2 * D)}[c["head"]]
+    return {"vae": D, "gauss": 2 * D, "gmm": c["gmm_k"] * (1 + 2 * D), "cvae": 2 * D,
+            "fm": D}[c["head"]]
 
 
 def spec_tensors(c):
@@ -274,7 +371,21 @@ def spec_tensors(c):
         for n in ("mu", "lv"):
             t += [(f"head.{n}.fc1.weight", (H, H)), (f"head.{n}.fc1.bias", (H,)),
                   (f"head.{n}.fc2.weight", (H, H)), (f"head.{n}.fc2.bias", (H,))]
-    t += [("dec.fc1.weight", (I, S * H)), ("dec.fc1.bias", (I,)),
+    if c["head"] == "fm":
+        Fw = c["fm_width"]
+        return t + [("head.fm.cond.weight", (Fw, S * H)), ("head.fm.cond.bias", (Fw,)),
+                    ("head.fm.fc1.weight", (Fw, D + FM_FEATURES)), ("head.fm.fc1.bias", (Fw,)),
+                    ("head.fm.fc2.weight", (Fw, Fw)), ("head.fm.fc2.bias", (Fw,)),
+                    ("head.fm.fc3.weight", (Fw, Fw)), ("head.fm.fc3.bias", (Fw,)),
+                    ("head.fm.out.weight", (D, Fw)), ("head.fm.out.bias", (D,))]
+    din = S * H
+    if c["head"] == "cvae":
+        dz = c["cvae_dz"]
+        for n, nin in (("post", S * H + D), ("prior", S * H)):
+            t += [(f"head.cvae.{n}.fc1.weight", (I, nin)), (f"head.cvae.{n}.fc1.bias", (I,)),
+                  (f"head.cvae.{n}.fc2.weight", (2 * dz, I)), (f"head.cvae.{n}.fc2.bias", (2 * dz,))]
+        din += dz
+    t += [("dec.fc1.weight", (I, din)), ("dec.fc1.bias", (I,)),
           ("dec.fc2.weight", (I, I)), ("dec.fc2.bias", (I,)),
           ("dec.fc3.weight", (dout(c), I)), ("dec.fc3.bias", (dout(c),))]
     return t
@@ -312,6 +423,13 @@ def build(c, seed):
     s_eps = torch.randn(*((B, T, H) if c["head"] == "vae" else (B, J, D)), generator=gen)
     if c["head"] == "gmm":  # cf_head_noise: D normals, then the component uniform
         s_eps = torch.cat([s_eps, torch.rand(B, J, 1, generator=gen)], dim=-1)
+    if c["head"] == "fm":  # training noise per draw [s, y0 (D)] (cf_head_train_noise's layout)
+        R = c["fm_draws"]
+        s = torch.rand(B, J, R, 1, generator=gen)
+        eps = torch.cat([s, torch.randn(B, J, R, D, generator=gen)], dim=-1).reshape(B, J, -1)
+    if c["head"] == "cvae":  # training eps_z; sampling noise [eps_z | eps_y]
+        eps = torch.randn(B, J, c["cvae_dz"], generator=gen)
+        s_eps = torch.cat([torch.randn(B, J, c["cvae_dz"], generator=gen), s_eps], dim=-1)
     return model, z, y, eps, s_eps
 
 
@@ -348,6 +466,35 @@ def gmm_spread(model, c, z):
         model.dec.fc3.bias[K + K * D :] += (want - r.mean(dim=(0, 1))).reshape(K * D)
 
 
+def cvae_spread(model, c, z, y, eps):
+    """Spread the cvae head's raw log-stds (posterior, prior and decoder) so that, over the
+    predicted points, raw log-std dimension i is centred on logstd_max, logstd_min or their
+    midpoint as i % 3 goes 0, 1, 2 (scaled by 3 first): every clamp and its zero gradient
+    is exercised. Posterior and prior first (the decoder sees z from the posterior)."""
+    D, dz = c["D"], c["cvae_dz"]
+    lo, hi = c["logstd_min"], c["logstd_max"]
+    Jp = (c["N"] - 1) * c["P"]
+    cv = model.head["cvae"]
+
+    def want(n):
+        return torch.tensor([(hi, lo, 0.5 * (lo + hi))[i % 3] for i in range(n)],
+                            dtype=torch.float32)
+
+    with torch.no_grad():
+        h = model.hidden(z)
+        B, T, H = h.shape
+        ctx = h.reshape(B, T // c["S"], c["S"] * H)
+        for name, x in (("post", torch.cat([ctx, y], dim=-1)), ("prior", ctx)):
+            fc2 = cv[name].fc2
+            fc2.weight[dz:] *= 3.0
+            r = cv[name](x)[:, :Jp, dz:]
+            fc2.bias[dz:] += want(dz) - r.mean(dim=(0, 1))
+        model.dec.fc3.weight[D:] *= 3.0
+        zz = model.cvae_parts(h, y, eps)[4]  # z from the spread posterior
+        o = model.dec(torch.cat([ctx, zz], dim=-1))[:, :Jp, D:]  # raw decoder log-stds
+        model.dec.fc3.bias[D:] += want(D) - o.mean(dim=(0, 1))
+
+
 def run(model64, z, y, eps, c):
     for p in model64.parameters():
         p.grad = None
@@ -359,7 +506,7 @@ def run(model64, z, y, eps, c):
 
 def make(c, seed, path):
     c = dict(c)
-    for k in ("gmm_k", "no_history", "time_input"):
+    for k in ("gmm_k", "no_history", "time_input", "fm_width", "fm_draws", "fm_steps", "cvae_dz"):
         c.setdefault(k, 0)
     dh = c["H"] // c["heads"]
     c["rot"] = 2 * int(math.floor(c["rotary_pct"] * dh / 2))
@@ -377,6 +524,8 @@ def make(c, seed, path):
         gauss_shift_logstd(model, c, z)
     if c["head"] == "gmm":
         gmm_spread(model, c, z)
+    if c["head"] == "cvae":
+        cvae_spread(model, c, z, y, eps)
     with torch.no_grad():  # causal: moving the last point leaves earlier tokens unchanged
         z2 = z.clone()
         z2[:, -1] += 1.0
@@ -411,6 +560,9 @@ def make(c, seed, path):
     out32, grads32 = run(m32, z, y, eps, c)
     print(f"{path}: head {c['head']} rot {c['rot']} T {c['T']}"
           + (f" K {c['gmm_k']}" if c["head"] == "gmm" else "")
+          + (f" F {c['fm_width']} draws {c['fm_draws']} steps {c['fm_steps']}"
+             if c["head"] == "fm" else "")
+          + (f" dz {c['cvae_dz']}" if c["head"] == "cvae" else "")
           + (" no_history" if c["no_history"] else "") + (" time_input" if c["time_input"] else ""))
     for k in ("loss", "recon", "kl", "nll"):
         a, b = out[k].item(), out32[k].item()
@@ -431,6 +583,32 @@ def make(c, seed, path):
         assert hi > 0 and lo > 0 and hi + lo < r.numel()
         gap = min((r - c["logstd_max"]).abs().min().item(), (r - c["logstd_min"]).abs().min().item())
         assert gap > 1e-3, f"raw logstd within {gap} of a clamp bound: float32 may flip it"
+
+    if c["head"] == "cvae":  # posterior, prior and decoder log-stds: clamped on both sides
+        with torch.no_grad():
+            dz, D = c["cvae_dz"], c["D"]
+            h = out["hidden"]
+            B, T, H = h.shape
+            ctx = h.reshape(B, T // c["S"], c["S"] * H)
+            cv = m64.head["cvae"]
+            zz = m64.cvae_parts(h, d(y), d(eps))[4]
+            raws = {"posterior": cv["post"](torch.cat([ctx, d(y)], dim=-1))[..., dz:],
+                    "prior": cv["prior"](ctx)[..., dz:],
+                    "decoder": m64.dec(torch.cat([ctx, zz], dim=-1))[..., D:]}
+        for name, r in raws.items():
+            r = r[:, :Jp]
+            hi = int((r > c["logstd_max"]).sum())
+            lo = int((r < c["logstd_min"]).sum())
+            gap = min((r - c["logstd_max"]).abs().min().item(),
+                      (r - c["logstd_min"]).abs().min().item())
+            print(f"  {name} raw logstd over predicted points: {hi} above max, {lo} below min, "
+                  f"{r.numel() - hi - lo} inside, nearest bound {gap:.2e}")
+            assert hi > 0 and lo > 0 and hi + lo < r.numel()
+            assert gap > 1e-3, f"{name} raw logstd within {gap} of a clamp bound"
+
+    if c["head"] == "fm":
+        s = eps.reshape(c["B"], c["J"], c["fm_draws"], 1 + c["D"])[..., 0]
+        print(f"  flow times s in [{s.min():.3f}, {s.max():.3f}]")
 
     if c["head"] == "gmm":  # responsibilities: mixed, so every component's gradient matters
         with torch.no_grad():
@@ -470,6 +648,11 @@ def make(c, seed, path):
         f.attrs["head"] = np.int64(HEAD_CODE[c["head"]])  # enum cf_head
         if c["head"] == "gmm":
             f.attrs["gmm_k"] = np.int64(c["gmm_k"])
+        if c["head"] == "fm":
+            for k in ("fm_width", "fm_draws", "fm_steps"):
+                f.attrs[k] = np.int64(c[k])
+        if c["head"] == "cvae":
+            f.attrs["cvae_dz"] = np.int64(c["cvae_dz"])
         for k in ("no_history", "time_input"):  # absent means 0 (keeps older dumps as they were)
             if c[k]:
                 f.attrs[k] = np.int64(c[k])
@@ -512,6 +695,12 @@ def main():
     # the ODE-style ablation: attention within a point, the point's time as an encoder input
     make(dict(base, head="gauss", no_history=1, time_input=1), 5678,
          os.path.join(outdir, "ref_gauss_nohist.h5"))
+    # flow-matching head: F 12, 2 draws of (s, y0) per point, 5 Euler steps for sampling
+    make(dict(base, head="fm", fm_width=12, fm_draws=2, fm_steps=5), 6789,
+         os.path.join(outdir, "ref_fm.h5"))
+    # conditional VAE head, dz 3, with a narrow log-std clamp [-1.5, 1] on all three log-stds
+    make(dict(base, head="cvae", cvae_dz=3, logstd_min=-1.5, logstd_max=1.0), 7890,
+         os.path.join(outdir, "ref_cvae.h5"))
 
 
 if __name__ == "__main__":
