@@ -2,7 +2,7 @@
 """experiments.py: the comparison of calmflow 5 (docs/results.md), end to end.
 
 Usage: analysis/experiments.py [--size ci|small|full] [--groups toy2d,highdim,trajtok]
-                               [--methods m1,m2] [--ranks R] [--binary build/calmflow] [--out DIR]
+                               [--methods m1,m2] [--ranks R] [--merge DIR1,DIR2] [--binary build/calmflow] [--out DIR]
                                [--results docs/results.md] [--config configs/experiments.json]
 
 For every group, pair of distributions (source -> target), dimension, method and seed of the
@@ -106,6 +106,10 @@ def main():
     ap.add_argument("--binary", default="build/calmflow")
     ap.add_argument("--out")
     ap.add_argument("--results")
+    ap.add_argument("--merge", default="",
+                    help="no runs: table and plots from these output dirs' rows.jsonl "
+                         "(comma-separated; a later dir's rows replace an earlier one's for the "
+                         "same method, seed, data and temperature)")
     ap.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs",
                                                      "experiments.json"))
     a = ap.parse_args()
@@ -129,6 +133,34 @@ def main():
             print(f"experiments: error: --groups: unknown group '{g}'", file=sys.stderr)
             return 1
     out = a.out or f"runs/experiments-{a.size}"
+    if a.merge:
+        merged = {}
+        for d in [x for x in a.merge.split(",") if x]:
+            try:
+                for line in open(os.path.join(d, "rows.jsonl")):
+                    r = json.loads(line)
+                    k = (r["group"], r["source"], r["target"], r["dim"], r["method"], r["seed"],
+                         json.dumps(r["sweep"]), r.get("tau"))
+                    merged.pop(k, None)  # replaced rows go to the end, in run order
+                    merged[k] = r
+            except (OSError, ValueError, KeyError) as e:
+                print(f"experiments: error: --merge '{d}': {e}", file=sys.stderr)
+                return 1
+        rows = list(merged.values())
+        # keep every method's rows where the config lists it
+        order = {m: i for g in cfg["groups"].values() for i, m in enumerate(g["methods"])}
+        rows.sort(key=lambda r: (list(cfg["groups"]).index(r["group"]), r["source"], r["dim"],
+                                 json.dumps(r["sweep"]), order.get(r["method"], 99), r["seed"],
+                                 r.get("tau") or 0))
+        os.makedirs(out, exist_ok=True)
+        table = make_table(rows, size, a)
+        with open(os.path.join(out, "table.md"), "w") as f:
+            f.write(table)
+        make_plots(rows, out)
+        if a.results:
+            put_results(a.results, table)
+        log(f"merged {len(rows)} rows into {out}")
+        return 0
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     os.makedirs(os.path.join(out, "data"), exist_ok=True)
     R = Runner(os.path.abspath(a.binary), a.ranks, out)

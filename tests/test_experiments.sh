@@ -5,7 +5,8 @@
 # 0, that every available method has a row per seed with finite W2 and a W2 floor, that the
 # CFM baselines were sized to their CaLMFlow model (parameters within 2%) and report function
 # evaluations, that heads not built yet are marked unavailable, that the table and the plots
-# exist, and that --results fills the marked block of a results file.
+# exist, that --results fills the marked block of a results file, and that --merge rebuilds
+# the same table from the rows without running anything.
 set -u
 CF=${CF_BINARY:?set by ctest}
 src="${CF_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}"
@@ -52,4 +53,7 @@ assert res.startswith("before\n<!-- results:begin -->") and res.endswith("<!-- r
 assert "old" not in res and "### toy2d" in res and "cfm-ot" in res
 print(f"{len(rows)} rows, CFM sized within 2% of CaLMFlow, plots and results block written")
 PYEOF
+/usr/bin/python3 "$src/analysis/experiments.py" --size ci --binary "$CF" --merge "$T/x" \
+  --out "$T/m" 2>"$T/log2" || { cat "$T/log2"; fail "--merge failed"; }
+cmp -s "$T/x/table.md" "$T/m/table.md" || fail "--merge gave another table"
 echo "test_experiments: ok"
