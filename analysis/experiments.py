@@ -108,8 +108,8 @@ def main():
     ap.add_argument("--results")
     ap.add_argument("--merge", default="",
                     help="no runs: table and plots from these output dirs' rows.jsonl "
-                         "(comma-separated; a later dir's rows replace an earlier one's for the "
-                         "same method, seed, data and temperature)")
+                         "(comma-separated; a later dir's row replaces an earlier one's for the "
+                         "same method, seed, data and temperature, in its place)")
     ap.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs",
                                                      "experiments.json"))
     a = ap.parse_args()
@@ -141,17 +141,11 @@ def main():
                     r = json.loads(line)
                     k = (r["group"], r["source"], r["target"], r["dim"], r["method"], r["seed"],
                          json.dumps(r["sweep"]), r.get("tau"))
-                    merged.pop(k, None)  # replaced rows go to the end, in run order
-                    merged[k] = r
+                    merged[k] = r  # a replaced row keeps its place
             except (OSError, ValueError, KeyError) as e:
                 print(f"experiments: error: --merge '{d}': {e}", file=sys.stderr)
                 return 1
         rows = list(merged.values())
-        # keep every method's rows where the config lists it
-        order = {m: i for g in cfg["groups"].values() for i, m in enumerate(g["methods"])}
-        rows.sort(key=lambda r: (list(cfg["groups"]).index(r["group"]), r["source"], r["dim"],
-                                 json.dumps(r["sweep"]), order.get(r["method"], 99), r["seed"],
-                                 r.get("tau") or 0))
         os.makedirs(out, exist_ok=True)
         table = make_table(rows, size, a)
         with open(os.path.join(out, "table.md"), "w") as f:
