@@ -99,7 +99,9 @@ cf_status cf_sl_eig(MPI_Comm comm, const struct cf_sl_grid *g, double *A, double
  * triangle read; 1 <= k <= n) and their eigenvectors, by pdsyevr (MRRR) with RANGE = 'I',
  * where m = min(n, max(k, nb)) >= k (pdsyevr's back-transformation runs out of workspace for
  * fewer than nb vectors, see collective.c): w[0..m) ascending (w must hold n), the vectors in
- * columns 0..m-1 of Z (same layout as A), so the k largest are the last k. A is destroyed. */
+ * columns 0..m-1 of Z (same layout as A), so the k largest are the last k. A is destroyed.
+ * When that is more than half of the n pairs, all n come from pdsyevd (cf_sl_eig): pdsyevr
+ * is unreliable there (collective.c). */
 cf_status cf_sl_eig_top(MPI_Comm comm, const struct cf_sl_grid *g, double *A, int k, double *w,
                         double *Z, int *m, const char *what);
 
