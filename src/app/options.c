@@ -27,7 +27,31 @@ static const struct optdef {
      "2to4gaussians"},
     {"data_dim", "2", CMD_DATA | TR, "data dimension D"},
     {"data_n", "2000", CMD_DATA, "points to generate"},
-    {"data_out", "data.h5", CMD_DATA, "output file of `calmflow data` (dataset /x)"},
+    {"data_out", "data.h5", CMD_DATA,
+     "output file of `calmflow data` (dataset /x; with -data_h5ad the layout of "
+     "docs/data-format.md)"},
+    {"data_h5ad", "", CMD_DATA,
+     "single-cell input: an AnnData .h5ad file (cells x genes), preprocessed (cell and gene "
+     "filters, normalization, log1p, highly variable genes, PCA) into -data_out instead of a "
+     "synthetic set"},
+    {"data_min_genes", "0", CMD_DATA,
+     "h5ad: drop the cells with fewer than this many expressed (nonzero) genes"},
+    {"data_min_cells", "0", CMD_DATA,
+     "h5ad: drop the genes expressed (nonzero) in fewer than this many of the kept cells"},
+    {"data_normalize", "1e4", CMD_DATA,
+     "h5ad: library-size normalization target, x * target / (the cell's sum over all the "
+     "file's genes); 0: off"},
+    {"data_log1p", "1", CMD_DATA, "h5ad: 1: log1p of the normalized values; 0: off"},
+    {"data_hvg", "2000", CMD_DATA,
+     "h5ad: highly variable genes kept: the largest sample variance of the normalized log1p "
+     "values over the kept cells (plain variance, not Seurat's binned dispersion); 0: every "
+     "gene left after -data_min_cells"},
+    {"data_pca", "50", CMD_DATA,
+     "h5ad: K principal components: /x holds the cells' PCA coordinates (n x K), /pca the "
+     "components, mean and variances; 0: no PCA, /x holds the kept genes"},
+    {"data_obs", "", CMD_DATA,
+     "h5ad: comma-separated obs columns copied as strings to /obs/<name> (conditions); empty: "
+     "every categorical and string column; none: no column"},
     {"data_train", "", TR, "target samples x1 from FILE.h5 (/x, n x D) instead of -data_name"},
     {"data_source", "normal", TR, "source x0: normal, a synthetic name, or FILE.h5"},
     {"model", "calmflow", TR,

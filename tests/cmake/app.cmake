@@ -29,3 +29,7 @@ set_tests_properties(app_eval PROPERTIES PROCESSORS 2)
 # the CFM baseline through the binary: training across ranks and resume, sampling with PETSc TS
 cf_script_test(app_cfm test_cfm_cli.sh "fast;mpi")
 set_tests_properties(app_cfm PROPERTIES PROCESSORS 2)
+# calmflow data -data_h5ad: single-cell preprocessing to a PCA point set at 1 and 2 ranks against
+# numpy (fixture tests/data/h5ad/scprep_60x200.h5ad), bad options, and hsmm.h5ad when present
+cf_script_test(app_data_h5ad test_data_h5ad.sh "fast;mpi")
+set_tests_properties(app_data_h5ad PROPERTIES PROCESSORS 2)

@@ -421,8 +421,51 @@ def bad_files():
     rec("end")
 
 
+def scprep_60x200():
+    """scprep_60x200.h5ad: counts for `calmflow data -data_h5ad` (tests/test_data_h5ad.sh, which
+    checks it against its own numpy pipeline; no records in expected.txt). 60 cells of three
+    conditions, each with its own program of up-regulated genes, 200 genes, CSR float32:
+    cell 7 is empty, cells 11, 23 and 42 express few genes, genes 190..199 are zero everywhere
+    and genes 180..189 are expressed in one or two cells."""
+    n, m = 60, 200
+    rng = np.random.default_rng(60200)
+    cond = np.array([i % 3 for i in range(n)])
+    base = rng.gamma(0.6, 2.0, size=m)
+    prog = np.ones((3, m))
+    for c in range(3):
+        prog[c, rng.choice(170, size=25, replace=False)] *= rng.uniform(3, 12, size=25)
+    depth = rng.uniform(0.5, 2.0, size=n)
+    mu = depth[:, None] * base[None, :] * prog[cond]
+    X = rng.poisson(mu).astype(np.float32)
+    X[:, 180:] = 0
+    for j in range(180, 190):
+        for i in rng.choice(n, size=1 + j % 2, replace=False):
+            X[i, j] = np.float32(rng.integers(1, 9))
+    X[7] = 0
+    for i in (11, 23, 42):
+        keep = rng.choice(180, size=8 + i % 5, replace=False)
+        row = np.zeros(m, np.float32)
+        row[keep] = X[i, keep] + 1
+        X[i] = row
+    obs = pd.DataFrame(
+        {
+            "condition": pd.Categorical(["ctrl", "drug A", "drug B"][c] for c in cond),
+            "hours": pd.Categorical([["0", "24", "48"][i % 3 if i % 2 else (i // 2) % 3]
+                                     for i in range(n)], categories=["0", "24", "48"]),
+            "batch": pd.Categorical([1 + (i // 30) for i in range(n)]),
+            "library": ["lib-%02d%s" % (i, "ü" if i == 5 else "") for i in range(n)],
+            "depth": depth.astype(np.float64),
+        },
+        index=["cell_%02d" % i for i in range(n)])
+    var = pd.DataFrame({"symbol": ["S%03d" % j for j in range(m)]},
+                       index=["gene_%03d" % j for j in range(m)])
+    a = ad.AnnData(sp.csr_matrix(X), obs=obs, var=var, dtype=np.float32)
+    write("scprep_60x200.h5ad", a)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    scprep_60x200()
     csr_i32_f32()
     csr_i64_f64()
     csc_i32_int()
