@@ -62,6 +62,10 @@ cf_status cf_app_dist(MPI_Comm comm, const char *spec, int64_t dim, const char *
 cf_status cf_app_cfm_cfg(const struct cf_opts *o, struct cf_cfm_cfg *cc,
                          struct cf_train_cfm_opts *opt);
 
+/* Local. -par_tp, -par_pp and -par_cp must all be 1 (a method split by data parallelism only);
+ * CF_ETOPO naming the option and `why` otherwise. */
+cf_status cf_app_layout_data_only(const struct cf_opts *o, const char *why);
+
 /* Local. Read -par_tp/-par_pp/-par_cp into par[3] and check the layout against the world size
  * and the model (cf_grid_check, and -net_ffn divisible by -par_tp). microbatches: the
  * pipeline schedule's (training), or 0 when there is none to check (sampling). */

@@ -168,14 +168,7 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
     struct cf_cfm_cfg cc;
     struct cf_train_cfm_opts copt;
     CF_TRY(cf_app_cfm_cfg(to, &cc, &copt));
-    static const char *axes[3] = {"par_tp", "par_pp", "par_cp"};
-    for (int i = 0; i < 3; i++) {
-      int64_t v;
-      CF_TRY(cf_opt_int(o, axes[i], 1, 1 << 20, &v));
-      CF_CHECK(v == 1, CF_ETOPO,
-               "option -%s: the CFM checkpoint '%s' samples data parallel only (expected 1)",
-               axes[i], ck);
-    }
+    CF_TRY(cf_app_layout_data_only(o, "the CFM baseline samples data parallel only"));
     CF_CHECK(strcmp(tau_s, "auto") == 0, CF_EINVAL,
              "option -sample_temperature: the CFM baseline ('%s') integrates an ODE and has no "
              "temperature (leave it at auto)",

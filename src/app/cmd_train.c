@@ -293,14 +293,29 @@ static cf_status train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
   return CF_OK;
 }
 
-cf_status cf_app_layout(const struct cf_opts *o, int world, const struct cf_model_cfg *mc,
-                        int64_t microbatches, int par[3]) {
-  static const char *axes[3] = {"par_tp", "par_pp", "par_cp"};
+static const char *const g_par_axes[3] = {"par_tp", "par_pp", "par_cp"};
+
+static cf_status read_par(const struct cf_opts *o, int par[3]) {
   for (int i = 0; i < 3; i++) {
     int64_t v;
-    CF_TRY(cf_opt_int(o, axes[i], 1, 1 << 20, &v));
+    CF_TRY(cf_opt_int(o, g_par_axes[i], 1, 1 << 20, &v));
     par[i] = (int)v;
   }
+  return CF_OK;
+}
+
+cf_status cf_app_layout_data_only(const struct cf_opts *o, const char *why) {
+  int par[3];
+  CF_TRY(read_par(o, par));
+  for (int i = 0; i < 3; i++)
+    CF_CHECK(par[i] == 1, CF_ETOPO, "option -%s: %s (expected 1, got %d)", g_par_axes[i], why,
+             par[i]);
+  return CF_OK;
+}
+
+cf_status cf_app_layout(const struct cf_opts *o, int world, const struct cf_model_cfg *mc,
+                        int64_t microbatches, int par[3]) {
+  CF_TRY(read_par(o, par));
   if (microbatches <= 0) microbatches = par[1];
   CF_CHECK(!mc->no_history || par[2] == 1, CF_ETOPO,
            "-flow_history 0 with -par_cp %d: without history a point attends only to itself, so "
@@ -341,14 +356,7 @@ cf_status cf_cmd_train(MPI_Comm comm) {
     CF_TRY(cf_app_cfm_cfg(o, &cc, &copt));
     memset(&mc, 0, sizeof mc);
     mc.D = cc.D;
-    static const char *axes[3] = {"par_tp", "par_pp", "par_cp"};
-    for (int i = 0; i < 3; i++) {
-      int64_t v;
-      CF_TRY(cf_opt_int(o, axes[i], 1, 1 << 20, &v));
-      CF_CHECK(v == 1, CF_ETOPO,
-               "option -%s: -model cfm is split by data parallelism only (expected 1, got %lld)",
-               axes[i], (long long)v);
-    }
+    CF_TRY(cf_app_layout_data_only(o, "-model cfm is split by data parallelism only"));
     CF_CHECK(tc.batch >= world, CF_ETOPO,
              "option -train_batch: %lld points per step cannot feed %d ranks", (long long)tc.batch,
              world);
