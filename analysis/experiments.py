@@ -258,6 +258,17 @@ def main():
                                         "train_steps": summ["steps"],
                                         "flops_per_step": summ["flops_per_step"],
                                         "final_loss": summ["final_loss"]})
+                            dg = summ.get("diag")
+                            if dg:  # per-step loss and attention (CaLMFlow, whole model)
+                                sl, at = dg["step_loss"], dg["attn"]
+                                row.update({"loss_first": sl[0],
+                                            "loss_rest": float(np.mean(sl[1:])) if len(sl) > 1
+                                            else None,
+                                            "attn_past": float(np.mean([x["past"] for x in at])),
+                                            "attn_uniform": float(np.mean([x["uniform"]
+                                                                           for x in at])),
+                                            "qk_norm": float(np.mean([x["q_norm"] * x["k_norm"]
+                                                                      for x in at]))})
                             if m["model"] == "calmflow":
                                 trained[(method, seed)] = {"params": params,
                                                            "flops_per_step": summ["flops_per_step"],
@@ -312,7 +323,11 @@ def make_table(rows, size, a):
              "fresh target set; floor: W2 between two fresh target sets; ratio = W2 / floor "
              "(1 is perfect). MMD: RBF, gamma 2 (saturates in high D); MMD multi: the mean over "
              "bandwidths 0.01-100. Train s and sample s: wall seconds; NFE: "
-             "velocity evaluations per ODE solve (CFM).", ""]
+             "velocity evaluations per ODE solve (CFM). Loss t1 / t>=2: the per-point training "
+             "loss (NLL for the likelihood heads) on a batch of fresh paths, of the first "
+             "predicted time point and the mean of the later ones. Attn past / unif.: attention "
+             "mass on earlier time points, mean over layers, against what uniform attention "
+             "gives (equal: the history is not read selectively; 0: no history).", ""]
     keys = []
     for r in rows:
         k = (r["group"], r["source"], r["target"], r["dim"], json.dumps(r["sweep"]))
@@ -324,8 +339,8 @@ def make_table(rows, size, a):
         title = f"### {g}: {s} -> {t}, D = {d}" + "".join(f", {o} = {v}" for o, v in sweep.items())
         lines += [title, "",
                   "| method | tau | W2 | W2 / floor | MMD | MMD multi | params | train s | sample s "
-                  "| NFE |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| NFE | loss t1 | loss t>=2 | attn past / unif. |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         sel = [r for r in rows if (r["group"], r["source"], r["target"], r["dim"],
                                    json.dumps(r["sweep"])) == k]
         seen = []
@@ -337,7 +352,7 @@ def make_table(rows, size, a):
             rs = [x for x in sel if (x["method"], x.get("tau")) == mk]
             if r["status"] != "ok":
                 lines.append(f"| {r['method']} | | not available: {r.get('note', '')} "
-                             "| | | | | | | |")
+                             "| | | | | | | | | | |")
                 continue
             w2, w2s = agg(rs, "w2")
             ra, ras = agg(rs, "w2_ratio")
@@ -347,12 +362,19 @@ def make_table(rows, size, a):
             ts, tss = agg(rs, "train_seconds")
             ss, sss = agg(rs, "sample_seconds")
             nf, _ = agg(rs, "nfe_per_solve")
+            l1, l1s = agg(rs, "loss_first")
+            lr_, lrs = agg(rs, "loss_rest")
+            ap, _ = agg(rs, "attn_past")
+            au, _ = agg(rs, "attn_uniform")
+            attn = f"{ap:.2f} / {au:.2f}" if ap is not None else ""
             tau = r.get("tau")
             lines.append(f"| {r['method']} | {tau if tau is not None else 'auto'} | {fmt(w2, w2s)} "
                          f"| {fmt(ra, ras, 2)} | {fmt(mm, mms, 4)} | {fmt(mu, mus, 4)} "
                          f"| {int(pa) if pa else 'n/a'} "
                          f"| {fmt(ts, tss, 1)} | {fmt(ss, sss, 2)} "
-                         f"| {f'{nf:.0f}' if nf else ''} |")
+                         f"| {f'{nf:.0f}' if nf else ''} "
+                         f"| {fmt(l1, l1s, 2) if l1 is not None else ''} "
+                         f"| {fmt(lr_, lrs, 2) if lr_ is not None else ''} | {attn} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

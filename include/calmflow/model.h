@@ -208,6 +208,10 @@ struct cf_model {
   int n_tensors;
   struct cf_tensor_info *tensors;
   void *impl; /* activations and workspaces (model.c) */
+  /* optional (J), NULL by default: each forward adds every predicted point's loss, summed over
+   * its sequences, at the point's global index j (gauss, gmm, cvae: the NLL; vae: the squared
+   * error; fm: the flow-matching loss averaged over the draws); for diagnostics */
+  double *point_loss;
 };
 
 /* Local. Check cfg (every field; CF_EINVAL naming the option -net_..., -flow_... that is wrong). */
@@ -279,6 +283,19 @@ double cf_model_flops(const struct cf_model_cfg *c);
 const struct cf_tensor_info *cf_model_find(const struct cf_model *m, const char *name);
 
 void cf_model_zero_grad(struct cf_model *m);
+
+/* Attention diagnostics of one layer over the last training forward (cf_model_forward), averaged
+ * over its sequences, heads and the query tokens at time points t >= 1. */
+struct cf_attn_stats {
+  double past;    /* probability mass on keys of earlier time points (the history) */
+  double uniform; /* the same mass under uniform attention over the allowed keys */
+  double entropy; /* attention entropy, nats */
+  double q_norm;  /* Frobenius norm of the layer's q rows of attn.qkv.weight */
+  double k_norm;  /* the same for the k rows */
+};
+/* Local. Fill st (layers) from the last cf_model_forward of B sequences. Needs the whole model
+ * on this rank (no tensor, pipeline or context split: CF_EINVAL otherwise). */
+cf_status cf_model_attn_stats(const struct cf_model *m, int64_t B, struct cf_attn_stats *st);
 
 /* Local. Training forward for B <= max_batch sequences; keeps activations for backward.
  *   z     (B, J, D) input points, sequence order

@@ -93,6 +93,17 @@ cf_status cf_ckpt_table_init_tensors(struct cf_ckpt_table *ct, const struct cf_t
                                      const float *adam_m, const float *adam_v);
 void cf_ckpt_table_release(struct cf_ckpt_table *ct);
 
+/* Diagnostics of a trained CaLMFlow model on one batch of fresh paths (no dropout), beside the
+ * sample metrics: whether the model uses its history (heads-experiment.md). */
+struct cf_train_diag {
+  int64_t sequences;          /* evaluation sequences; 0: not computed (model split over ranks) */
+  int64_t n_steps;            /* N - 1 */
+  double *step_loss;          /* (n_steps) mean loss of a point at time t + 1 given times <= t */
+  int64_t layers;             /* transformer layers */
+  struct cf_attn_stats *attn; /* (layers) */
+};
+void cf_train_diag_release(struct cf_train_diag *d); /* idempotent */
+
 /* What a run leaves behind. */
 struct cf_train_result {
   int64_t stopped_at;         /* CF_STOPPED: the step whose checkpoint was written */
@@ -112,6 +123,7 @@ struct cf_train_result {
   double ckpt_seconds;    /* wall time spent writing checkpoints (rank 0's), all of them */
   int64_t ckpts;          /* checkpoints written */
   char last_ckpt[4096];
+  struct cf_train_diag diag; /* CaLMFlow runs that finish; release with cf_train_diag_release */
 };
 
 /* Local. Check tc against the model and the rank count (batch fills whole sequences, every

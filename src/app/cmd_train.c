@@ -261,6 +261,32 @@ static cf_status find_resume(MPI_Comm comm, const struct cf_opts *o, int overwri
   return st;
 }
 
+/* Close the summary's JSON object at out, with the diagnostics (train.h) when computed:
+ * "diag": {"sequences", "step_loss": [...], "attn": [{per layer}]}. */
+static void append_diag(char *out, size_t cap, const struct cf_train_diag *d) {
+  size_t n = 0;
+#define CF_PUT(...)                                                                                \
+  do {                                                                                             \
+    int k_ = snprintf(out + n, n < cap ? cap - n : 0, __VA_ARGS__);                                \
+    if (k_ > 0) n += (size_t)k_;                                                                   \
+  } while (0)
+  if (d->sequences > 0) {
+    CF_PUT(", \"diag\": {\"sequences\": %lld, \"step_loss\": [", (long long)d->sequences);
+    for (int64_t t = 0; t < d->n_steps; t++)
+      CF_PUT("%s%.6g", t ? ", " : "", d->step_loss[t]);
+    CF_PUT("], \"attn\": [");
+    for (int64_t l = 0; l < d->layers; l++) {
+      const struct cf_attn_stats *a = &d->attn[l];
+      CF_PUT("%s{\"past\": %.6g, \"uniform\": %.6g, \"entropy\": %.6g, \"q_norm\": %.6g, "
+             "\"k_norm\": %.6g}",
+             l ? ", " : "", a->past, a->uniform, a->entropy, a->q_norm, a->k_norm);
+    }
+    CF_PUT("]}");
+  }
+  CF_PUT("}\n");
+#undef CF_PUT
+}
+
 static cf_status train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
   memset(tc, 0, sizeof *tc);
   const int64_t big = (int64_t)1 << 40;
@@ -466,26 +492,31 @@ cf_status cf_cmd_train(MPI_Comm comm) {
            res.grad_bytes_per_step / 1048576.0);
   if (rank == 0) {
     /* machine-readable figures of the run, for benchmarks (bench/) */
-    char path[4200], text[2048];
+    char path[4200], *text = NULL;
+    const size_t cap = 2048 + 32 * (size_t)res.diag.n_steps + 192 * (size_t)res.diag.layers;
+    CF_TRY(cf_alloc((void **)&text, cap, "summary"));
     snprintf(path, sizeof path, "%s/summary.json", run_dir);
-    snprintf(text, sizeof text,
-             "{\"ranks\": %d, \"dp\": %d, \"tp\": %d, \"pp\": %d, \"cp\": %d, "
-             "\"steps\": %lld, \"seconds\": %.6g, \"tokens_per_s\": %.6g, "
-             "\"steady_tokens_per_s\": %.6g, \"flops_per_step\": %.6g, \"peak_rss\": %.6g, "
-             "\"state_bytes_max\": %.6g, \"final_loss\": %.8g, \"ckpt_seconds\": %.6g, "
-             "\"ckpts\": %lld, "
-             "\"comm_bytes_per_step\": {\"dp\": %.6g, \"tp\": %.6g, \"pp\": %.6g, "
-             "\"cp\": %.6g}, \"comm_seconds_per_step\": {\"dp\": %.6g, \"tp\": %.6g, "
-             "\"pp\": %.6g, \"cp\": %.6g}}\n",
-             world, world / (par[0] * par[1] * par[2]), par[0], par[1], par[2], (long long)tc.steps,
-             res.seconds, res.tokens_per_s, res.steady_tokens_per_s, res.flops_per_step,
-             res.peak_rss, res.state_bytes_max, res.final_loss, res.ckpt_seconds,
-             (long long)res.ckpts, res.comm_bytes[0], res.comm_bytes[1], res.comm_bytes[2],
-             res.comm_bytes[3], res.comm_seconds[0], res.comm_seconds[1], res.comm_seconds[2],
-             res.comm_seconds[3]);
+    int len = snprintf(
+        text, cap,
+        "{\"ranks\": %d, \"dp\": %d, \"tp\": %d, \"pp\": %d, \"cp\": %d, "
+        "\"steps\": %lld, \"seconds\": %.6g, \"tokens_per_s\": %.6g, "
+        "\"steady_tokens_per_s\": %.6g, \"flops_per_step\": %.6g, \"peak_rss\": %.6g, "
+        "\"state_bytes_max\": %.6g, \"final_loss\": %.8g, \"ckpt_seconds\": %.6g, "
+        "\"ckpts\": %lld, "
+        "\"comm_bytes_per_step\": {\"dp\": %.6g, \"tp\": %.6g, \"pp\": %.6g, "
+        "\"cp\": %.6g}, \"comm_seconds_per_step\": {\"dp\": %.6g, \"tp\": %.6g, "
+        "\"pp\": %.6g, \"cp\": %.6g}",
+        world, world / (par[0] * par[1] * par[2]), par[0], par[1], par[2], (long long)tc.steps,
+        res.seconds, res.tokens_per_s, res.steady_tokens_per_s, res.flops_per_step, res.peak_rss,
+        res.state_bytes_max, res.final_loss, res.ckpt_seconds, (long long)res.ckpts,
+        res.comm_bytes[0], res.comm_bytes[1], res.comm_bytes[2], res.comm_bytes[3],
+        res.comm_seconds[0], res.comm_seconds[1], res.comm_seconds[2], res.comm_seconds[3]);
+    append_diag(text + len, cap - (size_t)len, &res.diag);
     cf_status sw = cf_write_text_atomic(path, text);
     if (sw != CF_OK) fprintf(stderr, "calmflow: warning: %s\n", cf_errmsg());
+    cf_free((void **)&text);
   }
+  cf_train_diag_release(&res.diag);
   cf_free((void **)&yaml);
   cf_free((void **)&src_pts);
   cf_free((void **)&tgt_pts);

@@ -151,6 +151,7 @@ struct cf_model_impl {
   int64_t J, T, dh, rot, SH, Idec, Dout; /* Idec = max(S*H, D) */
   int64_t n_pred_pts;                    /* (N-1)*P points per sequence that carry a loss */
   int64_t n_pred_tok;                    /* (N-1)*P*S tokens */
+  double *pl;                            /* cf_model.point_loss during a forward */
   /* this rank's part of the model (cf_model_init_part; all "whole model" when serial) */
   MPI_Comm tpc; /* tensor-parallel group, MPI_COMM_NULL when n_tp == 1 */
   int n_tp, tp_rank, n_cp, cp_rank;

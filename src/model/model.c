@@ -607,6 +607,52 @@ int cf_model_last(const struct cf_model *m) {
   return ((const struct cf_model_impl *)m->impl)->last;
 }
 
+cf_status cf_model_attn_stats(const struct cf_model *m, int64_t B, struct cf_attn_stats *st) {
+  const struct cf_model_impl *im = m->impl;
+  const struct cf_model_cfg *c = &m->cfg;
+  CF_CHECK(im != NULL && im->n_tp == 1 && im->n_cp == 1 && im->l0 == 0 && im->l1 == c->layers,
+           CF_EINVAL, "model: attention statistics need the whole model on one rank");
+  CF_CHECK(B >= 1 && B <= m->max_batch, CF_EINVAL,
+           "model: attention statistics of %lld sequences, expected 1..%lld", (long long)B,
+           (long long)m->max_batch);
+  const int64_t T = im->T, S = c->S, P = c->P, heads = c->heads, dh = im->dh, H = c->H;
+  const int64_t tok_t = P * S; /* tokens per time point: token i is at time i / tok_t */
+  const int64_t win = c->no_history ? S : 0;
+  for (int64_t l = 0; l < c->layers; l++) {
+    const float *pr = im->ba[l].probs;
+    double past = 0, uni = 0, ent = 0, n = 0;
+    for (int64_t bh = 0; bh < B * heads; bh++)
+      for (int64_t i = tok_t; i < T; i++) {
+        const float *r = pr + (bh * T + i) * T;
+        const int64_t k0 = cf_attn_first(i, win), hist = (i / tok_t) * tok_t; /* keys < hist */
+        double pm = 0, e = 0;
+        for (int64_t k = k0; k <= i; k++) {
+          if (k < hist) pm += r[k];
+          if (r[k] > 0.0f) e -= (double)r[k] * log((double)r[k]);
+        }
+        past += pm;
+        ent += e;
+        uni += (double)(hist > k0 ? hist - k0 : 0) / (double)(i - k0 + 1);
+        n += 1.0;
+      }
+    struct cf_attn_stats *o = &st[l];
+    o->past = n > 0 ? past / n : 0.0;
+    o->uniform = n > 0 ? uni / n : 0.0;
+    o->entropy = n > 0 ? ent / n : 0.0;
+    double qq = 0, kk = 0;
+    const float *w = im->blk[l].qkv.w; /* (3H, H), per head rows [q | k | v] of dh each */
+    for (int64_t h = 0; h < heads; h++)
+      for (int64_t r = 0; r < 2 * dh; r++)
+        for (int64_t col = 0; col < H; col++) {
+          const double v = w[(h * 3 * dh + r) * H + col];
+          *(r < dh ? &qq : &kk) += v * v;
+        }
+    o->q_norm = sqrt(qq);
+    o->k_norm = sqrt(kk);
+  }
+  return CF_OK;
+}
+
 int64_t cf_model_local_tokens(const struct cf_model *m) {
   return ((const struct cf_model_impl *)m->impl)->Tl;
 }
@@ -945,15 +991,18 @@ static void fm_forward(struct cf_model_impl *im, const struct cf_model_cfg *c, i
       const int64_t j = global_row(im->plo, im->phi, jl), p = b * Jl + jl;
       if (j >= im->n_pred_pts) continue;
       const float *yr = y + (b * J + j) * D;
+      double f1 = 0;
       for (int64_t r = 0; r < R; r++) {
         const float *nz = im->hnoise + p * Wt + r * (1 + D) + 1, *v = im->out + (p * R + r) * D;
         float *g = im->dout + (p * R + r) * D;
         for (int64_t d = 0; d < D; d++) {
           double diff = (double)v[d] - ((double)yr[d] - (double)nz[d]);
-          fm += diff * diff;
+          f1 += diff * diff;
           g[d] = (float)(2.0 * diff / div);
         }
       }
+      fm += f1;
+      if (im->pl != NULL) im->pl[j] += f1 / (double)R;
     }
   }
   out->recon = fm / div;
@@ -1055,8 +1104,10 @@ static void cvae_forward(struct cf_model_impl *im, const struct cf_model_cfg *c,
     for (int64_t jl = 0; jl < Jl; jl++) {
       const int64_t j = global_row(im->plo, im->phi, jl), p = b * Jl + jl;
       if (j >= im->n_pred_pts) continue;
-      nll += gauss_nll(im->out + p * Dout, y + (b * J + j) * D, D, lo, hi, n_pts,
-                       im->dout + p * Dout, &rec);
+      const double v = gauss_nll(im->out + p * Dout, y + (b * J + j) * D, D, lo, hi, n_pts,
+                                 im->dout + p * Dout, &rec);
+      nll += v;
+      if (im->pl != NULL) im->pl[j] += v;
     }
   }
   out->nll = nll / n_pts;
@@ -1119,6 +1170,7 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
   const int drop = dk != NULL && c->dropout > 0.0f;
   im->last_B = 0;
   im->last_drop = drop;
+  im->pl = m->point_loss;
   memset(out, 0, sizeof *out);
   act_select(m, b0);
 
@@ -1176,8 +1228,10 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
       for (int64_t jl = 0; jl < Jl; jl++) {
         int64_t j = global_row(im->plo, im->phi, jl), row = b * Jl + jl;
         if (j >= im->n_pred_pts) continue;
-        nll += gauss_nll(im->out + row * Dout, y + (b * J + j) * D, D, lo, hi, n_pts,
-                         im->dout + row * Dout, &rec);
+        const double v = gauss_nll(im->out + row * Dout, y + (b * J + j) * D, D, lo, hi, n_pts,
+                                   im->dout + row * Dout, &rec);
+        nll += v;
+        if (im->pl != NULL) im->pl[j] += v;
       }
     }
     out->nll = nll / n_pts;
@@ -1191,8 +1245,10 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
         int64_t j = global_row(im->plo, im->phi, jl), row = b * Jl + jl;
         if (j >= im->n_pred_pts) continue;
         double r2;
-        nll += gmm_nll(c, im->out + row * Dout, y + (b * J + j) * D, 1.0 / n_pts,
-                       im->dout + row * Dout, &r2);
+        const double v = gmm_nll(c, im->out + row * Dout, y + (b * J + j) * D, 1.0 / n_pts,
+                                 im->dout + row * Dout, &r2);
+        nll += v;
+        if (im->pl != NULL) im->pl[j] += v;
         rec += r2;
       }
     }
@@ -1240,11 +1296,14 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
         if (j >= im->n_pred_pts) continue;
         const float *o = im->out + row * Dout, *yr = y + (b * J + j) * D;
         float *g = im->dout + row * Dout;
+        double r1 = 0;
         for (int64_t d = 0; d < D; d++) {
           double diff = (double)o[d] - (double)yr[d];
-          rec += diff * diff;
+          r1 += diff * diff;
           g[d] = (float)(2.0 * diff / n_pts);
         }
+        rec += r1;
+        if (im->pl != NULL) im->pl[j] += r1;
       }
     }
     out->recon = rec / n_pts;

@@ -220,6 +220,51 @@ static cf_status learner_step(void *ctx, int64_t step, struct cf_reducer *red, d
   return st;
 }
 
+void cf_train_diag_release(struct cf_train_diag *d) {
+  cf_free((void **)&d->step_loss);
+  cf_free((void **)&d->attn);
+  memset(d, 0, sizeof *d);
+}
+
+/* Local. The diagnostics (train.h) on the first b sequences of a step no training run reaches
+ * (UINT32_MAX), forward only, no dropout. Needs the whole model on this rank. */
+static cf_status train_diag(struct step_ctx *c, int64_t b, struct cf_train_diag *d) {
+  const struct cf_model_cfg *mc = c->mc;
+  const int64_t N = mc->N, P = mc->P, J = N * P, T = J * mc->S, H = mc->H;
+  const uint32_t step = UINT32_MAX;
+  double *pl = NULL;
+  CF_TRY(cf_alloc((void **)&pl, (size_t)J * sizeof(double), "diagnostics"));
+  CF_TRY(cf_alloc((void **)&d->step_loss, (size_t)(N - 1) * sizeof(double), "diagnostics"));
+  CF_TRY(cf_alloc((void **)&d->attn, (size_t)mc->layers * sizeof(struct cf_attn_stats),
+                  "diagnostics"));
+  cf_flow_batch(c->fc, c->src, c->tgt, c->tc->seed, step, 0, b, c->lb->z, c->lb->y, c->lb->work);
+  if (mc->head == CF_HEAD_VAE)
+    for (int64_t k = 0; k < b; k++) {
+      struct cf_rng r = {c->tc->seed, CF_RNG_LATENT, step, (uint64_t)k};
+      cf_rng_normal(&r, 0, c->lb->eps + k * T * H, (size_t)(T * H));
+    }
+  struct cf_loss l;
+  c->m->point_loss = pl;
+  cf_status st =
+      cf_model_forward(c->m, b, c->lb->z, c->lb->y, mc->head == CF_HEAD_VAE ? c->lb->eps : NULL,
+                       NULL, (double)b * (double)((N - 1) * P), (float)c->tc->kl_weight, &l);
+  c->m->point_loss = NULL;
+  if (st == CF_OK) st = cf_model_attn_stats(c->m, b, d->attn);
+  if (st == CF_OK) {
+    for (int64_t t = 0; t + 1 < N; t++) {
+      double sum = 0;
+      for (int64_t p = 0; p < P; p++)
+        sum += pl[t * P + p];
+      d->step_loss[t] = sum / (double)(b * P);
+    }
+    d->sequences = b;
+    d->n_steps = N - 1;
+    d->layers = mc->layers;
+  }
+  cf_free((void **)&pl);
+  return st;
+}
+
 cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
                        const struct cf_model_cfg *mc, const struct cf_flow_cfg *fc,
                        const struct cf_dist *src, const struct cf_dist *tgt, const char *run_dir,
@@ -305,6 +350,10 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
                          .step = learner_step,
                          .grad_sqnorm = learner_grad_sqnorm};
   cf_status st = cf_train_loop(g, tc, &L, run_dir, options_yaml, resume, res);
+  if (st == CF_OK && g->n_tp == 1 && g->n_pp == 1 && g->n_cp == 1) {
+    st = train_diag(&sc, pp.mb, &res->diag);
+    if (st != CF_OK) cf_train_diag_release(&res->diag);
+  }
   cf_arena_release(&ar);
   cf_free((void **)&reqs);
   cf_model_release(&m);
