@@ -110,6 +110,9 @@ def main():
                     help="no runs: table and plots from these output dirs' rows.jsonl "
                          "(comma-separated; a later dir's row replaces an earlier one's for the "
                          "same method, seed, data and temperature, in its place)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the finished runs of OUT's rows.jsonl (an interrupted or requeued "
+                         "run continues where it stopped)")
     ap.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs",
                                                      "experiments.json"))
     a = ap.parse_args()
@@ -160,6 +163,16 @@ def main():
     R = Runner(os.path.abspath(a.binary), a.ranks, out)
     rows = []
     rows_path = os.path.join(out, "rows.jsonl")
+    done = {}  # --resume: finished rows by run tag, in order
+    if a.resume and os.path.exists(rows_path):
+        for line in open(rows_path):
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the interruption
+            if r.get("tag") and r.get("status") == "ok":
+                done.setdefault(r["tag"], []).append(r)
+        log(f"resuming: {len(done)} finished runs in {rows_path}")
     rows_f = open(rows_path, "w")
     failed = 0
     t_start = time.time()
@@ -210,6 +223,17 @@ def main():
                             tag = f"{gname}-{src}-{tgt}-d{dim}-{method}-s{seed}" + "".join(
                                 f"-{k.split('_')[-1]}{v}" for k, v in sp.items())
                             run_dir = os.path.join(out, "runs", tag)
+                            n_sets = len(size["tau"]) if method in g.get("tau_sweep", []) else 1
+                            if len(done.get(tag, [])) == n_sets:  # --resume: all its sets done
+                                for r in done[tag]:
+                                    emit(r)
+                                r = done[tag][0]
+                                if r["model"] == "calmflow":
+                                    trained[(method, seed)] = {
+                                        "params": r["params"],
+                                        "flops_per_step": r["flops_per_step"],
+                                        "steps": r["train_steps"]}
+                                continue
                             o = {k: resolve(v) for k, v in cfg["common"].items()}
                             o.update({"data_name": tgt, "data_source": src, "data_dim": dim,
                                       "seed": seed, "train_quiet": 1, "run_overwrite": 1})
@@ -221,7 +245,7 @@ def main():
                                 o["train_batch"] -= o["train_batch"] % o["flow_trajectories"]
                             row = {"group": gname, "source": src, "target": tgt, "dim": dim,
                                    "method": method, "seed": seed, "sweep": sp,
-                                   "model": m["model"], "status": "ok"}
+                                   "model": m["model"], "status": "ok", "tag": tag}
                             if m["model"] == "cfm":
                                 base = trained.get((match, seed))
                                 if base is None:
@@ -466,8 +490,10 @@ def make_plots(rows, out):
         plt.close(fig)
 
 
-def put_results(path, table):
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+def put_results(path, table, name="results"):
+    """Replace the block between <!-- NAME:begin --> and <!-- NAME:end --> of the file at path
+    with table (analysis/hsmm.py uses its own NAME)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     try:
         text = open(path).read()
     except OSError as e:

@@ -1,12 +1,12 @@
 # slurm: what calmflow 6 adds for batch clusters (label `slurm`).
-# slurm_train / slurm_timelimit / slurm_sweep / slurm_scaling: the job scripts in jobs/ against a
+# slurm_train / slurm_timelimit / slurm_sweep / slurm_scaling / slurm_experiments: the job scripts in jobs/ against a
 # real, throw-away one-node Slurm cluster (munged, slurmctld and slurmd started by
 # tests/slurm/cluster.sh with all state in a temporary directory, stopped by PID at the end,
 # pass or fail). Each test starts its own cluster on free ports; RESOURCE_LOCK runs them one at
 # a time (the node offers 2 CPUs). slurm_timelimit waits for Slurm's own pre-timeout signal
 # (about 30 s).
 # Skipped (exit 77) when Slurm is missing and cannot be installed, or when not run as root.
-foreach(t train timelimit sweep scaling)
+foreach(t train timelimit sweep scaling experiments)
   cf_script_test(slurm_${t} test_slurm_${t}.sh slurm)
   set_tests_properties(slurm_${t} PROPERTIES PROCESSORS 2 TIMEOUT 300 SKIP_RETURN_CODE 77
                                              RESOURCE_LOCK cf_slurm_cluster)
