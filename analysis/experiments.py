@@ -111,8 +111,10 @@ def main():
                          "(comma-separated; a later dir's row replaces an earlier one's for the "
                          "same method, seed, data and temperature, in its place)")
     ap.add_argument("--resume", action="store_true",
-                    help="keep the finished runs of OUT's rows.jsonl (an interrupted or requeued "
-                         "run continues where it stopped)")
+                    help="keep what OUT already holds: a run directory whose summary.json shows "
+                         "the requested steps is not trained again, a sample set with its "
+                         "files is not sampled or scored again (an interrupted or requeued run "
+                         "continues where it stopped)")
     ap.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs",
                                                      "experiments.json"))
     a = ap.parse_args()
@@ -163,17 +165,23 @@ def main():
     R = Runner(os.path.abspath(a.binary), a.ranks, out)
     rows = []
     rows_path = os.path.join(out, "rows.jsonl")
-    done = {}  # --resume: finished rows by run tag, in order
-    if a.resume and os.path.exists(rows_path):
-        for line in open(rows_path):
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue  # a line cut by the interruption
-            if r.get("tag") and r.get("status") == "ok":
-                done.setdefault(r["tag"], []).append(r)
-        log(f"resuming: {len(done)} finished runs in {rows_path}")
+    kept = {"runs": 0, "sets": 0}  # --resume: what was found finished
     rows_f = open(rows_path, "w")
+
+    def finished(run_dir, steps):
+        """--resume: run_dir holds a finished training run of `steps` steps."""
+        try:
+            return (a.resume and json.load(open(os.path.join(run_dir, "summary.json")))["steps"]
+                    == steps and latest_ckpt(run_dir) is not None)
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def train(o, run_dir):
+        if finished(run_dir, o["train_steps"]):
+            kept["runs"] += 1
+            return True, ""
+        return R.calmflow(["train"] + opts_list(dict(o, run_dir=run_dir)),
+                          allow=("not implemented yet",))
     failed = 0
     t_start = time.time()
 
@@ -196,6 +204,8 @@ def main():
         ref = data_file(target, dim, 900000 + seed, n)
         ref2 = data_file(target, dim, 800000 + seed, n)
         mj = samples + ".metrics.json"
+        if a.resume and os.path.exists(mj):
+            return json.load(open(mj))
         R.calmflow(["eval", "-eval_a", samples, "-eval_b", ref, "-eval_ref", ref2,
                     "-eval_sinkhorn_max", 0,
                     "-eval_out", mj], ranks=1)
@@ -223,17 +233,6 @@ def main():
                             tag = f"{gname}-{src}-{tgt}-d{dim}-{method}-s{seed}" + "".join(
                                 f"-{k.split('_')[-1]}{v}" for k, v in sp.items())
                             run_dir = os.path.join(out, "runs", tag)
-                            n_sets = len(size["tau"]) if method in g.get("tau_sweep", []) else 1
-                            if len(done.get(tag, [])) == n_sets:  # --resume: all its sets done
-                                for r in done[tag]:
-                                    emit(r)
-                                r = done[tag][0]
-                                if r["model"] == "calmflow":
-                                    trained[(method, seed)] = {
-                                        "params": r["params"],
-                                        "flops_per_step": r["flops_per_step"],
-                                        "steps": r["train_steps"]}
-                                continue
                             o = {k: resolve(v) for k, v in cfg["common"].items()}
                             o.update({"data_name": tgt, "data_source": src, "data_dim": dim,
                                       "seed": seed, "train_quiet": 1, "run_overwrite": 1})
@@ -245,7 +244,7 @@ def main():
                                 o["train_batch"] -= o["train_batch"] % o["flow_trajectories"]
                             row = {"group": gname, "source": src, "target": tgt, "dim": dim,
                                    "method": method, "seed": seed, "sweep": sp,
-                                   "model": m["model"], "status": "ok", "tag": tag}
+                                   "model": m["model"], "status": "ok"}
                             if m["model"] == "cfm":
                                 base = trained.get((match, seed))
                                 if base is None:
@@ -256,8 +255,7 @@ def main():
                                 o.update({"net_hidden": width, "net_layers": layers})
                                 # probe one step for the FLOPs per step, then match the total
                                 probe = run_dir + "-probe"
-                                R.calmflow(["train"] + opts_list(dict(o, train_steps=1,
-                                                                      run_dir=probe)))
+                                train(dict(o, train_steps=1), probe)
                                 fps = json.load(open(os.path.join(probe, "summary.json")))[
                                     "flops_per_step"]
                                 total = base["flops_per_step"] * base["steps"]
@@ -266,10 +264,8 @@ def main():
                                 o["train_steps"] = steps
                                 o["train_warmup"] = min(o["train_warmup"], max(1, steps // 10))
                                 row["matched_flops"] = total
-                            o["run_dir"] = run_dir
                             t0 = time.time()
-                            ok, err = R.calmflow(["train"] + opts_list(o),
-                                                 allow=("not implemented yet",))
+                            ok, err = train(o, run_dir)
                             if not ok:
                                 row["status"] = "unavailable"
                                 row["note"] = err.strip().splitlines()[-1][:200] if err else ""
@@ -310,7 +306,10 @@ def main():
                                     sargs += ["-sample_batch", min(size["samples"], 500)]
                                 if tau is not None:
                                     sargs += ["-sample_temperature", tau]
-                                R.calmflow(sargs)
+                                if a.resume and os.path.exists(smp + ".json"):
+                                    kept["sets"] += 1
+                                else:
+                                    R.calmflow(sargs)
                                 sj = json.load(open(smp + ".json"))
                                 mt = evaluate(smp, tgt, dim, seed, size["samples"])
                                 r2 = dict(row, tau=tau, sample_seconds=sj["seconds"],
@@ -323,6 +322,8 @@ def main():
                             log(f"{tag}: {time.time() - t0:.1f} s, W2 ratio "
                                 f"{rows[-1].get('w2_ratio', float('nan')):.2f}")
     rows_f.close()
+    if a.resume:
+        log(f"resumed: kept {kept['runs']} finished runs and {kept['sets']} sample sets")
     table = make_table(rows, size, a)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_slurm_experiments.sh: jobs/experiments.sbatch on a real (throw-away, one-node) Slurm
 # cluster: the CI-size trajectory / token sweep runs as one job to the end (rows, table, plots),
-# and the same job submitted again keeps every finished run (--resume): it trains nothing and
+# and the same job submitted again keeps every finished run and sample set (--resume): it trains
+# and samples nothing and
 # rewrites the same table.
 . "$CF_SOURCE_DIR/tests/slurm/common.sh"
 JOBS=$SRC/jobs
@@ -25,7 +26,7 @@ j2=$(sbatch --parsable -n 1 -t 10 -J cf-test-exp2 "$JOBS/experiments.sbatch" "${
   fail "sbatch experiments.sbatch again"
 st=$(wait_job "$j2" 120 "calmflow-experiments-$j2.out")
 [ "$st" = "COMPLETED 0:0 0" ] || { dump_job "$j2" "calmflow-experiments-$j2.out"; fail "second job ended '$st'"; }
-grep -q "resuming: 10 finished runs" "calmflow-experiments-$j2.out" ||
+grep -q "resumed: kept 10 finished runs and 10 sample sets" "calmflow-experiments-$j2.out" ||
   { cat "calmflow-experiments-$j2.out"; fail "the second job did not resume"; }
 [ "$(stat -c %Y.%s "$out"/runs/*/summary.json | md5sum)" = "$stamp" ] ||
   fail "the second job retrained finished runs"
