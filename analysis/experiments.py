@@ -106,6 +106,9 @@ def main():
     ap.add_argument("--binary", default="build/calmflow")
     ap.add_argument("--out")
     ap.add_argument("--results")
+    ap.add_argument("--block", default="results",
+                    help="with --results: the marked block to replace, <!-- BLOCK:begin --> ... "
+                         "<!-- BLOCK:end --> (default results)")
     ap.add_argument("--merge", default="",
                     help="no runs: table and plots from these output dirs' rows.jsonl "
                          "(comma-separated; a later dir's row replaces an earlier one's for the "
@@ -157,7 +160,7 @@ def main():
             f.write(table)
         make_plots(rows, out)
         if a.results:
-            put_results(a.results, table)
+            put_results(a.results, table, a.block)
         log(f"merged {len(rows)} rows into {out}")
         return 0
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
@@ -329,7 +332,7 @@ def main():
         f.write(table)
     make_plots(rows, out)
     if a.results:
-        put_results(a.results, table)
+        put_results(a.results, table, a.block)
     log(f"done in {time.time() - t_start:.0f} s: {len(rows)} rows in {rows_path}")
     return 1 if failed else 0
 

@@ -9,6 +9,7 @@ set -euo pipefail
 
 pkgs=(
   build-essential cmake pkg-config clang-format
+  clang libclang-rt-dev
   openmpi-bin libopenmpi-dev
   libhdf5-openmpi-dev hdf5-tools
   petsc-dev

@@ -23,3 +23,10 @@ if [ "${CF_TEST_SKIP_ASAN:-0}" != 1 ]; then
   echo "== ctest -L fast under ASan + UBSan"
   (cd build-asan && ctest --output-on-failure -j "$jobs" -L fast)
 fi
+
+# libFuzzer targets of every reader of outside input (scripts/fuzz.sh, tests/fuzz/README.md):
+# a short pass over the committed corpora; CF_TEST_SKIP_FUZZ=1 skips it
+if [ "${CF_TEST_SKIP_FUZZ:-0}" != 1 ]; then
+  echo "== fuzz (clang, libFuzzer + ASan + UBSan, 20 s per target)"
+  ./scripts/fuzz.sh 20
+fi

@@ -11,6 +11,13 @@
  *              selected by options, a failing right-hand side; cf_cfm_sample against RK4
  *   smoke      I-CFM and OT-CFM training (Adam written here) on N(0, I) -> N(mu, 0.25 I):
  *              the loss falls, sampled mean and std near the target's
+ *   cond       the conditional network (C one-hot features at the end of the input): layout,
+ *              a one-hot row equals the unconditional network with that column of fc1 added to
+ *              its bias, the gradient against central differences (the condition columns of
+ *              fc1 included), a missing condition refused, conditional sampling per point
+ *   ot groups  the OT coupling within condition groups: a permutation inside each group, each
+ *              group's assignment the one-rank coupling of that group alone, the same on comm
+ *              as on one rank
  * Usage: test_cfm [all | ot]  (mpiexec -n 2, 3 run `ot`: only the parts that communicate).
  */
 #include <math.h>
@@ -196,6 +203,162 @@ static void test_gradient(void) {
   cf_cfm_release(&m);
 }
 
+/* ---- the conditional network ---- */
+
+/* Loss of the current parameters on (x, t, c, u), as eval_loss. */
+static double eval_loss_c(struct cf_cfm *m, int64_t B, const float *x, const float *t,
+                          const float *c, const float *u, float *v) {
+  if (cf_cfm_forward_c(m, B, x, t, c, v) != CF_OK) return NAN;
+  double s = 0;
+  for (int64_t i = 0; i < B * m->cfg.D; i++) {
+    double d = (double)v[i] - (double)u[i];
+    s += d * d;
+  }
+  return s / (double)B;
+}
+
+/* Two condition columns of 2 and 3 categories: row i has categories (i % 2, i % 3). */
+static void onehot_rows(int64_t B, float *c) {
+  memset(c, 0, (size_t)(B * 5) * sizeof(float));
+  for (int64_t i = 0; i < B; i++) {
+    c[i * 5 + i % 2] = 1.0f;
+    c[i * 5 + 2 + i % 3] = 1.0f;
+  }
+}
+
+static void test_cond(void) {
+  const struct cf_cfm_cfg c0 = {.D = 3, .width = 8, .layers = 2, .time_freqs = 2};
+  struct cf_cfm_cfg c1 = c0;
+  c1.cond_dim = 5;
+  const int64_t B = 6, I0 = 3 + 1 + 4, W = 8;
+  struct cf_cfm u, m;
+  EXPECT_OK(cf_cfm_init(&u, &c0, 1), "init unconditional");
+  EXPECT_OK(cf_cfm_init(&m, &c1, B), "init conditional");
+  if (u.impl == NULL || m.impl == NULL) return;
+  EXPECT(cf_cfm_in_features(&c1) == I0 + 5, "in features %lld", (long long)cf_cfm_in_features(&c1));
+  EXPECT(m.n_params == u.n_params + (size_t)(W * 5) && m.n_tensors == u.n_tensors,
+         "conditional params %zu (tensors %d), unconditional %zu (%d)", m.n_params, m.n_tensors,
+         u.n_params, u.n_tensors);
+  const struct cf_tensor_info *w1 = cf_cfm_find(&m, "cfm.fc1.weight");
+  const struct cf_tensor_info *b1 = cf_cfm_find(&m, "cfm.fc1.bias");
+  EXPECT(w1 && w1->shape[0] == W && w1->shape[1] == I0 + 5, "cfm.fc1.weight shape");
+  if (w1 == NULL || b1 == NULL) return;
+  cf_cfm_init_weights(&m, 13);
+  float x[18], t[6], cnd[30], v1[18], v0[3], un[18];
+  normals(21, CF_RNG_X0, x, 18, 1.0f);
+  normals(22, CF_RNG_X1, un, 18, 1.0f);
+  struct cf_rng rt = {.seed = 23, .domain = CF_RNG_PATH};
+  cf_rng_uniform(&rt, 0, t, 6);
+  onehot_rows(B, cnd);
+  EXPECT_OK(cf_cfm_forward_c(&m, B, x, t, cnd, v1), "conditional forward");
+
+  /* row i with categories (a, b) = the unconditional network whose fc1 bias gets columns
+   * I0 + a and I0 + 2 + b of the conditional fc1 weight added */
+  double worst = 0;
+  for (int64_t i = 0; i < B; i++) {
+    for (int ti = 0; ti < u.n_tensors; ti++) {
+      const struct cf_tensor_info *tu = &u.tensors[ti], *tm = &m.tensors[ti];
+      if (tm == w1) {
+        for (int64_t r = 0; r < W; r++)
+          memcpy(u.params + tu->offset + r * I0, m.params + tm->offset + r * (I0 + 5),
+                 (size_t)I0 * sizeof(float));
+      } else if (tm == b1) {
+        for (int64_t r = 0; r < W; r++) {
+          const float *wr = m.params + w1->offset + r * (I0 + 5);
+          u.params[tu->offset + r] = m.params[tm->offset + r] + wr[I0 + i % 2] + wr[I0 + 2 + i % 3];
+        }
+      } else {
+        memcpy(u.params + tu->offset, m.params + tm->offset, tm->numel * sizeof(float));
+      }
+    }
+    EXPECT_OK(cf_cfm_forward(&u, 1, x + i * 3, t + i, v0), "unconditional forward");
+    for (int d = 0; d < 3; d++)
+      worst = fmax(worst, fabs((double)v0[d] - v1[i * 3 + d]));
+  }
+  EXPECT(worst < 1e-5, "one-hot input differs from the bias-shifted network by %g", worst);
+  printf("cond: one-hot rows vs the bias-shifted unconditional network: max difference %.2e\n",
+         worst);
+  EXPECT_FAIL(cf_cfm_forward(&m, B, x, t, v1), "no condition was given", "missing condition");
+
+  /* gradient: every tensor at up to 10 coordinates, and every condition column of fc1 */
+  cf_cfm_zero_grad(&m);
+  double loss = 0;
+  EXPECT_OK(cf_cfm_loss_grad_c(&m, B, x, t, cnd, un, (double)B, &loss), "conditional loss_grad");
+  double l0 = eval_loss_c(&m, B, x, t, cnd, un, v1);
+  EXPECT(fabs(loss - l0) <= 1e-6 * l0, "loss_grad loss %.9g, forward %.9g", loss, l0);
+  float *g = cf_test_floats(m.n_params);
+  memcpy(g, m.grads, m.n_params * sizeof(float));
+  const double h = 1e-3;
+  int checked = 0;
+  double werr = 0;
+  for (int ti = 0; ti < m.n_tensors; ti++) {
+    const struct cf_tensor_info *T = &m.tensors[ti];
+    size_t stride = T->numel / 10 ? T->numel / 10 : 1;
+    for (size_t k = 0; k < T->numel; k++) {
+      int cond_col = T == w1 && (int64_t)(k % (size_t)(I0 + 5)) >= I0;
+      if (!cond_col && k % stride != (size_t)ti % stride) continue;
+      float *p = &m.params[T->offset + k], p0 = *p;
+      *p = (float)(p0 + h);
+      double hp = (double)*p - p0, lp = eval_loss_c(&m, B, x, t, cnd, un, v1);
+      *p = (float)(p0 - h);
+      double hm = p0 - (double)*p, lm = eval_loss_c(&m, B, x, t, cnd, un, v1);
+      *p = p0;
+      double fd = (lp - lm) / (hp + hm), an = g[T->offset + k];
+      double err = fabs(fd - an) / (fabs(fd) + fabs(an) + 1e-2);
+      werr = fmax(werr, err);
+      EXPECT(err < 2e-2, "%s[%zu]: analytic %.6g, finite differences %.6g", T->name, k, an, fd);
+      checked++;
+    }
+  }
+  EXPECT(checked >= 80, "only %d coordinates checked", checked);
+  printf("cond: gradient at %d coordinates (40 of them the condition columns), worst relative "
+         "error %.2e\n",
+         checked, werr);
+
+  /* sampling: each point flows under its own condition */
+  struct cf_cfm_cfg c2 = {.D = 2, .width = 16, .layers = 2, .time_freqs = 3, .cond_dim = 2};
+  struct cf_cfm s2;
+  EXPECT_OK(cf_cfm_init(&s2, &c2, 4), "init sampler");
+  if (s2.impl != NULL) {
+    cf_cfm_init_weights(&s2, 31);
+    float x0[8], xa[8], xb[4], xc[4], ca[8] = {1, 0, 0, 1, 1, 0, 0, 1}, one[4] = {1, 0, 1, 0},
+                                      two[4] = {0, 1, 0, 1};
+    normals(41, CF_RNG_X0, x0, 8, 1.0f);
+    struct cf_ode_opts o;
+    cf_ode_opts_default(&o);
+    o.atol = o.rtol = 1e-8;
+    memcpy(xa, x0, sizeof xa);
+    EXPECT_OK(cf_cfm_sample_c(&s2, 4, xa, ca, &o, NULL), "sample mixed conditions");
+    /* points 0 and 2 alone under condition 0, points 1 and 3 under condition 1 */
+    xb[0] = x0[0], xb[1] = x0[1], xb[2] = x0[4], xb[3] = x0[5];
+    xc[0] = x0[2], xc[1] = x0[3], xc[2] = x0[6], xc[3] = x0[7];
+    EXPECT_OK(cf_cfm_sample_c(&s2, 2, xb, one, &o, NULL), "sample condition 0");
+    EXPECT_OK(cf_cfm_sample_c(&s2, 2, xc, two, &o, NULL), "sample condition 1");
+    double e = 0;
+    for (int d = 0; d < 2; d++) {
+      e = fmax(e, fabs(xa[d] - xb[d]));
+      e = fmax(e, fabs(xa[4 + d] - xb[2 + d]));
+      e = fmax(e, fabs(xa[2 + d] - xc[d]));
+      e = fmax(e, fabs(xa[6 + d] - xc[2 + d]));
+    }
+    /* the same start under the other condition ends elsewhere */
+    float xd[2] = {x0[0], x0[1]};
+    EXPECT_OK(cf_cfm_sample_c(&s2, 1, xd, two + 2, &o, NULL), "sample swapped");
+    double moved = fabs(xd[0] - xa[0]) + fabs(xd[1] - xa[1]);
+    printf("cond: sampling per point's condition: together vs apart %.2e, the other condition "
+           "moves the end point by %.3g\n",
+           e, moved);
+    EXPECT(e < 1e-4, "a point's sample depends on the others' conditions by %g", e);
+    EXPECT(moved > 1e-3, "the condition does not change the flow (%g)", moved);
+    EXPECT_FAIL(cf_cfm_sample(&s2, 2, xb, NULL, NULL), "without a condition",
+                "sampling without a condition");
+  }
+  cf_cfm_release(&s2);
+  free(g);
+  cf_cfm_release(&u);
+  cf_cfm_release(&m);
+}
+
 /* ---- pairs ---- */
 
 static void test_pairs(void) {
@@ -362,6 +525,87 @@ static void test_ot(void) {
   int ok = 1, all = 0;
   MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   EXPECT(all == g_size, "ranks out of step after the oversized batch");
+}
+
+/* OT within condition groups: N points, group of row g = (7 g) % 3, rank r holding rows
+ * [lo[r], lo[r+1]). */
+static void ot_groups_case(int64_t N, int64_t D, const int64_t *lo) {
+  float *x0 = cf_test_floats((size_t)(N * D)), *x1 = cf_test_floats((size_t)(N * D));
+  float *ref1 = cf_test_floats((size_t)(N * D)), *my1 = cf_test_floats((size_t)(N * D));
+  float *g0 = cf_test_floats((size_t)(N * D)), *g1 = cf_test_floats((size_t)(N * D));
+  int64_t *grp = calloc((size_t)N, sizeof(int64_t)), *refp = calloc((size_t)N, sizeof(int64_t));
+  int64_t *myp = calloc((size_t)N, sizeof(int64_t)), *rows = calloc((size_t)N, sizeof(int64_t));
+  int64_t *gp = calloc((size_t)N, sizeof(int64_t));
+  global_batch(N, D, x0, x1);
+  for (int64_t g = 0; g < N; g++)
+    grp[g] = (7 * g) % 3 + 10; /* any numbers */
+  memcpy(ref1, x1, (size_t)(N * D) * sizeof(float));
+  struct cf_cfm_ot self, world;
+  double ref_ot = 0, ref_id = 0, ot = 0, id = 0, sum_groups = 0;
+  EXPECT_OK(cf_cfm_ot_init(&self, MPI_COMM_SELF, N, D), "ot init self");
+  EXPECT_OK(cf_cfm_ot_couple_groups(&self, N, x0, ref1, grp, refp, &ref_ot, &ref_id),
+            "ot groups self");
+  /* each group alone, coupled without groups, gives the same pairs */
+  for (int64_t gg = 10; gg < 13; gg++) {
+    int64_t m = 0;
+    for (int64_t g = 0; g < N; g++)
+      if (grp[g] == gg) {
+        memcpy(g0 + m * D, x0 + g * D, (size_t)D * sizeof(float));
+        memcpy(g1 + m * D, x1 + g * D, (size_t)D * sizeof(float));
+        rows[m++] = g;
+      }
+    double c = 0;
+    EXPECT_OK(cf_cfm_ot_couple(&self, m, g0, g1, gp, &c, NULL), "ot one group");
+    sum_groups += c;
+    for (int64_t p = 0; p < m; p++)
+      EXPECT(refp[rows[p]] == rows[gp[p]], "group %lld: row %lld paired with %lld, alone %lld",
+             (long long)gg, (long long)rows[p], (long long)refp[rows[p]], (long long)rows[gp[p]]);
+  }
+  cf_cfm_ot_release(&self);
+  for (int64_t i = 0; i < N; i++)
+    EXPECT(grp[refp[i]] == grp[i] &&
+               memcmp(ref1 + i * D, x1 + refp[i] * D, (size_t)D * sizeof(float)) == 0,
+           "row %lld (group %lld) got x1 row %lld of group %lld", (long long)i, (long long)grp[i],
+           (long long)refp[i], (long long)grp[refp[i]]);
+  EXPECT(fabs(ref_ot - sum_groups) <= 1e-9 * sum_groups, "cost %.12g, groups alone %.12g", ref_ot,
+         sum_groups);
+  /* on the world communicator */
+  int64_t a = lo[g_rank], b = lo[g_rank + 1], Bm = b - a;
+  memcpy(my1, x1 + a * D, (size_t)(Bm * D) * sizeof(float));
+  EXPECT_OK(cf_cfm_ot_init(&world, MPI_COMM_WORLD, N, D), "ot init world");
+  EXPECT_OK(cf_cfm_ot_couple_groups(&world, Bm, x0 + a * D, my1, grp + a, myp, &ot, &id),
+            "ot groups world");
+  for (int64_t i = 0; i < Bm; i++)
+    EXPECT(myp[i] == refp[a + i], "groups: row %lld paired with %lld, one rank %lld",
+           (long long)(a + i), (long long)myp[i], (long long)refp[a + i]);
+  EXPECT(ot == ref_ot && id == ref_id, "groups: costs %.17g / %.17g, one rank %.17g / %.17g", ot,
+         id, ref_ot, ref_id);
+  if (g_rank == 0)
+    printf("ot groups: N %lld in 3 groups, ranks %d: cost %.6g, identity %.6g\n", (long long)N,
+           g_size, ot, id);
+  cf_cfm_ot_release(&world);
+  free(x0);
+  free(x1);
+  free(ref1);
+  free(my1);
+  free(g0);
+  free(g1);
+  free(grp);
+  free(refp);
+  free(myp);
+  free(rows);
+  free(gp);
+}
+
+static void test_ot_groups(void) {
+  int64_t lo[65], N = 29;
+  for (int r = 0; r <= g_size; r++)
+    lo[r] = N * r / g_size;
+  ot_groups_case(N, 3, lo);
+  for (int r = 0; r < g_size; r++) /* everything on the last rank */
+    lo[r] = 0;
+  lo[g_size] = 17;
+  ot_groups_case(17, 2, lo);
 }
 
 /* ---- ODE integration ---- */
@@ -656,8 +900,10 @@ int main(int argc, char **argv) {
     test_layout();
     test_gradient();
     test_pairs();
+    test_cond();
   }
   test_ot();
+  test_ot_groups();
   if (all) {
     test_ode();
     test_smoke();

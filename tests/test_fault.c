@@ -2,10 +2,12 @@
  *
  * Parsing, per-site occurrence counting, the rank filter, '*' for rank and occurrence,
  * malformed values (an error naming CF_FAULT, nothing armed), eio/enospc statuses and
- * messages, delay timing, and unset = no effect. hang, kill and exit run in forked children.
+ * messages, delay timing, the nan / inf poisoning of the value sites, and unset = no effect.
+ * hang, kill and exit run in forked children.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,6 +156,8 @@ int main(void) {
       {"ckpt_write:0:1:eio,", "entry 2 ''"},
       {"ckpt_write:0:1:eio,,h5_write:0:1:eio", "entry 2"},
       {"ckpt_write:0:1:eio,h5_write:0:1:boom", "entry 2 'h5_write:0:1:boom'"},
+      {"grad_allreduce:0:1:nan", "action 'nan' needs a value site"},
+      {"ckpt_write:0:1:inf", "action 'inf' needs a value site"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     st = init_with(bad[i].spec, 0);
@@ -186,6 +190,23 @@ int main(void) {
   EXPECT(t3 - t2 < 0.05, "delay: 3rd call took %.3f s", t3 - t2);
   EXPECT_OK(init_with("sample_batch:0:1:delay=0", 0), "delay=0");
   EXPECT_OK(cf_fault_point("sample_batch"), "delay=0 call");
+
+  /* nan / inf at the value sites: the 2nd nan_grad and every nan_loss arrival of rank 0 are
+   * poisoned, the value is left alone otherwise; other actions work there too. */
+  EXPECT_OK(init_with("nan_grad:0:2:nan,nan_loss:0:*:inf,nan_grad:1:1:inf", 0), "nan/inf");
+  double g[3] = {1.5, 1.5, 1.5}, l = 2.0;
+  for (int i = 0; i < 3; i++)
+    EXPECT_OK(cf_fault_poison("nan_grad", &g[i]), "poison nan_grad");
+  EXPECT(g[0] == 1.5 && isnan(g[1]) && g[2] == 1.5, "nan_grad: %g %g %g", g[0], g[1], g[2]);
+  EXPECT_OK(cf_fault_poison("nan_loss", &l), "poison nan_loss");
+  EXPECT(isinf(l) && l > 0, "nan_loss: %g", l);
+  EXPECT_OK(init_with("nan_loss:0:1:eio", 0), "eio at a value site");
+  l = 2.0;
+  EXPECT(cf_fault_poison("nan_loss", &l) == CF_EIO && l == 2.0, "eio at nan_loss");
+  cf_err_clear();
+  EXPECT_OK(init_with(NULL, 0), "unset");
+  EXPECT_OK(cf_fault_poison("nan_grad", &l), "unset poison");
+  EXPECT(l == 2.0, "unset: value changed to %g", l);
 
   /* hang, kill and exit (in children reaching ckpt_write 3 times as rank 1). */
   int ws = child("ckpt_write:1:2:exit", 10);

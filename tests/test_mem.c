@@ -26,5 +26,24 @@ int main(void) {
   EXPECT(cf_alloc(&q, 10, "q") == CF_OK && cf_alloc_bytes() == 10, "bytes");
   cf_free(&q);
   EXPECT(q == NULL && cf_alloc_bytes() == 0, "free");
+  /* sizes near SIZE_MAX: no wrap-around to a small block, and arenas saturate */
+  cf_err_clear();
+  EXPECT(cf_alloc(&q, SIZE_MAX - 8, "huge") == CF_ENOMEM && q == NULL && cf_alloc_bytes() == 0,
+         "cf_alloc(SIZE_MAX - 8) did not fail cleanly");
+  EXPECT(strstr(cf_errmsg(), "huge") != NULL, "message '%s' does not name the block", cf_errmsg());
+  cf_err_clear();
+  cf_arena_plan(&a);
+  (void)cf_arena_floats(&a, 3);
+  (void)cf_arena_floats(&a, SIZE_MAX / 2);
+  (void)cf_arena_floats(&a, 3);
+  EXPECT(a.used == SIZE_MAX, "a plan with an overflowing piece: used %zu, want SIZE_MAX", a.used);
+  EXPECT(cf_arena_commit(&a, 0, "huge arena") == CF_ENOMEM, "committing an overflowing plan");
+  cf_err_clear();
+  cf_arena_plan(&a);
+  (void)cf_arena_floats(&a, 16);
+  EXPECT_OK(cf_arena_commit(&a, 0, "small arena"), "commit");
+  EXPECT(cf_arena_floats(&a, SIZE_MAX / 4) == NULL && cf_arena_floats(&a, 16) != NULL,
+         "a committed arena handed out an overflowing piece");
+  cf_arena_release(&a);
   return cf_test_done("test_mem");
 }

@@ -6,7 +6,8 @@
  *     attention across more than one query block, one transformer block);
  *   - the full loss w.r.t. every parameter tensor (a handful of coordinates each) for the
  *     gauss, vae, gmm, fm and cvae heads, with and without dropout (fixed key), with clamped
- *     log-stds, and every loss field recomputed from the saved head activations;
+ *     log-stds, with a text prompt in front of the tokens (prompt.wte included), and every
+ *     loss field recomputed from the saved head activations;
  *   - the fm / cvae training noise drawn inside the forward is the documented counter-RNG
  *     draw (cf_head_train_noise) and does not depend on batching;
  *   - a deliberately wrong gradient is caught (the check can fail), perturbing weights
@@ -584,6 +585,7 @@ static void test_block(void) {
 /* ---- the full model ---- */
 
 static int g_no_history; /* test_model: the ODE-style ablation (no history, time input) */
+static int g_prompt;     /* test_model: a text prompt of 3 tokens (vocabulary 7, pad id 6) */
 
 static struct cf_model_cfg small_cfg(enum cf_head head) {
   struct cf_model_cfg c = {.D = 3,
@@ -606,7 +608,10 @@ static struct cf_model_cfg small_cfg(enum cf_head head) {
                            .fm_steps = 4,
                            .cvae_dz = 3,
                            .no_history = g_no_history,
-                           .time_input = g_no_history};
+                           .time_input = g_no_history,
+                           .prompt_len = g_prompt ? 3 : 0,
+                           .vocab = 7,
+                           .prompt_pad = 6};
   return c;
 }
 
@@ -894,6 +899,10 @@ static void test_model(enum cf_head head, int dropout, float lsmin, float lsmax,
   EXPECT(st == CF_OK, "model init: %s", cf_errmsg());
   if (st != CF_OK) return;
   model_weights(&m);
+  if (g_prompt) { /* sequence 0 left-padded; id 3 in both, so its wte row gets two sums */
+    const int32_t ids[6] = {6, 6, 3, 1, 4, 3};
+    EXPECT_OK(cf_model_set_prompt(&m, 0, 2, ids), "prompt ids");
+  }
   int64_t B = 2, J = cfg.N * cfg.P, T = J * cfg.S;
   struct cf_dropkey dk = {.seed = 9, .step = 4, .seq0 = 10};
   struct model_ctx c = {.m = &m,
@@ -1279,6 +1288,11 @@ int main(void) {
   test_model(CF_HEAD_GAUSS, 0, -7.0f, 5.0f, "gauss head, no history, time input");
   test_model(CF_HEAD_VAE, 0, -7.0f, 5.0f, "vae head, no history, time input");
   g_no_history = 0;
+  g_prompt = 1;
+  test_model(CF_HEAD_GAUSS, 0, -7.0f, 5.0f, "gauss head, 3-token prompt");
+  test_model(CF_HEAD_VAE, 0, -7.0f, 5.0f, "vae head, 3-token prompt");
+  test_model(CF_HEAD_FM, 0, -7.0f, 5.0f, "fm head, 3-token prompt");
+  g_prompt = 0;
   test_dropout_batching();
   test_head_noise(CF_HEAD_FM);
   test_head_noise(CF_HEAD_CVAE);

@@ -3,11 +3,14 @@
  * final hidden states through the KV cache (whole sequence at once and point by point),
  * and head sampling (gmm: also the most probable component's mean, without noise), for the
  * vae, gauss, gmm, fm and cvae heads and the no_history / time_input ablation (fm and cvae
- * dumps carry their training noise: inputs/eps). The dump holds float32
+ * dumps carry their training noise: inputs/eps), and a text prompt in front of the tokens
+ * (attributes prompt_len, vocab, prompt_pad and inputs/prompt_ids; the cache is prefilled
+ * with the prompt). The dump holds float32
  * weights and inputs and float64 reference values, so the tolerances below only have to
  * cover the C code's float32 round-off.
- * After the real comparison the test perturbs one weight and checks that the loss,
- * gradient and hidden-state comparisons then fail (the test can fail).
+ * After the real comparison the test perturbs one weight (with a prompt also one used row of
+ * prompt.wte) and checks that the loss, gradient and hidden-state comparisons then fail (the
+ * test can fail).
  *
  * Usage: test_reference [DUMP.h5 ...]; a relative path is also tried under
  * $CF_SOURCE_DIR; without arguments every dump in $CF_SOURCE_DIR/tests/reference. */
@@ -205,6 +208,7 @@ struct dump {
   int64_t B, J, T;
   double n_pts, beta, tau;
   float *z, *y, *eps; /* (B, J, D) (B, J, D); vae (B, T, H), fm / cvae (B, J, Wt), or NULL */
+  int32_t *ids;       /* (B, L) prompt token ids, or NULL */
   float *params;      /* (n_params) as laid out by the model */
   double *grads;      /* (n_params) */
   double loss[4];     /* loss recon kl nll */
@@ -219,6 +223,7 @@ static void dump_free(struct dump *d) {
   free(d->z);
   free(d->y);
   free(d->eps);
+  free(d->ids);
   free(d->params);
   free(d->grads);
   free(d->hidden);
@@ -231,7 +236,7 @@ static void dump_free(struct dump *d) {
 
 static int read_cfg(hid_t f, struct dump *d) {
   int64_t D, S, P, N, H, layers, heads, ffn, head, B, gmm_k, no_history, time_input;
-  int64_t fm_width, fm_draws, fm_steps, cvae_dz;
+  int64_t fm_width, fm_draws, fm_steps, cvae_dz, prompt_len, vocab, prompt_pad;
   double rp, rb, drop, lmin, lmax;
   if (attr_i64(f, "D", &D) || attr_i64(f, "S", &S) || attr_i64(f, "P", &P) ||
       attr_i64(f, "N", &N) || attr_i64(f, "H", &H) || attr_i64(f, "layers", &layers) ||
@@ -240,7 +245,9 @@ static int read_cfg(hid_t f, struct dump *d) {
       attr_f64(f, "dropout", &drop) || attr_f64(f, "logstd_min", &lmin) ||
       attr_f64(f, "logstd_max", &lmax) || attr_f64(f, "beta", &d->beta) ||
       attr_f64(f, "n_pts", &d->n_pts) || attr_i64_opt(f, "no_history", 0, &no_history) ||
-      attr_i64_opt(f, "time_input", 0, &time_input))
+      attr_i64_opt(f, "time_input", 0, &time_input) ||
+      attr_i64_opt(f, "prompt_len", 0, &prompt_len) || attr_i64_opt(f, "vocab", 0, &vocab) ||
+      attr_i64_opt(f, "prompt_pad", 0, &prompt_pad))
     return -1;
   if (head < CF_HEAD_VAE || head > CF_HEAD_CVAE) {
     printf("FAIL: dump attribute head = %lld, expected 0 (vae), 1 (gauss), 2 (gmm), 3 (fm) or "
@@ -276,7 +283,10 @@ static int read_cfg(hid_t f, struct dump *d) {
                                  .fm_steps = fm_steps,
                                  .cvae_dz = cvae_dz,
                                  .no_history = (int)no_history,
-                                 .time_input = (int)time_input};
+                                 .time_input = (int)time_input,
+                                 .prompt_len = prompt_len,
+                                 .vocab = vocab,
+                                 .prompt_pad = prompt_pad};
   d->B = B;
   d->J = N * P;
   d->T = N * P * S;
@@ -309,6 +319,11 @@ static int read_dump(hid_t f, const struct cf_model *m, struct dump *d) {
   } else if (Wt > 0) {
     d->eps = xcalloc((size_t)(B * J * Wt), sizeof(float));
     if (read_ds(f, "inputs/eps", H5T_NATIVE_FLOAT, 3, sh_train, d->eps)) return -1;
+  }
+  if (c->prompt_len > 0) {
+    int64_t sh_ids[2] = {B, c->prompt_len};
+    d->ids = xcalloc((size_t)(B * c->prompt_len), sizeof(int32_t));
+    if (read_ds(f, "inputs/prompt_ids", H5T_NATIVE_INT32, 2, sh_ids, d->ids)) return -1;
   }
   const char *ln[4] = {"out/loss", "out/recon", "out/kl", "out/nll"};
   for (int i = 0; i < 4; i++)
@@ -357,6 +372,10 @@ static int read_dump(hid_t f, const struct cf_model *m, struct dump *d) {
 static int train_step(struct cf_model *m, const struct dump *d, struct cf_loss *l) {
   cf_status st;
   cf_model_zero_grad(m);
+  if (d->ids != NULL && (st = cf_model_set_prompt(m, 0, d->B, d->ids)) != CF_OK) {
+    print_err("cf_model_set_prompt", st);
+    return -1;
+  }
   st = cf_model_forward(m, d->B, d->z, d->y, d->eps, NULL, d->n_pts, (float)d->beta, l);
   if (st != CF_OK) {
     print_err("cf_model_forward", st);
@@ -386,6 +405,10 @@ static int check_hidden(const struct cf_model *m, const struct dump *d, int64_t 
   float *zc = xcalloc((size_t)(B * chunk * D), sizeof(float));
   float *hc = xcalloc((size_t)(B * chunk * S * H), sizeof(float));
   int rc = 0;
+  if (d->ids != NULL && (st = cf_model_prefill(m, &kc, d->ids, NULL, NULL)) != CF_OK) {
+    print_err("cf_model_prefill", st);
+    rc = -1;
+  }
   for (int64_t j0 = 0; j0 < J && rc == 0; j0 += chunk) {
     for (int64_t b = 0; b < B; b++)
       memcpy(zc + b * chunk * D, d->z + (b * J + j0) * D, (size_t)(chunk * D) * sizeof(float));
@@ -480,14 +503,15 @@ static int run_dump(const char *path) {
   H5Fclose(f);
   printf("  head %s (gmm_k %lld, fm width %lld draws %lld steps %lld, cvae dz %lld), D %lld "
          "S %lld P %lld N %lld H %lld layers %lld heads %lld "
-         "ffn %lld rotary_pct %g, logstd [%g, %g], no_history %d time_input %d, B %lld, "
-         "%zu parameters in %d tensors\n",
+         "ffn %lld rotary_pct %g, logstd [%g, %g], no_history %d time_input %d, prompt %lld "
+         "tokens (V %lld), B %lld, %zu parameters in %d tensors\n",
          cf_head_name(d.cfg.head), (long long)d.cfg.gmm_k, (long long)d.cfg.fm_width,
          (long long)d.cfg.fm_draws, (long long)d.cfg.fm_steps, (long long)d.cfg.cvae_dz,
          (long long)d.cfg.D, (long long)d.cfg.S, (long long)d.cfg.P, (long long)d.cfg.N,
          (long long)d.cfg.H, (long long)d.cfg.layers, (long long)d.cfg.heads, (long long)d.cfg.ffn,
          d.cfg.rotary_pct, (double)d.cfg.logstd_min, (double)d.cfg.logstd_max, d.cfg.no_history,
-         d.cfg.time_input, (long long)d.B, m.n_params, m.n_tensors);
+         d.cfg.time_input, (long long)d.cfg.prompt_len, (long long)d.cfg.vocab, (long long)d.B,
+         m.n_params, m.n_tensors);
   memcpy(m.params, d.params, m.n_params * sizeof(float));
 
   float *h = xcalloc((size_t)(d.B * d.T * d.cfg.H), sizeof(float));
@@ -526,6 +550,29 @@ static int run_dump(const char *path) {
         bad++;
       }
       m.params[ti->offset] = d.params[ti->offset];
+    }
+  }
+  /* with a prompt: one element of the wte row of the last sequence's last id */
+  if (bad == 0 && d.ids != NULL) {
+    const struct cf_tensor_info *ti = cf_model_find(&m, "prompt.wte.weight");
+    size_t at = ti != NULL ? ti->offset + (size_t)d.ids[d.B * d.cfg.prompt_len - 1] * d.cfg.H : 0;
+    if (!ti) {
+      printf("FAIL: cf_model_find(\"prompt.wte.weight\") is NULL\n");
+      bad++;
+    } else {
+      m.params[at] += 0.05f;
+      struct cf_loss lp;
+      if (train_step(&m, &d, &lp) == 0) {
+        int lb = compare_loss(&lp, d.loss, 1), gb = compare_grads(&m, d.grads, 1);
+        int hbad = check_hidden(&m, &d, d.J, h, 1);
+        printf("  %s self-check: a used prompt.wte element += 0.05 -> %d loss / %d grad / %d "
+               "hidden mismatches\n",
+               lb > 0 && gb > 0 && hbad > 0 ? "ok  " : "FAIL", lb, gb, hbad);
+        bad += !(lb > 0 && gb > 0 && hbad > 0);
+      } else {
+        bad++;
+      }
+      m.params[at] = d.params[at];
     }
   }
   free(h);

@@ -403,7 +403,8 @@ static void test_resume(void) {
   hid_t h = H5Fcreate(at("other.h5"), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   H5Fclose(h);
   EXPECT_FAIL_STATUS(cf_samples_resume(&s, at("other.h5"), &spec), CF_ECORRUPT,
-                     "has no attribute 'format'", "resume an HDF5 file without attributes");
+                     "is not a calmflow samples file (no 'format' attribute)",
+                     "resume an HDF5 file without attributes");
 }
 
 /* ---- the kill test ---- */

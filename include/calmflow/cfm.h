@@ -3,17 +3,20 @@
  * coupling over the global batch of all data-parallel ranks), and sampling by integrating
  * dx/dt = v_theta(x, t) from t = 0 to 1 with PETSc TS (calmflow-method.md section 7.4).
  *
- * Network (D data dims, K time frequencies, width W, L >= 1 hidden layers):
- *   in   = [x (D) | t | sin(pi k t), cos(pi k t) for k = 1..K]     (D + 1 + 2K features)
- *   h_1  = relu(ln(fc1(in)))        fc1 (W, D + 1 + 2K)
+ * Network (D data dims, K time frequencies, C condition features, width W, L >= 1 hidden
+ * layers):
+ *   in   = [x (D) | t | sin(pi k t), cos(pi k t) for k = 1..K | c (C)]   (D + 1 + 2K + C)
+ *   h_1  = relu(ln(fc1(in)))        fc1 (W, D + 1 + 2K + C)
  *   h_l  = relu(ln(fc_l(h_{l-1})))  fc_l (W, W), l = 2..L
  *   v    = out(h_L)                 out (D, W)
  * ln is a LayerNorm without affine (eps 1e-5): the model's LN+ReLU unit (src/model/layers.h),
  * with no dropout. Linears are y = x W^T + b, weights (out, in) row-major, initialized
  * PyTorch-style U(-1/sqrt(in), 1/sqrt(in)) for weight and bias from CF_RNG_INIT with
  * index = tensor id and element = the value's index in the tensor, as model.c does.
+ * The conditional CFM (C > 0, -cfm_cond): c is the condition of the point, the one-hot
+ * vectors of its data row's categories (conds.h); C = 0 is the unconditional network.
  * Tensors, in this order in one contiguous parameter buffer (gradients laid out alike):
- *   cfm.fc1.weight (W, D+1+2K) cfm.fc1.bias (W) ... cfm.fcL.weight (W, W) cfm.fcL.bias (W)
+ *   cfm.fc1.weight (W, D+1+2K+C) cfm.fc1.bias (W) ... cfm.fcL.weight (W, W) cfm.fcL.bias (W)
  *   cfm.out.weight (D, W) cfm.out.bias (D)
  *
  * Training pairs for global sample g of training step `step` (flow.h's keys, so CaLMFlow and
@@ -21,7 +24,9 @@
  *   x0 = draw of src with {seed, CF_RNG_X0, step, g}
  *   x1 = draw of tgt with {seed, CF_RNG_X1, step, g}
  *   t  = cf_rng_uniform1({seed, CF_RNG_PATH, step, g}, 0), eps_d = cf_rng_normal1(same, 4 + d)
- *   OT-CFM only: x1 rows are re-paired by the exact OT assignment over the global batch
+ *   OT-CFM only: x1 rows are re-paired by the exact OT assignment over the global batch; a
+ *   conditional model solves one assignment per condition group of the global batch, so a
+ *   point keeps its condition (cf_cfm_ot_couple_groups)
  *   x_t = (1 - t) x0 + t x1 + sigma eps,  u = x1 - x0
  *   loss = (1/n) sum_i ||v_theta(x_t,i, t_i) - u_i||^2  (squared norm summed over D, mean
  *          over the n points of the global batch)
@@ -49,6 +54,7 @@ struct cf_cfm_cfg {
   int64_t width;      /* hidden width W */
   int64_t layers;     /* hidden layers L (>= 1); L + 1 linears */
   int64_t time_freqs; /* K: time features t, sin(pi k t), cos(pi k t), k = 1..K (8) */
+  int64_t cond_dim;   /* C: condition features at the end of the input (0: unconditional) */
 };
 
 struct cf_cfm {
@@ -63,9 +69,9 @@ struct cf_cfm {
 };
 
 /* Local. Check cfg (CF_EINVAL naming what is wrong: D, width, layers >= 1, time_freqs in
- * [0, 64]). */
+ * [0, 64], cond_dim in [0, 2^20]). */
 cf_status cf_cfm_cfg_check(const struct cf_cfm_cfg *cfg);
-/* Local. Input features of the network: D + 1 + 2K. */
+/* Local. Input features of the network: D + 1 + 2K + C. */
 int64_t cf_cfm_in_features(const struct cf_cfm_cfg *cfg);
 /* Local. Parameters (floats) of the network, without allocating. */
 size_t cf_cfm_param_count(const struct cf_cfm_cfg *cfg);
@@ -86,15 +92,22 @@ const struct cf_tensor_info *cf_cfm_find(const struct cf_cfm *m, const char *nam
 /* Local. v (B, D) = v_theta(x, t) for x (B, D), t (B), B <= max_batch; keeps the activations
  * for cf_cfm_backward (v may be NULL: kept internally only). */
 cf_status cf_cfm_forward(struct cf_cfm *m, int64_t B, const float *x, const float *t, float *v);
+/* Local. The same with the conditions c (B, C) of the points (NULL only when C == 0);
+ * cf_cfm_forward is this with c NULL. */
+cf_status cf_cfm_forward_c(struct cf_cfm *m, int64_t B, const float *x, const float *t,
+                           const float *c, float *v);
 /* Local. Backward of the last cf_cfm_forward: adds d loss / d params for dv = d loss / d v
  * (B, D) into m->grads. */
 cf_status cf_cfm_backward(struct cf_cfm *m, const float *dv);
 /* Local. Forward, loss and backward on a built batch: xt, u (B, D), t (B). *loss = this
  * call's sum_i ||v_i - u_i||^2 / n_total (summed over ranks with n_total the global batch it is
- * the global loss); gradients of that are added to m->grads. CF_ENUM if the loss is not
- * finite. */
+ * the global loss); gradients of that are added to m->grads. A loss that is not finite is
+ * returned as it is (the training loop's -train_nan_policy decides, on every rank alike). */
 cf_status cf_cfm_loss_grad(struct cf_cfm *m, int64_t B, const float *xt, const float *t,
                            const float *u, double n_total, double *loss);
+/* Local. The same with the conditions c (B, C) (NULL only when C == 0). */
+cf_status cf_cfm_loss_grad_c(struct cf_cfm *m, int64_t B, const float *xt, const float *t,
+                             const float *c, const float *u, double n_total, double *loss);
 
 /* ---- training pairs ---- */
 
@@ -103,6 +116,11 @@ cf_status cf_cfm_loss_grad(struct cf_cfm *m, int64_t B, const float *xt, const f
 cf_status cf_cfm_draw(const struct cf_dist *src, const struct cf_dist *tgt, int64_t D,
                       uint64_t seed, uint32_t step, uint64_t g0, int64_t B, float *x0, float *x1,
                       float *t, float *eps);
+/* Local. cf_cfm_draw that also returns row (B): the row of tgt each x1 is (cf_dist_row; tgt
+ * must be a point set, CF_EINVAL otherwise), for the row's condition. */
+cf_status cf_cfm_draw_rows(const struct cf_dist *src, const struct cf_dist *tgt, int64_t D,
+                           uint64_t seed, uint32_t step, uint64_t g0, int64_t B, float *x0,
+                           float *x1, float *t, float *eps, int64_t *row);
 /* Local. The conditional path: xt = (1 - t) x0 + t x1 + sigma eps, u = x1 - x0, all (B, D);
  * eps may be NULL when sigma == 0. */
 void cf_cfm_path(int64_t B, int64_t D, const float *x0, const float *x1, const float *t,
@@ -113,12 +131,14 @@ void cf_cfm_path(int64_t B, int64_t D, const float *x0, const float *x1, const f
 struct cf_cfm_ot {
   MPI_Comm comm; /* borrowed: must outlive the struct */
   int size, rank;
-  int64_t max_n, D;   /* global batch capacity, dimension */
-  int *counts, *offs; /* (size) floats per rank, their offsets (for Allgatherv) */
-  float *x0, *x1;     /* (max_n, D) the gathered global batch */
-  double *cost;       /* (max_n, max_n) squared Euclidean costs */
-  int64_t *col;       /* (max_n) x1 row assigned to each x0 row */
-  int64_t *blocks;    /* (size) points per rank in the last call */
+  int64_t max_n, D;       /* global batch capacity, dimension */
+  int64_t *counts, *offs; /* (size) elements per rank, their offsets (cf_mpi_allgatherv) */
+  float *x0, *x1;         /* (max_n, D) the gathered global batch */
+  double *cost;           /* (max_n, max_n) squared Euclidean costs */
+  int64_t *col;           /* (max_n) x1 row assigned to each x0 row */
+  int64_t *blocks;        /* (size) points per rank in the last call */
+  int64_t *grp, *idx;     /* (max_n) gathered condition groups, rows sorted by group */
+  int64_t *sub;           /* (max_n) one group's assignment */
 };
 /* Local. Workspace for global batches of up to max_n points in dimension D on comm
  * (max_n^2 doubles for the cost matrix). */
@@ -134,6 +154,14 @@ void cf_cfm_ot_release(struct cf_cfm_ot *ot); /* idempotent; *ot all-zero after 
  * Every rank fails alike when the global batch exceeds max_n or a value is not finite. */
 cf_status cf_cfm_ot_couple(struct cf_cfm_ot *ot, int64_t B, const float *x0, float *x1,
                            int64_t *pair, double *cost_ot, double *cost_id);
+/* Collective on ot->comm. cf_cfm_ot_couple within condition groups: group (B) holds each local
+ * row's group (any int64; rows of equal group have equal conditions; NULL: one group, exactly
+ * cf_cfm_ot_couple). The global batch is split by group; each group's rows (in global order)
+ * get their own exact assignment of their x1 rows to their x0 rows, groups in increasing order,
+ * so a row's x1 always comes from a row of its own group. cost_ot sums the groups' costs. */
+cf_status cf_cfm_ot_couple_groups(struct cf_cfm_ot *ot, int64_t B, const float *x0, float *x1,
+                                  const int64_t *group, int64_t *pair, double *cost_ot,
+                                  double *cost_id);
 
 /* ---- integration with PETSc TS ---- */
 
@@ -169,5 +197,9 @@ cf_status cf_ode_solve(cf_ode_rhs_fn rhs, void *ctx, int64_t n, double *x,
  * CF_ENUM when a result is not finite. */
 cf_status cf_cfm_sample(struct cf_cfm *m, int64_t n, float *x, const struct cf_ode_opts *o,
                         struct cf_ode_stats *st);
+/* Local. cf_cfm_sample of a conditional model: point i flows under the condition c (n, C) row
+ * i (NULL only when C == 0). */
+cf_status cf_cfm_sample_c(struct cf_cfm *m, int64_t n, float *x, const float *c,
+                          const struct cf_ode_opts *o, struct cf_ode_stats *st);
 
 #endif

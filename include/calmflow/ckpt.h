@@ -59,11 +59,12 @@ struct cf_ckpt_tensor {
   int replica, n_replicas;
 };
 
-/* The root attributes. layout, rng and rng_step are optional (added to version 2 without a
- * version bump; files written before them still load): on writing, layout NULL stores no
- * "layout" and rng NULL stores neither "rng" nor "rng_step" (so a zero-initialised meta writes
- * what it always wrote); rng set needs rng_step >= 0. On reading, an absent attribute gives
- * NULL (layout, rng) or -1 (rng_step). */
+/* The root attributes. layout, rng, rng_step and conditions are optional (added to version 2
+ * without a version bump; files written before them still load): on writing, layout NULL stores
+ * no "layout", rng NULL stores neither "rng" nor "rng_step" and conditions NULL no
+ * "conditions" (so a zero-initialised meta writes what it always wrote); rng set needs
+ * rng_step >= 0. On reading, an absent attribute gives NULL (layout, rng, conditions) or -1
+ * (rng_step). */
 struct cf_ckpt_meta {
   int64_t step;             /* training steps completed */
   uint64_t seed;            /* the run's -seed */
@@ -74,6 +75,8 @@ struct cf_ckpt_meta {
   const char *layout;       /* the writer's process grid, e.g. "dp2 x pp1 x cp1 x tp2 (4 ranks)" */
   const char *rng;          /* the generator and its keying, e.g. "philox4x32-10 keyed by ..." */
   int64_t rng_step;         /* the step counter of the first draw after this checkpoint */
+  const char *conditions;   /* optional: a conditional model's condition columns and their
+                               categories (conds.h's text form, at most CF_CONDS_TEXT_MAX bytes) */
 };
 
 /* Local. The version-2 checksum of the block x (nr x nc, row-major) that sits at rows r0..,
@@ -92,7 +95,8 @@ uint64_t cf_ckpt_checksum(const float *x, int64_t cols, int64_t r0, int64_t c0, 
  * of a block writes its rows [i*nr/n, (i+1)*nr/n) with a collective transfer (all ranks of
  * comm holding whole tensors: rank r of R writes rows [r*rows/R, (r+1)*rows/R)). Root
  * attributes: format, format_version, step, seed, world, data_cursor, options, model_kind,
- * layout (if given), rng and rng_step (if rng is given), n_tensors, checksum_algorithm, and
+ * layout (if given), rng and rng_step (if rng is given), conditions (if given), n_tensors,
+ * checksum_algorithm, and
  * "complete" = 1 written last; each dataset carries a
  * "checksum" attribute (cf_ckpt_checksum of the whole tensor, uint64, summed from the
  * writers' parts with MPI_Allreduce). On failure the temporary file is removed and an
@@ -103,8 +107,9 @@ cf_status cf_ckpt_write(MPI_Comm comm, const char *path, const struct cf_ckpt_me
 /* Collective on comm. Read the metadata of checkpoint `path`. *options_yaml receives a
  * cf_alloc'd copy of the options string (the caller cf_free's it); meta->options_yaml points
  * to that same buffer. meta->model_kind, meta->layout and meta->rng point to buffers owned by
- * the io layer, valid until the next cf_ckpt_read_meta (so they outlive the options buffer);
- * layout and rng are NULL and rng_step -1 when the file does not store them (older files).
+ * the io layer, valid until the next cf_ckpt_read_meta (so they outlive the options buffer),
+ * and so does meta->conditions; layout, rng and conditions are NULL and rng_step -1 when the
+ * file does not store them.
  * Errors: missing file, not HDF5 or corrupt, not a calmflow checkpoint, format_version newer
  * than CF_CKPT_FORMAT_VERSION, completion mark missing, a required attribute missing. */
 cf_status cf_ckpt_read_meta(MPI_Comm comm, const char *path, struct cf_ckpt_meta *meta,

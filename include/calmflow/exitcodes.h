@@ -11,6 +11,7 @@
 #define CF_EXIT_ERROR 1    /* an error was reported (one "calmflow: error:" line) */
 #define CF_EXIT_USAGE 2    /* no command or an unknown command; nothing was run */
 #define CF_EXIT_WATCHDOG 3 /* -par_timeout: a rank was stuck in one communication too long */
+#define CF_EXIT_NUMERIC 4  /* a numerical failure (CF_ENUM): NaN/Inf in training, ... */
 #define CF_EXIT_REQUEUE                                                                            \
   75 /* checkpoint committed on a preemption/time-limit signal: requeue                            \
         (EX_TEMPFAIL from sysexits.h) */

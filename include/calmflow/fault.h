@@ -16,6 +16,8 @@
  *                         "injected fault at <site> (eio)" and sets errno = EIO
  *               enospc    the same with "(enospc)" and errno = ENOSPC
  *               delay=S   sleep S seconds (S >= 0, fractions allowed), then continue
+ *               nan, inf  only at the value sites (nan_grad, nan_loss): the value the site hands
+ *                         to cf_fault_poison becomes NaN / +Inf (a parse error elsewhere)
  * hang, kill and exit print one line "calmflow: injected fault: rank R <action> at <site>
  * (occurrence N)" to stderr first, so a log shows why the process stopped. When several entries
  * match the same call they act in the order written; the first eio/enospc ends the call.
@@ -28,6 +30,10 @@
  *   h5_write        before a dataset is written by the HDF5 point-set writer
  *   sample_batch    before a batch of sequences is rolled out
  *   pipeline_send   before a pipeline stage sends a micro-batch's activations to the next
+ *   nan_grad        value site: one element of this rank's gradient (the first of the range
+ *                   it updates), after the data-parallel reduction of a training step
+ *   nan_loss        value site: this rank's share of a training step's loss, before the loss
+ *                   all-reduce
  *
  * Cost: when CF_FAULT is unset, cf_fault_point is one predictable branch (an inline test of a
  * global flag), so call sites stay in release builds.
@@ -53,12 +59,22 @@ extern int cf_fault_armed_;
 /* Local. The slow path of cf_fault_point; call cf_fault_point instead. */
 cf_status cf_fault_hit_(const char *site);
 
+/* Local. The slow path of cf_fault_poison; call cf_fault_poison instead. */
+cf_status cf_fault_poison_(const char *site, double *x);
+
 /* Local. Count one arrival at `site` and perform what CF_FAULT says for this arrival: hang,
  * kill and exit do not return; delay returns CF_OK after sleeping; eio/enospc return CF_EIO
  * (propagate it with CF_TRY like a real i/o failure). CF_OK otherwise. */
 static inline cf_status cf_fault_point(const char *site) {
   if (__builtin_expect(!cf_fault_armed_, 1)) return CF_OK;
   return cf_fault_hit_(site);
+}
+
+/* Local. cf_fault_point for a value site: the same arrival counting and actions, and nan / inf
+ * replace *x by NaN / +Inf (x is left alone otherwise). */
+static inline cf_status cf_fault_poison(const char *site, double *x) {
+  if (__builtin_expect(!cf_fault_armed_, 1)) return CF_OK;
+  return cf_fault_poison_(site, x);
 }
 
 #endif

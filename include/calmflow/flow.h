@@ -47,6 +47,9 @@ cf_status cf_dist_by_name(struct cf_dist *d, const char *name, int64_t dim, cons
 void cf_dist_points(struct cf_dist *d, const float *x, int64_t n, int64_t dim);
 /* Local. One draw from d with the random stream r (elements 0, 1, 2, ...): out (dim). */
 void cf_dist_draw(const struct cf_dist *d, const struct cf_rng *r, float *out);
+/* Local. The row of a point set (CF_DIST_POINTS) that cf_dist_draw with r draws; -1 for any
+ * other distribution. */
+int64_t cf_dist_row(const struct cf_dist *d, const struct cf_rng *r);
 /* Local. The names accepted by cf_dist_by_name, for help texts. */
 const char *cf_dist_names(void);
 

@@ -80,7 +80,8 @@ struct cf_h5ad {
 
 /* Collective on comm. Open `path` read-only and check X's layout (encoding, shape, dataset
  * lengths and types) and obs / var (dataframe encoding, index length equal to X's rows /
- * columns). On error *a is closed (nothing to release) on every rank. */
+ * columns; a sparse X needs the index that confirms the dimension only its shape attribute
+ * gives: var for CSR, obs for CSC). On error *a is closed (nothing to release) on every rank. */
 cf_status cf_h5ad_open(struct cf_h5ad *a, MPI_Comm comm, const char *path);
 /* Collective. Close the file; harmless to repeat. */
 void cf_h5ad_close(struct cf_h5ad *a);

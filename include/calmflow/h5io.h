@@ -52,11 +52,20 @@ struct cf_h5_writer {
   char path[CF_H5_PATH_MAX];     /* final name */
   char tmp[CF_H5_PATH_MAX + 32]; /* "<path>.tmp.<pid of rank 0>" */
   const char *rename_fault;      /* fault site (fault.h) rank 0 passes before the rename, or NULL */
+  double used, reserved;         /* bytes accounted for so far / reserved on disk (rank 0) */
 };
 
 /* Collective on comm. Create the temporary file for `path` (whose directory must exist and
  * be writable). On error nothing is left behind and w needs no abort. */
 cf_status cf_h5_writer_open(struct cf_h5_writer *w, MPI_Comm comm, const char *path);
+/* Collective. Count `bytes` more that the caller is about to write through w->file itself and
+ * make sure the disk has room for all that is counted: rank 0 reserves it in the temporary file
+ * (posix_fallocate) before HDF5 writes anything it would have to flush, so a full disk, a quota
+ * or a file-size limit fails here ("cannot write 'F': no room on disk for its first N MiB (...)")
+ * and abort can still close and remove the file (a failed H5Fclose crashes HDF5 1.10.8 at exit).
+ * open counts room for HDF5's metadata, put and attr count what they add. HDF5 cuts the file
+ * to its real size when it closes it. After a failure only abort remains. */
+cf_status cf_h5_writer_reserve(struct cf_h5_writer *w, double bytes);
 /* Collective. Add dataset `dset` (intermediate groups are created) of float32 x with
  * ndim (1..8) dimensions shape[0..ndim-1], all >= 1, row-major; x identical on all ranks,
  * each rank writes rows [r*shape[0]/R, (r+1)*shape[0]/R) collectively. */

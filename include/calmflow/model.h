@@ -54,6 +54,16 @@
  *   decoder dec (every head but fm), I = max(S*H, D): fc1 (I x S*H; cvae: I x (S*H + dz)) -> LN
  *                  no affine -> ReLU -> dropout -> fc2 (I x I) -> LN no affine -> ReLU -> dropout
  *                  -> fc3 (Dout x I)
+ *   text prompt (optional, cfg.prompt_len = L > 0; calmflow-method.md 2.4): L token ids per
+ *            sequence (left-padded with cfg.prompt_pad, see cf_model_set_prompt) are embedded
+ *            by the table prompt.wte (V, H): row id is the token's input vector, no scaling,
+ *            no position term. The sequence through the blocks is [prompt (L) | trajectory
+ *            tokens (T)]: prompt token i at rotary position i, trajectory token k at L + k.
+ *            Attention stays plain causal over the whole sequence: there is no padding mask,
+ *            so pad tokens are ordinary tokens every later token attends to. lnf, the head,
+ *            the decoder and the loss see the T trajectory tokens only (the prompt rows'
+ *            outputs are dropped); d loss / d (prompt rows) flows into the wte rows of the ids
+ *            used. Needs history (-flow_history 1).
  *   All LayerNorms use eps 1e-5. Weights are stored PyTorch-style (out, in), row-major;
  *   y = x W^T + b through cblas_sgemm (sampling: cf_linear_rows, row-deterministic).
  *
@@ -62,6 +72,8 @@
  * global shape (checkpoint dataset names). Tensor names:
  *   enc.fc1.weight (S*H, D; D+1 with time_input)  enc.fc1.bias (S*H)
  *   enc.fc2.weight (S*H, S*H)  enc.fc2.bias (S*H)
+ *   prompt.wte.weight (V, H)   only with a prompt (V = cfg.vocab, the tokenizer's vocabulary
+ *                              size: the layout of GPT-NeoX's gpt_neox.embed_in.weight)
  *   layers.L.ln1.weight (H) .ln1.bias .ln2.weight .ln2.bias
  *   layers.L.attn.qkv.weight (3H, H) .attn.qkv.bias (3H) .attn.out.weight (H, H) .attn.out.bias (H)
  *   layers.L.mlp.fc1.weight (ffn, H) .mlp.fc1.bias (ffn) .mlp.fc2.weight (H, ffn) .mlp.fc2.bias (H)
@@ -93,15 +105,21 @@
  *
  * Parallel parts (cf_model_init_part with a process grid, grid.h): a rank holds
  *   - pipeline: the layers [l0, l1) of its stage (cf_grid_stage_layers); stage 0 also the
- *     encoder, the last stage also lnf, the head and the decoder;
+ *     encoder and prompt.wte, the last stage also lnf, the head and the decoder;
  *   - tensor (Megatron): heads [t*heads/tp, (t+1)*heads/tp) of every block it holds, i.e. the
  *     row block of attn.qkv (weight and bias), the column block of attn.out.weight, the row
  *     block of mlp.fc1 (ffn/tp rows) and the column block of mlp.fc2.weight; LayerNorms, the
- *     out / fc2 biases, encoder, head and decoder are replicated. One all-reduce over the
+ *     out / fc2 biases, encoder, prompt.wte (not split by vocabulary: every tensor rank
+ *     embeds the whole prompt), head and decoder are replicated. One all-reduce over the
  *     tensor group per block in forward, one in backward;
  *   - context: the points [plo[0], phi[0]) and [plo[1], phi[1]) of every sequence
  *     (cf_grid_cp_chunks over the N*P points, so a point's S tokens stay together); attention
- *     runs over the ring (ring.h). Inputs stay whole sequences; the rank uses its rows.
+ *     runs over the ring (ring.h). Inputs stay whole sequences; the rank uses its rows. With a
+ *     prompt, context rank 0 (whose first chunk starts the sequence) also holds the L prompt
+ *     rows in front of its trajectory rows; the ring's token ranges are those of the whole
+ *     sequence [prompt | trajectory].
+ *   Rows per sequence through the blocks (stage boundaries, cf_model_local_tokens): the
+ *   prompt rows held (L or 0) followed by the trajectory token rows held.
  * The tensor table lists every tensor of the whole model on every rank (checkpoints name
  * them all) with this rank's block; tensors of other stages have held = 0.
  * Weights are initialized by global element index, so any layout starts from the same model.
@@ -155,6 +173,10 @@ struct cf_model_cfg {
   int time_input;   /* 1: the encoder also sees the point's time t_j = (j / P) / (N - 1) as an
                        extra input column (enc.fc1 is (S*H, D + 1)); the default without
                        history, where rotary positions alone cannot tell the time */
+  /* text prompt (0: none; see "text prompt" above) */
+  int64_t prompt_len; /* L: text-prompt tokens in front of every sequence (0: no prompt) */
+  int64_t vocab;      /* V: rows of prompt.wte, the tokenizer's vocabulary size (prompt only) */
+  int64_t prompt_pad; /* the left-pad token id, in [0, V) (GPT-2 / GPT-NeoX: <|endoftext|>) */
 };
 
 /* Dropout key: sequence b of a call is global sequence seq0 + b. */
@@ -228,7 +250,9 @@ cf_status cf_model_init_part(struct cf_model *m, const struct cf_model_cfg *cfg,
 /* Local. Whether this rank holds the encoder (first stage) / the head (last stage). */
 int cf_model_first(const struct cf_model *m);
 int cf_model_last(const struct cf_model *m);
-/* Local. Token rows per sequence on this rank (T, or its context-parallel share). */
+/* Local. Rows per sequence through this rank's blocks: its trajectory tokens (T, or its
+ * context-parallel share) plus the L prompt rows when it holds them (a prompt model on
+ * context rank 0). The stage-boundary buffers hold this many rows per sequence. */
 int64_t cf_model_local_tokens(const struct cf_model *m);
 /* Local. Sum of squares of the gradients this rank counts for the global gradient norm: its
  * blocks of tensor-split tensors, replicated tensors on tensor rank 0 only. Summed over the
@@ -284,6 +308,14 @@ const struct cf_tensor_info *cf_model_find(const struct cf_model *m, const char 
 
 void cf_model_zero_grad(struct cf_model *m);
 
+/* Local. The prompt token ids of sequences [b0, b0 + B) of the activation storage: ids (B, L),
+ * each in [0, V), left-padded to L with cfg.prompt_pad by the caller. A forward (and its
+ * backward) at b0 embeds the ids last set there (all pads until set); set them before every
+ * forward. CF_EINVAL without a prompt (cfg.prompt_len 0), for a range
+ * outside max_batch or an id outside the vocabulary. Only the first pipeline stage uses them
+ * (other stages may call it too). */
+cf_status cf_model_set_prompt(struct cf_model *m, int64_t b0, int64_t B, const int32_t *ids);
+
 /* Attention diagnostics of one layer over the last training forward (cf_model_forward), averaged
  * over its sequences, heads and the query tokens at time points t >= 1. */
 struct cf_attn_stats {
@@ -294,7 +326,7 @@ struct cf_attn_stats {
   double k_norm;  /* the same for the k rows */
 };
 /* Local. Fill st (layers) from the last cf_model_forward of B sequences. Needs the whole model
- * on this rank (no tensor, pipeline or context split: CF_EINVAL otherwise). */
+ * on this rank (no tensor, pipeline or context split: CF_EINVAL otherwise) and no prompt. */
 cf_status cf_model_attn_stats(const struct cf_model *m, int64_t B, struct cf_attn_stats *st);
 
 /* Local. Training forward for B <= max_batch sequences; keeps activations for backward.
@@ -341,23 +373,40 @@ float *cf_model_stage_grad(struct cf_model *m, int64_t b0, int64_t B);
 /* ---- inference with a KV cache ---- */
 struct cf_kvcache {
   int64_t B;       /* sequences */
-  int64_t max_len; /* tokens per sequence the cache can hold */
+  int64_t max_len; /* trajectory tokens per sequence the cache can hold (a prompt model's cache
+                      holds the L prompt tokens besides) */
   int64_t max_new; /* tokens per sequence one extend call may add */
-  int64_t len;     /* tokens cached so far (same for every sequence) */
+  int64_t len;     /* trajectory tokens cached so far (same for every sequence; the prompt
+                      tokens of cf_model_prefill are not counted) */
   void *impl;
 };
 
 /* Local. Cache and workspace for B sequences of up to max_len tokens, adding at most
  * max_new tokens per call (max_new = P*S for KV-cached rollout, max_len for recompute).
+ * A prompt model's cache also holds the L prompt tokens (cf_model_prefill; its workspace
+ * takes max(max_new, L) tokens per call).
  * On a model part (cf_model_init_part) the cache holds this rank's layers, its heads (tensor
  * parallel) and the keys and values of its tokens (context parallel: the points of
- * cf_grid_cp_chunks, so max_len <= N*P*S); sized exactly for that. */
+ * cf_grid_cp_chunks, so max_len <= N*P*S; the prompt on context rank 0); sized exactly for
+ * that. */
 cf_status cf_kvcache_init(struct cf_kvcache *c, const struct cf_model *m, int64_t B,
                           int64_t max_len, int64_t max_new);
 void cf_kvcache_release(struct cf_kvcache *c);
-void cf_kvcache_reset(struct cf_kvcache *c); /* len = 0 */
+void cf_kvcache_reset(struct cf_kvcache *c); /* len = 0, and the prompt forgotten */
 
-/* Append np new points per sequence (np*S tokens at positions len .. len+np*S-1) through
+/* Put the prompt into an empty cache (after init or reset, before any extend): the L prompt
+ * tokens of every sequence at positions 0 .. L-1, through this rank's part of the model.
+ *   ids  first stage: (B, L) token ids in [0, V), left-padded as for training; else unused
+ *   in   other stages: (B, L, H) the previous stage's out; first stage: unused (NULL)
+ *   out  (B, L, H) the residual stream after this stage's layers, for the next stage; the
+ *        last stage may pass NULL (the prompt's outputs are not used)
+ * On a prompt model cf_model_extend refuses a cache that was not prefilled. Collective and
+ * batch invariant as cf_model_extend. CF_EINVAL without a prompt, on a non-empty cache or
+ * for an id outside the vocabulary. */
+cf_status cf_model_prefill(const struct cf_model *m, struct cf_kvcache *c, const int32_t *ids,
+                           const float *in, float *out);
+
+/* Append np new points per sequence (np*S tokens at positions L+len .. L+len+np*S-1) through
  * this rank's part of the model. No dropout.
  *   in   first stage: z_new (B, np, D) the new points; other stages: (B, np*S, H) the
  *        previous stage's out

@@ -50,6 +50,9 @@ struct cf_sample_cfg {
   int traj;      /* the sink also gets every time point */
   uint64_t seed;
   int quiet;
+  const int32_t *prompt; /* a prompt model (model.h "text prompt"): (prompt_len) left-padded ids
+                            every sequence starts with, prefilled into its KV cache (recompute:
+                            on every step); NULL for a model without prompt */
 };
 
 /* Rank 0 only: samples [i0, i0 + count) are done, in order (each call continues the last).
@@ -92,11 +95,13 @@ struct cf_rollout_ode {
  * k % size; rank 0 gathers each round's chunks and hands them to the sink in sample order. The
  * adaptive step is shared within a chunk, so a sample depends on -sample_batch but not on the
  * rank count. traj: the N time points t0 + (t1 - t0) i / (N - 1) are stops of the integration
- * (one solve per interval) and the sink gets all of them. Every rank returns the same status;
- * what reached the sink stays valid. stats and ode may be NULL. */
+ * (one solve per interval) and the sink gets all of them. A conditional model (cond_dim C > 0)
+ * flows every sample under the condition cond (C), e.g. cf_conds_onehot of -sample_cond; cond
+ * is NULL for an unconditional one. Every rank returns the same status; what reached the sink
+ * stays valid. stats and ode may be NULL. */
 cf_status cf_rollout_cfm_run(MPI_Comm comm, struct cf_cfm *m, const struct cf_dist *src,
-                             const struct cf_sample_cfg *sc, int64_t N, const struct cf_ode_opts *o,
-                             cf_rollout_sink sink, void *sink_ctx, struct cf_rollout_stats *stats,
-                             struct cf_rollout_ode *ode);
+                             const float *cond, const struct cf_sample_cfg *sc, int64_t N,
+                             const struct cf_ode_opts *o, cf_rollout_sink sink, void *sink_ctx,
+                             struct cf_rollout_stats *stats, struct cf_rollout_ode *ode);
 
 #endif

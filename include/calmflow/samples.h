@@ -114,9 +114,11 @@ cf_status cf_samples_resume(struct cf_samples *s, const char *path,
                             const struct cf_samples_spec *spec);
 
 /* Local. Append rows n_done .. n_done + count - 1: x (count, D) and, when the file has /traj,
- * traj (count, N, D) (ignored otherwise). Extends the datasets, writes, flushes (and fsyncs),
- * then writes n_done += count and flushes (and fsyncs) again. count == 0 does nothing. Errors:
- * not open, failed before, complete, n_done + count > n, NULL data, HDF5 write failure (then
+ * traj (count, N, D) (ignored otherwise). Reserves the disk space the rows need (posix_fallocate:
+ * a full disk fails here, "cannot write samples to 'f': no room on disk for its first N MiB (...)",
+ * before anything is written), extends the datasets, writes, flushes (and fsyncs), then writes
+ * n_done += count and flushes (and fsyncs) again. count == 0 does nothing. Errors: not open,
+ * failed before, complete, n_done + count > n, NULL data, no room, HDF5 write failure (then
  * the file keeps its last committed n_done and s only accepts close). */
 cf_status cf_samples_append(struct cf_samples *s, int64_t count, const float *x, const float *traj);
 

@@ -89,15 +89,20 @@ cf_status cf_scprep_obs_columns(struct cf_h5ad *a, const char *spec, const char 
 
 /* The labels written with the points: read from the .h5ad before it is closed. */
 struct cf_scprep_labels {
-  char **var_index;  /* (n_var) gene names */
-  char **obs_index;  /* (n_obs) cell names */
-  int64_t n_columns; /* obs columns copied */
-  char **columns;    /* (n_columns) their names (borrowed, from cf_scprep_obs_columns) */
-  char ***values;    /* (n_columns) each (n_obs) strings, cf_h5ad_read_strings */
+  char **var_index;         /* (n_var) gene names */
+  char **obs_index;         /* (n_obs) cell names */
+  int64_t n_columns;        /* obs columns copied */
+  char **columns;           /* (n_columns) their names (borrowed, from cf_scprep_obs_columns) */
+  char ***values;           /* (n_columns) each (n_obs) strings, cf_h5ad_read_strings */
+  enum cf_h5ad_kind *kinds; /* (n_columns) what each column is in the .h5ad */
+  int64_t *n_categories;    /* (n_columns) a categorical column's category count, else 0 */
+  char ***categories;       /* (n_columns) a categorical column's categories in code order
+                               (as cf_h5ad_read_categorical formats them), else NULL */
 };
 
 /* Collective. Read the var and obs indices and the obs columns `columns` (as strings:
- * categories as their category, numbers in the shortest form, missing ""). */
+ * categories as their category, numbers in the shortest form, missing ""), each column's kind
+ * and, for a categorical one, its categories. */
 cf_status cf_scprep_labels_read(struct cf_h5ad *a, char **columns, int64_t n_columns,
                                 struct cf_scprep_labels *l);
 /* Local. Free what cf_scprep_labels_read allocated (not the column names). */
@@ -116,7 +121,8 @@ struct cf_scprep_pca {
  * failure nothing is left and an old file at path is untouched): /x from this rank's rows x
  * (p->local_cells, x_cols) at output rows [cell_offset, cell_offset + local_cells), the
  * /pca group when pca != NULL, /genes, /obs/_index and /obs/<column> (fixed-length UTF-8
- * strings, kept cells / chosen genes only), the root attributes describing the file
+ * strings, kept cells / chosen genes only; each column dataset with the attribute kind and,
+ * when categorical, categories), the root attributes describing the file
  * (format, version, sizes) and then the string attributes attrs[2i] = key, attrs[2i+1] =
  * value, i < n_attrs (the options). Layout: docs/data-format.md. */
 cf_status cf_scprep_write(MPI_Comm comm, const char *path, const struct cf_scprep *p,

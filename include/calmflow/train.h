@@ -18,6 +18,7 @@
 
 #include "calmflow/cfm.h"
 #include "calmflow/ckpt.h"
+#include "calmflow/conds.h"
 #include "calmflow/error.h"
 #include "calmflow/flow.h"
 #include "calmflow/grid.h"
@@ -25,6 +26,24 @@
 
 enum cf_optimizer { CF_OPT_ADAMW, CF_OPT_ADAM_L2 };
 enum cf_decay { CF_DECAY_COSINE, CF_DECAY_LINEAR, CF_DECAY_CONSTANT };
+/* What a step whose loss or gradient is not finite (NaN / Inf) does (-train_nan_policy): either
+ * way it changes no parameter and no optimizer moment. stop: end the run with CF_ENUM, no
+ * checkpoint of that step; skip: go on with the next step, up to nan_max_skips in a row. */
+enum cf_nan_policy { CF_NAN_STOP, CF_NAN_SKIP };
+
+/* Text-prompt conditions of the training data (-data_prompt, model.h "text prompt"): the
+ * target points sorted by their prompt into groups. All P trajectories of a sequence share one
+ * prompt: global sequence g of step t draws a row u uniformly from all n target rows with the
+ * stream {seed, CF_RNG_X1, t, g} at element 2^40 (cf_rng_uniform1), takes u's group, and its
+ * paths draw their targets x1 (as always, path g*P + p) uniformly from that group's rows only.
+ * So a batch holds each condition in proportion to its rows, independently of the layout. */
+struct cf_prompt_data {
+  int64_t L;        /* tokens per prompt, left-padded (the model's prompt_len) */
+  int64_t n_groups; /* distinct prompts */
+  int32_t *ids;     /* (n_groups, L) each group's token ids */
+  int64_t *start;   /* (n_groups + 1): group k holds target rows [start[k], start[k+1]) */
+  char **text;      /* (n_groups) the prompts as text */
+};
 
 struct cf_train_cfg {
   int64_t steps;        /* optimizer steps */
@@ -42,7 +61,13 @@ struct cf_train_cfg {
   uint64_t seed;
   size_t bucket; /* floats per gradient all-reduce bucket (reducer.h) */
   int zero;      /* 1: ZeRO-1, AdamW moments sharded over the data-parallel ranks */
-  int quiet;     /* no progress lines */
+  enum cf_nan_policy nan_policy;
+  int64_t nan_max_skips; /* skip: the most consecutive steps skipped; one more stops the run */
+  int quiet;             /* no progress lines */
+  const char *init_hf;   /* a Hugging Face GPT-NeoX directory whose backbone replaces the
+                            initial blocks (neox.h; not on resume); NULL or "": none */
+  const struct cf_prompt_data *prompt; /* CaLMFlow with text prompts (the target distribution
+                                          is then the points, sorted by group); NULL: none */
 };
 
 /* ---- optimizer ---- */
@@ -71,6 +96,8 @@ cf_status cf_optimizer_parse(const char *s, enum cf_optimizer *o);
 cf_status cf_decay_parse(const char *s, enum cf_decay *d);
 const char *cf_optimizer_name(enum cf_optimizer o);
 const char *cf_decay_name(enum cf_decay d);
+cf_status cf_nan_policy_parse(const char *s, enum cf_nan_policy *p);
+const char *cf_nan_policy_name(enum cf_nan_policy p);
 
 /* The checkpoint's tensors for a model: "params/<name>" for every model tensor, then
  * "adam_m/<name>" and "adam_v/<name>" when moments are given, pointing into m->params and the
@@ -105,6 +132,7 @@ struct cf_train_diag {
 void cf_train_diag_release(struct cf_train_diag *d); /* idempotent */
 
 /* What a run leaves behind. */
+#define CF_NAN_LISTED 64
 struct cf_train_result {
   int64_t stopped_at;         /* CF_STOPPED: the step whose checkpoint was written */
   int stop_signal;            /* the signal that stopped it (SIGUSR1 or SIGTERM) */
@@ -122,6 +150,8 @@ struct cf_train_result {
   double flops_per_step;  /* model FLOPs of one step (forward + backward), cf_model_flops */
   double ckpt_seconds;    /* wall time spent writing checkpoints (rank 0's), all of them */
   int64_t ckpts;          /* checkpoints written */
+  int64_t nan_skips;      /* steps skipped for a non-finite loss or gradient (this invocation) */
+  int64_t nan_skipped[CF_NAN_LISTED]; /* the first CF_NAN_LISTED of them (1-based step numbers) */
   char last_ckpt[4096];
   struct cf_train_diag diag; /* CaLMFlow runs that finish; release with cf_train_diag_release */
 };
@@ -147,6 +177,11 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
 struct cf_train_cfm_opts {
   double sigma; /* path noise: x_t = (1 - t) x0 + t x1 + sigma eps (-cfm_sigma) */
   int ot;       /* 1: OT-CFM, exact OT coupling over the global batch; 0: I-CFM */
+  /* -cfm_cond: the condition of each row of the target point set (conds->n == its rows,
+   * conds->C == the model's cond_dim), or NULL for the unconditional model. A training point
+   * takes the condition of the data row its x1 is drawn from; OT couples within each condition
+   * group; the checkpoints store conds->text (attribute conditions). */
+  const struct cf_conds *conds;
 };
 
 /* Collective on the grid (data parallel only: tp = pp = cp = 1, else CF_ETOPO). Train the CFM

@@ -5,6 +5,7 @@
 
 #include "app.h"
 #include "calmflow/ckpt.h"
+#include "calmflow/conds.h"
 #include "calmflow/mem.h"
 
 cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv) {
@@ -18,15 +19,17 @@ cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv) {
   CF_TRY(cf_alloc((void **)&to, sizeof *to, "options"));
   struct cf_model m;
   struct cf_cfm cm;
+  struct cf_conds conds;
   memset(&m, 0, sizeof m);
   memset(&cm, 0, sizeof cm);
+  memset(&conds, 0, sizeof conds);
   struct cf_flow_cfg fc;
   struct cf_ckpt_meta meta;
   int verify = strcmp(argv[0], "verify") == 0;
   CF_TRY(cf_app_ckpt_options(comm, path, to, &meta));
   const int cfm = strcmp(cf_opt_str(to, "model"), "cfm") == 0;
   if (cfm)
-    CF_TRY(cf_load_cfm(comm, path, to, &cm, &meta, verify, 1));
+    CF_TRY(cf_load_cfm(comm, path, to, &cm, &meta, verify, 1, &conds));
   else
     CF_TRY(cf_load_model(comm, path, to, &m, &fc, &meta, verify, NULL));
   const int nt = cfm ? cm.n_tensors : m.n_tensors;
@@ -56,6 +59,18 @@ cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv) {
                (long long)m.cfg.D, (long long)m.cfg.N, (long long)m.cfg.P, (long long)m.cfg.S,
                (long long)m.cfg.H, (long long)m.cfg.layers, (long long)m.cfg.heads,
                cf_head_name(m.cfg.head), m.n_params, m.n_tensors);
+      for (int k = 0; cfm && k < conds.ncol; k++) { /* -cfm_cond: columns, categories */
+        char cats[256] = "";
+        size_t len = 0;
+        int cut = 0;
+        for (int64_t j = 0; j < conds.ncat[k] && !cut; j++) {
+          int w = snprintf(cats + len, sizeof cats - len, "%s%s", j ? ", " : "", conds.cats[k][j]);
+          cut = w < 0 || (size_t)w >= sizeof cats - len;
+          if (!cut) len += (size_t)w;
+        }
+        printf("  condition column %s: %lld categories (%s%s)\n", conds.names[k],
+               (long long)conds.ncat[k], cats, cut ? "..." : "");
+      }
       for (int i = 0; i < nt; i++) {
         const struct cf_tensor_info *t = &tensors[i];
         if (t->ndim == 2)
@@ -68,6 +83,7 @@ cf_status cf_cmd_ckpt(MPI_Comm comm, int argc, char **argv) {
   }
   cf_model_release(&m);
   cf_cfm_release(&cm);
+  cf_conds_release(&conds);
   cf_free((void **)&to);
   return CF_OK;
 }

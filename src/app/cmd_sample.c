@@ -9,11 +9,46 @@
 #include "app.h"
 #include "calmflow/cfpetsc.h"
 #include "calmflow/ckpt.h"
+#include "calmflow/conds.h"
 #include "calmflow/h5io.h"
 #include "calmflow/mem.h"
 #include "calmflow/rollout.h"
 #include "calmflow/samples.h"
 #include "calmflow/watchdog.h"
+
+/* Local. The options a checkpoint stores, in the form cf_opts_yaml writes them ('#' comment
+ * lines, then one `name: "value"` line per option; no quote, backslash or control character in
+ * a value), into db. Read here rather than by PETSc's YAML reader, which follows a damaged
+ * file's aliases into endless recursion (a stack overflow in PETSc 3.18: `&a {<<: *a}`) and its
+ * `!include` tags to other files. */
+static cf_status ckpt_options_parse(const char *text, PetscOptions db, const char *path) {
+  int line = 0;
+  for (const char *p = text; *p != '\0';) {
+    const char *nl = strchr(p, '\n');
+    size_t n = nl ? (size_t)(nl - p) : strlen(p);
+    line++;
+    if (n > 0 && p[0] != '#') {
+      const char *colon = memchr(p, ':', n);
+      size_t k = colon ? (size_t)(colon - p) : 0; /* name p[0..k), value p[k+3..n-1) */
+      int ok = colon != NULL && k > 0 && k < 200 && n >= k + 4 && colon[1] == ' ' &&
+               colon[2] == '"' && p[n - 1] == '"' && n - k - 4 < CF_OPT_LEN;
+      for (size_t i = 0; ok && i < k; i++)
+        ok = (p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9') || p[i] == '_';
+      for (size_t i = k + 3; ok && i < n - 1; i++)
+        ok = p[i] != '"' && p[i] != '\\' && (unsigned char)p[i] >= 0x20 && p[i] != 0x7f;
+      CF_CHECK(ok, CF_ECORRUPT,
+               "checkpoint '%s': line %d of its stored options is not 'name: \"value\"' (the "
+               "form calmflow writes)",
+               path, line);
+      char name[256], value[CF_OPT_LEN];
+      snprintf(name, sizeof name, "-%.*s", (int)k, p);
+      snprintf(value, sizeof value, "%.*s", (int)(n - k - 4), colon + 3);
+      CF_PETSC(PetscOptionsSetValue(db, name, value));
+    }
+    p += n + (nl != NULL);
+  }
+  return CF_OK;
+}
 
 cf_status cf_app_ckpt_options(MPI_Comm comm, const char *path, struct cf_opts *to,
                               struct cf_ckpt_meta *meta) {
@@ -21,14 +56,11 @@ cf_status cf_app_ckpt_options(MPI_Comm comm, const char *path, struct cf_opts *t
   CF_TRY(cf_ckpt_read_meta(comm, path, meta, &yaml));
   PetscOptions db;
   CF_PETSC(PetscOptionsCreate(&db));
-  PetscPushErrorHandler(PetscReturnErrorHandler, NULL);
-  PetscErrorCode e = PetscOptionsInsertStringYAML(db, yaml);
-  PetscPopErrorHandler();
+  cf_status st = ckpt_options_parse(yaml, db, path);
   cf_free((void **)&yaml);
   meta->options_yaml = NULL; /* it pointed into the freed buffer */
-  CF_CHECK(e == 0, CF_ECORRUPT, "checkpoint '%s': its stored options are not valid YAML", path);
-  cf_status st = cf_opts_load(to, db, CMD_TRAIN);
-  PetscOptionsDestroy(&db);
+  if (st == CF_OK) st = cf_opts_load(to, db, CMD_TRAIN);
+  PetscOptionsDestroy(&db); /* on both paths (train's resume skips bad checkpoints in a loop) */
   return st;
 }
 
@@ -51,14 +83,34 @@ cf_status cf_load_model(MPI_Comm comm, const char *path, struct cf_opts *to, str
 }
 
 cf_status cf_load_cfm(MPI_Comm comm, const char *path, struct cf_opts *to, struct cf_cfm *m,
-                      struct cf_ckpt_meta *meta, int with_optim, int64_t max_batch) {
+                      struct cf_ckpt_meta *meta, int with_optim, int64_t max_batch,
+                      struct cf_conds *conds) {
   struct cf_cfm_cfg cc;
   struct cf_train_cfm_opts copt;
+  if (conds != NULL) memset(conds, 0, sizeof *conds);
   CF_TRY(cf_app_ckpt_options(comm, path, to, meta));
   CF_CHECK(strcmp(cf_opt_str(to, "model"), "cfm") == 0, CF_EINVAL,
            "checkpoint '%s' holds a %s model, not the CFM baseline", path, cf_opt_str(to, "model"));
   CF_TRY(cf_app_cfm_cfg(to, &cc, &copt));
-  CF_TRY(cf_cfm_init(m, &cc, max_batch));
+  /* a conditional model: its columns and categories are in the checkpoint, not the data file */
+  struct cf_conds cd;
+  memset(&cd, 0, sizeof cd);
+  const char *spec = cf_opt_str(to, "cfm_cond");
+  CF_CHECK(spec[0] == '\0' || meta->conditions != NULL, CF_ECORRUPT,
+           "checkpoint '%s' was trained with -cfm_cond %s but holds no conditions attribute", path,
+           spec);
+  if (spec[0] != '\0') {
+    char what[4300];
+    snprintf(what, sizeof what, "checkpoint '%s' attribute conditions", path);
+    CF_TRY(cf_conds_from_text(meta->conditions, what, &cd));
+    cc.cond_dim = cd.C;
+  }
+  cf_status sc = cf_cfm_init(m, &cc, max_batch);
+  if (sc == CF_OK && conds != NULL)
+    *conds = cd;
+  else
+    cf_conds_release(&cd);
+  CF_TRY(sc);
   float *moments = NULL; /* (2, n_params) scratch: read to verify, then dropped */
   if (with_optim)
     CF_TRY(cf_alloc((void **)&moments, 2 * m->n_params * sizeof(float), "optimizer state"));
@@ -153,8 +205,10 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   /* the method and its layout: the checkpoint's model decides which splits fit */
   struct cf_model m;
   struct cf_cfm cm;
+  struct cf_conds conds;
   memset(&m, 0, sizeof m);
   memset(&cm, 0, sizeof cm);
+  memset(&conds, 0, sizeof conds);
   struct cf_model_cfg mc0;
   struct cf_flow_cfg fc;
   struct cf_ckpt_meta meta;
@@ -175,7 +229,7 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
              ck);
     CF_TRY(cf_opt_int(to, "flow_time_points", 2, 1 << 20, &N));
     CF_TRY(cf_grid_init(&g, comm, 1, 1, 1));
-    CF_TRY(cf_load_cfm(comm, ck, to, &cm, &meta, 0, sc.batch));
+    CF_TRY(cf_load_cfm(comm, ck, to, &cm, &meta, 0, sc.batch, &conds));
     D = cc.D;
   } else {
     CF_TRY(cf_app_model_cfg(to, &mc0, &fc));
@@ -188,6 +242,37 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
       CF_TRY(cf_opt_real(o, "sample_temperature", 0, 1e3, &sc.tau));
     D = m.cfg.D;
     N = m.cfg.N;
+  }
+  /* -sample_cond: the condition of a conditional CFM, one category of each of its columns */
+  float *cond = NULL;
+  char cond_desc[2048] = "";
+  const char *cond_spec = cf_opt_str(o, "sample_cond");
+  if (conds.ncol > 0) {
+    int32_t codes[CF_CONDS_MAX];
+    CF_TRY(cf_conds_select(&conds, cond_spec, "-sample_cond", codes));
+    CF_TRY(cf_alloc((void **)&cond, (size_t)conds.C * sizeof(float), "sample condition"));
+    cf_conds_onehot(&conds, codes, cond);
+    cf_conds_describe(&conds, codes, cond_desc, sizeof cond_desc);
+  } else if (m.cfg.prompt_len == 0) { /* a prompt model takes -sample_cond for its template */
+    CF_CHECK(cond_spec[0] == '\0', CF_EINVAL,
+             "option -sample_cond: checkpoint '%s' holds a model without conditions (trained "
+             "without -cfm_cond or -data_prompt)",
+             ck);
+  }
+  /* -sample_prompt / -sample_cond of a model trained with text prompts (prompt.c) */
+  int32_t *prompt_ids = NULL;
+  char prompt_text[4096] = "";
+  if (!cfm) {
+    CF_TRY(cf_alloc((void **)&prompt_ids, (size_t)(m.cfg.prompt_len + 1) * sizeof(int32_t),
+                    "prompt ids"));
+    CF_TRY(
+        cf_app_prompt_sample(comm, o, to, &m.cfg, ck, prompt_ids, prompt_text, sizeof prompt_text));
+    sc.prompt = m.cfg.prompt_len > 0 ? prompt_ids : NULL;
+  } else {
+    CF_CHECK(cf_opt_str(o, "sample_prompt")[0] == '\0', CF_EINVAL,
+             "option -sample_prompt: checkpoint '%s' holds the CFM baseline, which takes no text "
+             "prompt (-sample_cond for -cfm_cond models)",
+             ck);
   }
   double timeout;
   CF_TRY(cf_opt_real(o, "par_timeout", 0, 1e9, &timeout));
@@ -218,6 +303,18 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
              "model: cfm\nsample_batch: %lld\node: PETSc TS, default rk 5dp, atol %g rtol %g, "
              "-cfm_ts_* options apply\n",
              (long long)sc.batch, ode_opts.atol, ode_opts.rtol);
+    len = strlen(config);
+    if (cond != NULL) snprintf(config + len, sizeof config - len, "condition: %s\n", cond_desc);
+  }
+  if (sc.prompt != NULL) { /* the prompt as text and as the left-padded ids the model saw */
+    size_t len = strlen(config);
+    snprintf(config + len, sizeof config - len, "prompt: %s\nprompt_ids:", prompt_text);
+    for (int64_t i = 0; i < m.cfg.prompt_len; i++) {
+      len = strlen(config);
+      snprintf(config + len, sizeof config - len, " %d", (int)sc.prompt[i]);
+    }
+    len = strlen(config);
+    snprintf(config + len, sizeof config - len, "\n");
   }
   struct cf_samples_spec spec = {.n = sc.n, .D = D, .N = N, .traj = (int)traj, .config = config};
   struct cf_samples file;
@@ -251,7 +348,7 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
   struct cf_rollout_ode ode;
   memset(&ode, 0, sizeof ode);
   if (cfm)
-    st = cf_rollout_cfm_run(comm, &cm, &src, &sc, N, &ode_opts, sink_append, &k, &rs, &ode);
+    st = cf_rollout_cfm_run(comm, &cm, &src, cond, &sc, N, &ode_opts, sink_append, &k, &rs, &ode);
   else
     st = cf_rollout_run(comm, &g, &m, &fc, &src, &sc, sink_append, &k, &rs);
   if (rank == 0) {
@@ -301,6 +398,9 @@ cf_status cf_cmd_sample(MPI_Comm comm) {
     (void)cf_write_text_atomic(p, text);
   }
   cf_free((void **)&src_pts);
+  cf_free((void **)&prompt_ids);
+  cf_free((void **)&cond);
+  cf_conds_release(&conds);
   cf_model_release(&m);
   cf_cfm_release(&cm);
   cf_grid_release(&g);

@@ -13,8 +13,10 @@
 
 #include "app.h"
 #include "calmflow/ckpt.h"
+#include "calmflow/conds.h"
 #include "calmflow/grid.h"
 #include "calmflow/mem.h"
+#include "calmflow/neox.h"
 #include "calmflow/watchdog.h"
 
 /* Rank 0's descriptor of <run_dir>/.lock, whose fcntl write lock marks the directory as in use.
@@ -128,38 +130,38 @@ static cf_status truncate_log(const char *dir, int64_t keep) {
   return st;
 }
 
-/* Rank 0: make the run directory; a directory that already holds a run is resumed
- * (resume_step >= 0: the log is cut back to it), started afresh with -run_overwrite 1, or
- * refused. */
+/* Local. Remove dir/name when it exists; an error names the file. */
+static cf_status remove_file(const char *dir, const char *name) {
+  char p[4600];
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  CF_CHECK(unlink(p) == 0 || errno == ENOENT, CF_EIO,
+           "cannot remove '%s' to start the run afresh: %s", p, strerror(errno));
+  return CF_OK;
+}
+
+/* Rank 0: make the run directory and its ckpt/ folder. Resuming (resume_step >= 0): the log is
+ * cut back to that step. Otherwise what an earlier run left there and a new one would mix with
+ * (ckpt/step-*, their temporaries, ckpt/LATEST, log.jsonl, summary.json) is removed up front:
+ * find_resume has already refused a directory that belongs to another run, so this is
+ * -run_overwrite 1 or a restart of the same configuration that never reached a checkpoint.
+ * Other files (samples, metrics, the lock) are left alone; config.yaml is rewritten next. */
 static cf_status prepare_run_dir(const char *dir, int overwrite, int64_t resume_step) {
   char p[4200];
   CF_TRY(cf_mkdirs(dir));
   snprintf(p, sizeof p, "%s/ckpt", dir);
   CF_TRY(cf_mkdirs(p));
   if (resume_step >= 0) return truncate_log(dir, resume_step);
-  snprintf(p, sizeof p, "%s/ckpt/LATEST", dir);
-  struct stat sb;
-  int has_run = stat(p, &sb) == 0;
-  snprintf(p, sizeof p, "%s/log.jsonl", dir);
-  has_run = has_run || stat(p, &sb) == 0;
-  CF_CHECK(!has_run || overwrite, CF_EINVAL,
-           "run directory '%s' holds a log but no checkpoint to resume from; pass "
-           "-run_overwrite 1 to start afresh or choose a new -run_dir",
-           dir);
-  if (!has_run) return CF_OK;
-  unlink(p);
-  snprintf(p, sizeof p, "%s/ckpt", dir);
+  CF_TRY(remove_file(dir, "log.jsonl"));
+  CF_TRY(remove_file(dir, "summary.json"));
+  CF_TRY(remove_file(p, "LATEST")); /* first: no LATEST ever names a removed file */
   DIR *d = opendir(p);
-  CF_CHECK(d != NULL, CF_EIO, "cannot list '%s'", p);
+  CF_CHECK(d != NULL, CF_EIO, "cannot list '%s': %s", p, strerror(errno));
   struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    if (strncmp(e->d_name, "step-", 5) != 0 && strcmp(e->d_name, "LATEST") != 0) continue;
-    char f[4600];
-    snprintf(f, sizeof f, "%s/%s", p, e->d_name);
-    unlink(f);
-  }
+  cf_status st = CF_OK;
+  while (st == CF_OK && (e = readdir(d)) != NULL)
+    if (strncmp(e->d_name, "step-", 5) == 0) st = remove_file(p, e->d_name);
   closedir(d);
-  return CF_OK;
+  return st;
 }
 
 /* Local. The checkpoint step-NNNNNNN.h5 in dir with the largest step below `below`; "" if none. */
@@ -186,6 +188,10 @@ static cf_status newest_valid(MPI_Comm comm, const char *dir, char *path, size_t
   struct cf_opts *tmp = NULL;
   CF_TRY(cf_alloc((void **)&tmp, sizeof *tmp, "options"));
   char first_err[1024] = "";
+  /* rank 0's warnings, printed once a valid checkpoint is found: without one the error line
+   * alone reports (one line); a list too long for the buffer is printed as it goes */
+  char skipped[8192] = "";
+  size_t slen = 0;
   cf_status st = CF_OK;
   while (path[0] != '\0') {
     struct cf_model m;
@@ -196,14 +202,25 @@ static cf_status newest_valid(MPI_Comm comm, const char *dir, char *path, size_t
     memset(&cm, 0, sizeof cm);
     st = cf_app_ckpt_options(comm, path, tmp, &meta);
     if (st == CF_OK && strcmp(cf_opt_str(tmp, "model"), "cfm") == 0)
-      st = cf_load_cfm(comm, path, tmp, &cm, &meta, 1, 1);
+      st = cf_load_cfm(comm, path, tmp, &cm, &meta, 1, 1, NULL);
     else if (st == CF_OK)
       st = cf_load_model(comm, path, tmp, &m, &fc, &meta, 1, NULL);
     cf_model_release(&m);
     cf_cfm_release(&cm);
     if (st == CF_OK) break;
-    if (rank == 0)
-      fprintf(stderr, "calmflow: warning: skipping checkpoint '%s': %s\n", path, cf_errmsg());
+    if (rank == 0) {
+      int w = snprintf(skipped + slen, sizeof skipped - slen,
+                       "calmflow: warning: skipping checkpoint '%s': %s\n", path, cf_errmsg());
+      if (w > 0 && (size_t)w < sizeof skipped - slen) {
+        slen += (size_t)w;
+      } else {
+        skipped[slen] = '\0';
+        fprintf(stderr, "%scalmflow: warning: skipping checkpoint '%s': %s\n", skipped, path,
+                cf_errmsg());
+        skipped[0] = '\0';
+        slen = 0;
+      }
+    }
     if (first_err[0] == '\0') snprintf(first_err, sizeof first_err, "%s", cf_errmsg());
     cf_err_clear();
     long long k = -1;
@@ -212,6 +229,7 @@ static cf_status newest_valid(MPI_Comm comm, const char *dir, char *path, size_t
     older_checkpoint(dir, k < 0 ? INT64_MAX : k, path, cap);
   }
   cf_free((void **)&tmp);
+  if (rank == 0 && path[0] != '\0') fputs(skipped, stderr);
   CF_CHECK(path[0] != '\0', CF_ECORRUPT,
            "no valid checkpoint to resume from in '%s' (the newest failed: %s); pass "
            "-run_overwrite 1 to start afresh",
@@ -219,28 +237,131 @@ static cf_status newest_valid(MPI_Comm comm, const char *dir, char *path, size_t
   return CF_OK;
 }
 
-/* Collective. The checkpoint to resume from: -train_resume, else run_dir/ckpt/LATEST when it
- * exists and -run_overwrite is 0; "" for a fresh start. Checks that the checkpoint was trained
- * with the same options (those that may change on resume are listed in `free_opts`). */
+/* What a run directory holds of a training run (rank 0 looks, every rank learns). */
+struct run_files {
+  int latest, steps;        /* ckpt/LATEST; ckpt/step-NNNNNNN.h5 files */
+  int log, summary, config; /* log.jsonl, summary.json, config.yaml */
+};
+
+/* Collective. The run files in dir. */
+static cf_status run_files_find(MPI_Comm comm, const char *dir, struct run_files *f) {
+  int rank, v[5] = {0, 0, 0, 0, 0};
+  CF_MPI(MPI_Comm_rank(comm, &rank));
+  if (rank == 0) {
+    static const char *const names[5] = {"ckpt/LATEST", "", "log.jsonl", "summary.json",
+                                         "config.yaml"};
+    char p[4300];
+    struct stat sb;
+    for (int i = 0; i < 5; i++) {
+      snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+      v[i] = i != 1 && stat(p, &sb) == 0;
+    }
+    snprintf(p, sizeof p, "%s/ckpt", dir);
+    char newest[4400];
+    older_checkpoint(p, INT64_MAX, newest, sizeof newest);
+    v[1] = newest[0] != '\0';
+  }
+  CF_MPI(MPI_Bcast(v, 5, MPI_INT, 0, comm));
+  *f = (struct run_files){v[0], v[1], v[2], v[3], v[4]};
+  return CF_OK;
+}
+
+/* Rank 0. The first option (not in free_opts) whose value in dir/config.yaml differs from o;
+ * an error naming the directory, the option and both values, or one saying the file cannot be
+ * read, either way telling how to go on. */
+static cf_status config_matches(const char *dir, const struct cf_opts *o,
+                                const char *const *free_opts) {
+  static const char *const how =
+      "pass -run_overwrite 1 to start afresh there (its checkpoints, log and summary are "
+      "deleted), -train_resume CKPT to continue from a checkpoint trained with these options, "
+      "or choose another -run_dir";
+  char p[4300];
+  snprintf(p, sizeof p, "%s/config.yaml", dir);
+  char *text = NULL;
+  struct cf_opts *cfg = NULL;
+  const size_t cap = 1 << 20;
+  CF_TRY(cf_alloc((void **)&text, cap, "config.yaml"));
+  cf_status st = cf_alloc((void **)&cfg, sizeof *cfg, "options");
+  FILE *f = st == CF_OK ? fopen(p, "r") : NULL;
+  size_t n = f ? fread(text, 1, cap - 1, f) : 0;
+  int complete = f != NULL && !ferror(f) && n < cap - 1;
+  if (f) fclose(f);
+  text[n] = '\0';
+  PetscOptions db = NULL;
+  if (st == CF_OK && complete && PetscOptionsCreate(&db) == 0) {
+    PetscPushErrorHandler(PetscReturnErrorHandler, NULL);
+    PetscErrorCode e = PetscOptionsInsertStringYAML(db, text);
+    PetscPopErrorHandler();
+    complete = e == 0 && cf_opts_load(cfg, db, CMD_TRAIN) == CF_OK;
+    if (!complete) cf_err_clear(); /* replaced by the message below */
+    PetscOptionsDestroy(&db);
+  } else
+    complete = 0;
+  if (st == CF_OK && !complete)
+    st = cf_err(CF_EINVAL,
+                "run directory '%s' belongs to another run: it holds a run but its config.yaml "
+                "cannot be read to compare this invocation with; %s",
+                dir, how);
+  const char *diff = st == CF_OK ? cf_opts_first_difference(o, cfg, CMD_TRAIN, free_opts) : NULL;
+  if (diff != NULL)
+    st = cf_err(CF_EINVAL,
+                "run directory '%s' belongs to another run: its config.yaml has -%s '%s', this "
+                "invocation '%s'; %s",
+                dir, diff, cf_opt_str(cfg, diff), cf_opt_str(o, diff), how);
+  cf_free((void **)&cfg);
+  cf_free((void **)&text);
+  return st;
+}
+
+/* Collective. The checkpoint to resume from: -train_resume, else, unless -run_overwrite is 1,
+ * the newest valid checkpoint of run_dir/ckpt (from what LATEST names or, when LATEST is
+ * missing, the newest step-NNNNNNN.h5); "" for a fresh start. Checks that the checkpoint was
+ * trained with the same options (those that may change on resume are listed in `free_opts`).
+ * Without -train_resume and -run_overwrite 1, a run directory that belongs to another run is
+ * refused: one whose checkpoint was trained with other options, or, with no checkpoint, whose
+ * config.yaml differs or is missing while log.jsonl or summary.json show a run. */
 static cf_status find_resume(MPI_Comm comm, const struct cf_opts *o, int overwrite, char *path,
                              size_t cap, int64_t *step) {
-  static const char *const free_opts[] = {
-      "run_dir",          "run_overwrite",   "train_steps",  "train_quiet",   "train_log_every",
-      "train_ckpt_every", "train_ckpt_keep", "train_resume", "par_tp",        "par_pp",
-      "par_cp",           "par_timeout",     "par_zero",     "par_bucket_mb", NULL};
+  static const char *const free_opts[] = {"run_dir",
+                                          "run_overwrite",
+                                          "train_steps",
+                                          "train_quiet",
+                                          "train_log_every",
+                                          "train_ckpt_every",
+                                          "train_ckpt_keep",
+                                          "train_resume",
+                                          "par_tp",
+                                          "par_pp",
+                                          "par_cp",
+                                          "par_timeout",
+                                          "par_zero",
+                                          "par_bucket_mb",
+                                          "train_nan_policy",
+                                          "train_nan_max_skips",
+                                          NULL};
   path[0] = '\0';
   *step = -1;
-  const char *given = cf_opt_str(o, "train_resume");
-  char latest[4300];
-  struct stat sb;
-  snprintf(latest, sizeof latest, "%s/ckpt/LATEST", cf_opt_str(o, "run_dir"));
+  const char *given = cf_opt_str(o, "train_resume"), *run_dir = cf_opt_str(o, "run_dir");
+  struct run_files rf = {0, 0, 0, 0, 0};
+  CF_TRY(run_files_find(comm, run_dir, &rf));
   if (given[0] != '\0') {
     snprintf(path, cap, "%s", given);
-  } else if (!overwrite && stat(latest, &sb) == 0) {
+  } else if (!overwrite && (rf.latest || rf.steps)) {
     char dir[4300];
-    snprintf(dir, sizeof dir, "%s/ckpt", cf_opt_str(o, "run_dir"));
-    CF_TRY(cf_ckpt_latest_read(dir, path, cap));
+    snprintf(dir, sizeof dir, "%s/ckpt", run_dir);
+    if (rf.latest)
+      CF_TRY(cf_ckpt_latest_read(dir, path, cap));
+    else
+      older_checkpoint(dir, INT64_MAX, path, cap);
     CF_TRY(newest_valid(comm, dir, path, cap));
+  } else if (!overwrite && (rf.log || rf.summary || rf.config)) {
+    int rank;
+    CF_MPI(MPI_Comm_rank(comm, &rank));
+    cf_status st = rank == 0 ? config_matches(run_dir, o, free_opts) : CF_OK;
+    int ok = st == CF_OK;
+    CF_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, comm));
+    if (!ok) return st != CF_OK ? st : cf_err(CF_EREMOTE, "run directory '%s' refused", run_dir);
+    return CF_OK; /* the same configuration without a checkpoint: start it again */
   } else {
     return CF_OK;
   }
@@ -250,15 +371,40 @@ static cf_status find_resume(MPI_Comm comm, const struct cf_opts *o, int overwri
   cf_status st = cf_app_ckpt_options(comm, path, ck, &meta);
   if (st == CF_OK) {
     const char *diff = cf_opts_first_difference(o, ck, CMD_TRAIN, free_opts);
-    if (diff != NULL)
+    if (diff != NULL && given[0] != '\0')
       st = cf_err(CF_EINVAL,
                   "option -%s is '%s' but checkpoint '%s' was trained with '%s'; resume with the "
                   "same options, or start afresh with -run_overwrite 1 or a new -run_dir",
                   diff, cf_opt_str(o, diff), path, cf_opt_str(ck, diff));
+    else if (diff != NULL)
+      st = cf_err(CF_EINVAL,
+                  "option -%s is '%s' but checkpoint '%s' was trained with '%s': run directory "
+                  "'%s' belongs to another run; pass -run_overwrite 1 to start afresh there (its "
+                  "checkpoints, log and summary are deleted), -train_resume CKPT to continue from "
+                  "a checkpoint trained with these options, or choose another -run_dir",
+                  diff, cf_opt_str(o, diff), path, cf_opt_str(ck, diff), run_dir);
     *step = meta.step;
   }
   cf_free((void **)&ck);
   return st;
+}
+
+/* Append the summary's ", "nan_skips": n, "nan_skipped_steps": [...]" (the steps whose update
+ * -train_nan_policy skip dropped, the first CF_NAN_LISTED of them) at out; returns the length
+ * written (at most cap - 1). */
+static size_t append_nan(char *out, size_t cap, const struct cf_train_result *r) {
+  const int64_t listed = r->nan_skips < CF_NAN_LISTED ? r->nan_skips : CF_NAN_LISTED;
+  size_t n = 0;
+  int k = snprintf(out, cap, ", \"nan_skips\": %lld, \"nan_skipped_steps\": [",
+                   (long long)r->nan_skips);
+  for (int64_t i = 0; i <= listed && k > 0 && n + (size_t)k < cap; i++) {
+    n += (size_t)k;
+    k = i < listed
+            ? snprintf(out + n, cap - n, "%s%lld", i ? ", " : "", (long long)r->nan_skipped[i])
+            : snprintf(out + n, cap - n, "]");
+  }
+  if (k > 0 && n + (size_t)k < cap) n += (size_t)k;
+  return n;
 }
 
 /* Close the summary's JSON object at out, with the diagnostics (train.h) when computed:
@@ -287,7 +433,7 @@ static void append_diag(char *out, size_t cap, const struct cf_train_diag *d) {
 #undef CF_PUT
 }
 
-static cf_status train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
+cf_status cf_app_train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
   memset(tc, 0, sizeof *tc);
   const int64_t big = (int64_t)1 << 40;
   int64_t seed;
@@ -309,6 +455,8 @@ static cf_status train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
   CF_TRY(cf_opt_real(o, "train_beta2", 0, 0.999999999, &tc->beta2));
   CF_TRY(cf_opt_real(o, "train_eps", 1e-30, 1, &tc->adam_eps));
   CF_TRY(cf_opt_real(o, "train_clip", 0, 1e12, &tc->clip));
+  CF_TRY(cf_nan_policy_parse(cf_opt_str(o, "train_nan_policy"), &tc->nan_policy));
+  CF_TRY(cf_opt_int(o, "train_nan_max_skips", 0, big, &tc->nan_max_skips));
   CF_TRY(cf_opt_real(o, "flow_kl_weight", 0, 1e6, &tc->kl_weight));
   CF_TRY(cf_opt_bool(o, "train_quiet", &tc->quiet));
   double mb;
@@ -368,12 +516,20 @@ cf_status cf_cmd_train(MPI_Comm comm) {
   const int cfm = strcmp(model, "cfm") == 0;
   CF_CHECK(cfm || strcmp(model, "calmflow") == 0, CF_EINVAL,
            "option -model: unknown method '%s' (expected calmflow or cfm)", model);
+  CF_TRY(cf_app_pretrained_options(o)); /* -model_init_hf: the backbone's -net_ options */
   struct cf_model_cfg mc;
   struct cf_flow_cfg fc;
   struct cf_train_cfg tc;
   struct cf_cfm_cfg cc;
   struct cf_train_cfm_opts copt;
-  CF_TRY(train_cfg(o, &tc));
+  CF_TRY(cf_app_train_cfg(o, &tc));
+  tc.init_hf = cf_opt_str(o, "model_init_hf");
+  /* -data_prompt: the rows, their prompts and groups (prompt.c); resolves -net_prompt_* */
+  struct cf_prompt_data prompt;
+  struct cf_dist prompt_tgt;
+  float *prompt_pts = NULL;
+  CF_TRY(cf_app_prompt_train(comm, o, tc.quiet, &prompt_tgt, &prompt_pts, &prompt));
+  tc.prompt = prompt.L > 0 ? &prompt : NULL;
   double timeout;
   CF_TRY(cf_opt_real(o, "par_timeout", 0, 1e9, &timeout));
   CF_TRY(cf_watchdog_start(timeout, rank));
@@ -400,11 +556,24 @@ cf_status cf_cmd_train(MPI_Comm comm) {
   struct cf_dist src, tgt;
   float *src_pts = NULL, *tgt_pts = NULL;
   const char *train_file = cf_opt_str(o, "data_train");
-  if (train_file[0] != '\0')
+  if (tc.prompt != NULL) { /* read, -data_exclude applied and sorted by prompt already */
+    tgt = prompt_tgt;
+    tgt_pts = prompt_pts;
+  } else if (train_file[0] != '\0')
     CF_TRY(cf_app_dist(comm, train_file, mc.D, "-data_train", &tgt, &tgt_pts));
   else
     CF_TRY(cf_dist_by_name(&tgt, cf_opt_str(o, "data_name"), mc.D, "-data_name"));
   CF_TRY(cf_app_dist(comm, cf_opt_str(o, "data_source"), mc.D, "-data_source", &src, &src_pts));
+  /* -data_exclude (rows left out) and -cfm_cond (the kept rows' conditions) */
+  struct cf_conds conds;
+  if (tc.prompt == NULL)
+    CF_TRY(cf_app_train_rows(comm, o, cfm, &tgt, tgt_pts, &conds, &cc, tc.quiet));
+  else
+    memset(&conds, 0, sizeof conds);
+  copt.conds = conds.ncol > 0 ? &conds : NULL;
+  /* -model_init_hf: config.json and every weight's header, shape and dtype, also before the run
+   * directory is touched (cf_train_run loads the weights) */
+  if (!cfm && tc.init_hf[0] != '\0') CF_TRY(cf_neox_check(comm, &mc, tc.init_hf));
 
   /* one run per directory: rank 0 locks it (creating it if needed) before anything in it is
    * read for resuming or changed; all ranks fail together */
@@ -416,10 +585,13 @@ cf_status cf_cmd_train(MPI_Comm comm) {
   char resume[4096];
   int64_t resume_step;
   CF_TRY(find_resume(comm, o, overwrite, resume, sizeof resume, &resume_step));
+  if (resume[0] != '\0' && cfm) CF_TRY(cf_app_resume_conds(comm, resume, &conds));
   if (resume_step >= tc.steps) {
     if (rank == 0 && !tc.quiet)
       printf("calmflow train: '%s' is at step %lld of %lld: nothing to do\n", resume,
              (long long)resume_step, (long long)tc.steps);
+    cf_conds_release(&conds);
+    cf_app_prompt_release(&prompt);
     cf_free((void **)&src_pts);
     cf_free((void **)&tgt_pts);
     cf_free((void **)&o);
@@ -511,12 +683,15 @@ cf_status cf_cmd_train(MPI_Comm comm) {
         res.state_bytes_max, res.final_loss, res.ckpt_seconds, (long long)res.ckpts,
         res.comm_bytes[0], res.comm_bytes[1], res.comm_bytes[2], res.comm_bytes[3],
         res.comm_seconds[0], res.comm_seconds[1], res.comm_seconds[2], res.comm_seconds[3]);
+    len += (int)append_nan(text + len, cap - (size_t)len, &res);
     append_diag(text + len, cap - (size_t)len, &res.diag);
     cf_status sw = cf_write_text_atomic(path, text);
     if (sw != CF_OK) fprintf(stderr, "calmflow: warning: %s\n", cf_errmsg());
     cf_free((void **)&text);
   }
   cf_train_diag_release(&res.diag);
+  cf_conds_release(&conds);
+  cf_app_prompt_release(&prompt);
   cf_free((void **)&yaml);
   cf_free((void **)&src_pts);
   cf_free((void **)&tgt_pts);

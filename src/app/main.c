@@ -2,6 +2,7 @@
  * -options_file_yaml before the command line so the command line always wins, runs the
  * subcommand on a duplicate of MPI_COMM_WORLD, and turns a failure on any rank into one error
  * line and a non-zero exit status. */
+#include <errno.h>
 #include <mpi.h>
 #include <petscsys.h>
 #include <stdio.h>
@@ -45,8 +46,10 @@ static cf_status reapply_args(int argc, char **argv) {
 
 static cf_status load_yaml(MPI_Comm comm, const char *file) {
   struct stat sb;
-  CF_CHECK(stat(file, &sb) == 0 && S_ISREG(sb.st_mode), CF_EIO,
-           "cannot read options file '%s': no such file", file);
+  CF_CHECK(stat(file, &sb) == 0, CF_EIO, "cannot read options file '%s': %s", file,
+           errno == ENOENT ? "no such file" : strerror(errno));
+  CF_CHECK(S_ISREG(sb.st_mode), CF_EIO, "cannot read options file '%s': %s, expected a YAML file",
+           file, S_ISDIR(sb.st_mode) ? "it is a directory" : "not a regular file");
   PetscPushErrorHandler(PetscReturnErrorHandler, NULL);
   PetscErrorCode e = PetscOptionsInsertFileYAML(comm, NULL, file, PETSC_TRUE);
   PetscPopErrorHandler();
@@ -97,12 +100,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, "calmflow: error: out of memory\n");
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
-  int pargc = 0, npos = 0, help = 0;
+  int pargc = 0, npos = 0, help = 0, yaml_missing = 0;
   const char *yaml = NULL;
   pargv[pargc++] = argv[0];
   for (int i = 2; i < argc; i++) {
-    if (strcmp(argv[i], "-options_file_yaml") == 0 && i + 1 < argc) {
-      yaml = argv[++i];
+    if (strcmp(argv[i], "-options_file_yaml") == 0) {
+      if (i + 1 < argc && argv[i + 1][0] != '-')
+        yaml = argv[++i];
+      else
+        yaml_missing = 1; /* PETSc would print a page about it */
     } else if (strcmp(argv[i], "-help") == 0 || strcmp(argv[i], "-h") == 0 ||
                strcmp(argv[i], "--help") == 0) {
       help = 1;
@@ -132,6 +138,15 @@ int main(int argc, char **argv) {
     return 1;
   }
   cf_status st = cf_fault_init(rank);
+  if (st == CF_OK && yaml_missing)
+    st = cf_err(CF_EINVAL, "option -options_file_yaml: expected a YAML file name after it");
+  /* a stray word (an unquoted value with spaces) or another command's option would be ignored */
+  if (st == CF_OK && mask != CMD_CKPT && npos > 0)
+    st = cf_err(CF_EINVAL,
+                "unexpected argument '%s': calmflow %s takes -option value pairs only (quote a "
+                "value that holds spaces)",
+                pos[0], cmd);
+  if (st == CF_OK) st = cf_opts_check_cmdline(cmd, mask, pargc0, pargv0);
   if (st == CF_OK && yaml) {
     st = load_yaml(comm, yaml);
     if (st == CF_OK) st = reapply_args(pargc0, pargv0);
@@ -168,6 +183,12 @@ int main(int argc, char **argv) {
   MPI_Allreduce(&own, &first_own, 1, MPI_INT, MPI_MIN, comm);
   MPI_Allreduce(&any, &first_any, 1, MPI_INT, MPI_MIN, comm);
   int first = first_own != none ? first_own : first_any;
+  int code = CF_EXIT_ERROR; /* the reporting rank's status decides: CF_ENUM is exit code 4 */
+  if (first != none) {
+    int num = st == CF_ENUM;
+    MPI_Bcast(&num, 1, MPI_INT, first, comm);
+    if (num) code = CF_EXIT_NUMERIC;
+  }
   if (first != none && rank == first) {
     if (cf_errmsg()[0])
       fprintf(stderr, "calmflow: error: %s\n", cf_errmsg());
@@ -181,5 +202,5 @@ int main(int argc, char **argv) {
   PetscFinalize();
   MPI_Comm_free(&comm);
   MPI_Finalize();
-  return first != none ? CF_EXIT_ERROR : all_stopped ? CF_EXIT_REQUEUE : CF_EXIT_OK;
+  return first != none ? code : all_stopped ? CF_EXIT_REQUEUE : CF_EXIT_OK;
 }

@@ -20,7 +20,9 @@ static const struct optdef {
   const char *help;
 } g_opts[] = {
     {"run_dir", "runs/default", TR | SA, "run directory (train writes it, sample reads it)"},
-    {"run_overwrite", "0", TR, "1: start afresh in a run directory that already holds a run"},
+    {"run_overwrite", "0", TR,
+     "1: start afresh in a run directory that already holds a run (its checkpoints, log and "
+     "summary are deleted first); 0: resume it, or refuse one that belongs to another run"},
     {"seed", "0", CMD_DATA | TR | SA, "the one seed; every random draw derives from it"},
     {"data_name", "moons", CMD_DATA | TR,
      "synthetic target: normal, gaussian, 8gaussians, moons, checkerboard, 4blobs, 2gaussians, "
@@ -54,13 +56,43 @@ static const struct optdef {
      "every categorical and string column; none: no column"},
     {"data_train", "", TR, "target samples x1 from FILE.h5 (/x, n x D) instead of -data_name"},
     {"data_source", "normal", TR, "source x0: normal, a synthetic name, or FILE.h5"},
+    {"data_prompt", "", TR,
+     "calmflow: condition on a text prompt per row of the -data_train file, this template with "
+     "{COL} replaced by the row's /obs/COL string (e.g. \"a myoblast at {Hours} hours\"; {{ "
+     "and }} for braces); its tokens (-tok_*) go in front of every sequence, whose P "
+     "trajectories share one prompt"},
+    {"tok_file", "", TR | SA,
+     "text prompts: the tokenizer, a Hugging Face tokenizer.json (byte-level BPE: GPT-2, "
+     "GPT-NeoX, Pythia); sample: default the checkpoint's"},
+    {"tok_encoder", "", TR | SA,
+     "text prompts: GPT-2's encoder.json (with -tok_vocab) instead of -tok_file"},
+    {"tok_vocab", "", TR | SA, "text prompts: GPT-2's vocab.bpe (with -tok_encoder)"},
+    {"net_prompt_len", "auto", TR,
+     "text prompts: prompt length L in tokens (shorter prompts are left-padded); auto = the "
+     "longest prompt of the data; more leaves room for longer prompts at sampling"},
+    {"net_prompt_vocab", "auto", TR,
+     "text prompts: rows V of prompt.wte; auto = the tokenizer's vocabulary size"},
+    {"net_prompt_pad", "auto", TR,
+     "text prompts: the left-pad token id; auto = the tokenizer's <|endoftext|>"},
+    {"data_exclude", "", TR,
+     "leave rows of the -data_train file out of training: COL=VALUE[,VALUE...] (clauses for "
+     "several columns separated by ';'), matched against the file's /obs/COL strings"},
     {"model", "calmflow", TR,
      "the method: calmflow, or cfm (the flow-matching ODE baseline: an MLP velocity field of "
      "-net_layers hidden layers of width -net_hidden, sampled with PETSc TS)"},
+    {"model_init_hf", "", TR,
+     "calmflow: start the transformer from a pretrained GPT-NeoX / Pythia Hugging Face directory "
+     "(config.json + model.safetensors, docs/pretrained.md); its config.json sets -net_layers, "
+     "-net_hidden, -net_heads, -net_ffn, -net_rotary_pct and -net_rotary_base; the encoder and "
+     "head start afresh"},
     {"cfm_coupling", "ot", TR,
      "cfm: ot (exact OT over the global batch, OT-CFM) or independent (I-CFM)"},
     {"cfm_sigma", "0", TR, "cfm: path noise sigma, x_t = (1-t) x0 + t x1 + sigma eps"},
     {"cfm_time_freqs", "8", TR, "cfm: sinusoidal time features K (inputs t, sin/cos(pi k t))"},
+    {"cfm_cond", "", TR,
+     "cfm: condition on these categorical obs columns of the -data_train file (COL[,COL...], "
+     "docs/data-format.md): the velocity MLP also takes the one-hot vectors of a point's "
+     "categories, OT couples within each condition; sample with -sample_cond"},
     {"flow_time_points", "16", TR, "N, time points per trajectory"},
     {"flow_spatial_tokens", "1", TR, "S, spatial tokens per point"},
     {"flow_trajectories", "8", TR, "P, trajectories per sequence"},
@@ -89,6 +121,7 @@ static const struct optdef {
     {"net_heads", "2", TR, "attention heads"},
     {"net_ffn", "0", TR, "MLP width (0: 4 H)"},
     {"net_rotary_pct", "0.25", TR, "fraction of each head's dimensions with rotary embedding"},
+    {"net_rotary_base", "10000", TR, "rotary base: dimension pair i turns by pos * base^(-2i/rot)"},
     {"net_dropout", "0.1", TR, "dropout in the encoder, head and decoder MLPs"},
     {"net_logstd_min", "-7", TR, "gauss head: lower clamp of the log-std"},
     {"net_logstd_max", "5", TR, "gauss head: upper clamp of the log-std"},
@@ -106,6 +139,11 @@ static const struct optdef {
     {"train_beta2", "0.999", TR, "Adam beta2"},
     {"train_eps", "1e-8", TR, "Adam epsilon"},
     {"train_clip", "1", TR, "gradient clipping: maximum global 2-norm (0: off)"},
+    {"train_nan_policy", "stop", TR,
+     "a step whose loss or gradient is NaN or Inf changes nothing and then: stop (end the run, "
+     "exit code 4, no checkpoint of it) or skip (warn and go on with the next step)"},
+    {"train_nan_max_skips", "10", TR,
+     "skip: the most consecutive steps skipped; one more ends the run as stop does"},
     {"train_log_every", "10", TR, "log.jsonl line every k steps"},
     {"train_ckpt_every", "0", TR, "checkpoint every k steps (0: only at the end)"},
     {"train_ckpt_keep", "3", TR, "checkpoints kept in run_dir/ckpt"},
@@ -134,6 +172,14 @@ static const struct optdef {
     {"sample_traj", "0", SA, "1: also write /traj (n x N x D), every time point"},
     {"sample_ckpt", "", SA, "checkpoint to sample from (default run_dir/ckpt/LATEST)"},
     {"sample_quiet", "0", SA, "1: no progress lines"},
+    {"sample_cond", "", SA,
+     "cfm trained with -cfm_cond: generate for this condition, COL=VALUE[,COL=VALUE...] for "
+     "every condition column (any category of the training file, held-out ones included); "
+     "calmflow trained with -data_prompt: the prompt is the checkpoint's template with these "
+     "values (every {COL} of it once; any text, unseen values included)"},
+    {"sample_prompt", "", SA,
+     "calmflow trained with -data_prompt: generate for this prompt text (tokenized with the "
+     "-tok_* files, default the checkpoint's; at most the model's prompt length)"},
     {"sample_resume", "0", SA,
      "1: continue an unfinished -sample_out made with the same options (0: start it afresh)"},
     {"eval_a", "", CMD_EVAL, "first point set, FILE.h5 (/x), e.g. the samples"},
@@ -157,6 +203,12 @@ static const struct optdef {
      "1: also OT(a, a) and OT(b, b) for the debiased divergence sinkhorn_div"},
     {"eval_sinkhorn_mem", "256", CMD_EVAL,
      "MiB per rank for keeping the Sinkhorn cost rows (beyond: recomputed each iteration)"},
+    {"eval_pca", "", CMD_EVAL,
+     "single-cell: a `calmflow data` file (/pca) whose PCA space both point sets are in; also "
+     "report the R^2 of mean expression in its gene space (mean + z components), a against b"},
+    {"eval_r2_top", "50", CMD_EVAL,
+     "with -eval_pca: also the R^2 over this many genes of largest variance over the file's "
+     "cells (its /x in gene space); 0: all genes only"},
 };
 #define NOPT ((int)(sizeof g_opts / sizeof g_opts[0]))
 
@@ -287,6 +339,33 @@ cf_status cf_opts_check_unknown(const char *cmd) {
   return CF_OK;
 }
 
+cf_status cf_opts_check_cmdline(const char *cmd, unsigned cmds, int argc, char **argv) {
+  static const char *const names[5] = {"data", "train", "sample", "eval", "ckpt"};
+  for (int a = 1; a < argc; a++) {
+    int i = argv[a][0] == '-' ? find(argv[a]) : -1; /* values and numbers find nothing */
+    if (i < 0 || (g_opts[i].cmds & cmds)) continue;
+    char owners[64] = ""; /* "train", "train and sample", "data, train and sample" */
+    size_t len = 0;
+    int left = 0;
+    for (int k = 0; k < 5; k++)
+      left += (g_opts[i].cmds >> k) & 1u;
+    for (int k = 0; k < 5; k++) {
+      if (!(g_opts[i].cmds & (1u << k))) continue;
+      left--;
+      int w = snprintf(owners + len, sizeof owners - len, "%s%s", names[k],
+                       left > 1    ? ", "
+                       : left == 1 ? " and "
+                                   : "");
+      if (w > 0 && (size_t)w < sizeof owners - len) len += (size_t)w;
+    }
+    return cf_err(CF_EINVAL,
+                  "option -%s belongs to calmflow %s, not to calmflow %s, which would ignore it "
+                  "(run 'calmflow %s -help' for its options)",
+                  g_opts[i].name, owners, cmd, cmd);
+  }
+  return CF_OK;
+}
+
 void cf_opts_help(const char *cmd, unsigned cmds) {
   printf("options of calmflow %s (default in brackets; YAML configs via -options_file_yaml FILE,\n"
          "nested keys joined with '_'; the command line overrides the file):\n",
@@ -306,11 +385,17 @@ cf_status cf_opts_yaml(const struct cf_opts *o, unsigned cmds, char *buf, size_t
   CF_CHECK(n > 0 && (size_t)n < cap, CF_EINVAL, "resolved options do not fit");
   len = (size_t)n;
   for (int i = 0; i < NOPT; i++) {
-    if (!(g_opts[i].cmds & cmds & o->cmds) || o->val[i][0] == '\0') continue;
+    /* an empty value is written too when the default is not: else it would read back as that */
+    if (!(g_opts[i].cmds & cmds & o->cmds) || (o->val[i][0] == '\0' && g_opts[i].def[0] == '\0'))
+      continue;
     const char *v = o->val[i];
+    /* written raw in double quotes: a control character would not read back (a CR folds to a
+     * space, others make the YAML of config.yaml and the checkpoints unreadable) */
     for (const char *c = v; *c; c++)
-      CF_CHECK(*c != '"' && *c != '\\' && *c != '\n', CF_EINVAL,
-               "option -%s: value contains a quote, backslash or newline", g_opts[i].name);
+      CF_CHECK(*c != '"' && *c != '\\' && (unsigned char)*c >= 0x20 && *c != 0x7f, CF_EINVAL,
+               "option -%s: value contains a quote, backslash or control character (newline, "
+               "tab, ...)",
+               g_opts[i].name);
     n = snprintf(buf + len, cap - len, "%s: \"%s\"\n", g_opts[i].name, v);
     CF_CHECK(n > 0 && (size_t)n < cap - len, CF_EINVAL, "resolved options do not fit");
     len += (size_t)n;
@@ -333,7 +418,7 @@ cf_status cf_app_model_cfg(const struct cf_opts *o, struct cf_model_cfg *mc,
   CF_TRY(cf_opt_int(o, "net_ffn", 0, 1 << 24, &mc->ffn));
   if (mc->ffn == 0) mc->ffn = 4 * mc->H;
   CF_TRY(cf_opt_real(o, "net_rotary_pct", 0, 1, &mc->rotary_pct));
-  mc->rotary_base = 10000.0;
+  CF_TRY(cf_opt_real(o, "net_rotary_base", 1e-6, 1e12, &mc->rotary_base));
   double x;
   CF_TRY(cf_opt_real(o, "net_dropout", 0, 0.99, &x));
   mc->dropout = (float)x;
@@ -374,6 +459,12 @@ cf_status cf_app_model_cfg(const struct cf_opts *o, struct cf_model_cfg *mc,
     CF_TRY(cf_opt_int(o, "net_time_input", 0, 1, &ti));
     mc->time_input = (int)ti;
   }
+  const char *pl = cf_opt_str(o, "net_prompt_len"), *pv = cf_opt_str(o, "net_prompt_vocab");
+  const char *pp = cf_opt_str(o, "net_prompt_pad"); /* "auto" until train resolves them */
+  if (strcmp(pl, "auto") != 0) CF_TRY(cf_opt_int(o, "net_prompt_len", 0, 65536, &mc->prompt_len));
+  if (strcmp(pv, "auto") != 0) CF_TRY(cf_opt_int(o, "net_prompt_vocab", 0, 1 << 24, &mc->vocab));
+  if (strcmp(pp, "auto") != 0)
+    CF_TRY(cf_opt_int(o, "net_prompt_pad", 0, (1 << 24) - 1, &mc->prompt_pad));
   CF_TRY(cf_model_cfg_check(mc));
 
   fc->D = mc->D;
@@ -408,6 +499,15 @@ cf_status cf_app_cfm_cfg(const struct cf_opts *o, struct cf_cfm_cfg *cc,
     CF_CHECK(strcmp(cpl, "independent") == 0, CF_EINVAL,
              "option -cfm_coupling: unknown coupling '%s' (expected ot or independent)", cpl);
   return cf_cfm_cfg_check(cc);
+}
+
+cf_status cf_opt_set(struct cf_opts *o, const char *name, const char *value) {
+  int i = find(name);
+  CF_CHECK(i >= 0 && strlen(value) < CF_OPT_LEN, CF_EINVAL,
+           "option -%s: cannot set it to '%.64s' (internal error)", name, value);
+  snprintf(o->val[i], CF_OPT_LEN, "%s", value);
+  o->set[i] = 1;
+  return CF_OK;
 }
 
 const char *cf_opts_first_difference(const struct cf_opts *a, const struct cf_opts *b,

@@ -15,11 +15,21 @@
 #include <unistd.h>
 
 /* The known sites; keep in step with the list in fault.h. */
-static const char *const sites[] = {"grad_allreduce", "ckpt_write",   "ckpt_rename",
-                                    "h5_write",       "sample_batch", "pipeline_send"};
+static const char *const sites[] = {"grad_allreduce", "ckpt_write",    "ckpt_rename", "h5_write",
+                                    "sample_batch",   "pipeline_send", "nan_grad",    "nan_loss"};
 #define NSITES ((int)(sizeof sites / sizeof sites[0]))
+#define FIRST_VALUE_SITE 6 /* sites[6..] hand a value to cf_fault_poison */
 
-enum fault_action { ACT_HANG, ACT_KILL, ACT_EXIT, ACT_EIO, ACT_ENOSPC, ACT_DELAY };
+enum fault_action {
+  ACT_HANG,
+  ACT_KILL,
+  ACT_EXIT,
+  ACT_EIO,
+  ACT_ENOSPC,
+  ACT_DELAY,
+  ACT_NAN,
+  ACT_INF
+};
 
 #define MAX_ENTRIES 32
 #define MAX_SPEC 4096
@@ -110,7 +120,13 @@ static cf_status parse_entry(char *e, int idx, int rank, const char *orig) {
     fe.action = ACT_EIO;
   else if (strcmp(a, "enospc") == 0)
     fe.action = ACT_ENOSPC;
-  else if (strncmp(a, "delay=", 6) == 0) {
+  else if (strcmp(a, "nan") == 0 || strcmp(a, "inf") == 0) {
+    CF_CHECK(site >= FIRST_VALUE_SITE, CF_EINVAL,
+             "CF_FAULT: entry %d '%s': action '%s' needs a value site (nan_grad or nan_loss), "
+             "not '%s'",
+             idx, orig, a, field[0]);
+    fe.action = a[0] == 'n' ? ACT_NAN : ACT_INF;
+  } else if (strncmp(a, "delay=", 6) == 0) {
     char *end = NULL;
     errno = 0;
     double d = strtod(a + 6, &end);
@@ -123,7 +139,7 @@ static cf_status parse_entry(char *e, int idx, int rank, const char *orig) {
   } else
     return cf_err(CF_EINVAL,
                   "CF_FAULT: entry %d '%s': unknown action '%s' (expected hang, kill, exit, eio, "
-                  "enospc or delay=<seconds>)",
+                  "enospc, delay=<seconds>, nan or inf)",
                   idx, orig, a);
 
   if (r >= 0 && r != rank) return CF_OK; /* valid, but for another rank */
@@ -178,7 +194,8 @@ static void sleep_seconds(double s) {
   }
 }
 
-cf_status cf_fault_hit_(const char *site) {
+/* One arrival at site; x (NULL at a plain site) receives the nan / inf actions. */
+static cf_status hit(const char *site, double *x) {
   int s = -1;
   for (int i = 0; i < NSITES; i++)
     if (strcmp(site, sites[i]) == 0) s = i;
@@ -208,7 +225,19 @@ cf_status cf_fault_hit_(const char *site) {
     case ACT_DELAY:
       sleep_seconds(e->delay_s);
       break;
+    case ACT_NAN:
+    case ACT_INF:
+      if (x != NULL) *x = e->action == ACT_NAN ? (double)NAN : (double)INFINITY;
+      break;
     }
   }
   return CF_OK;
+}
+
+cf_status cf_fault_hit_(const char *site) {
+  return hit(site, NULL);
+}
+
+cf_status cf_fault_poison_(const char *site, double *x) {
+  return hit(site, x);
 }

@@ -16,8 +16,10 @@ struct cf_block_head {
 
 cf_status cf_alloc(void **p, size_t bytes, const char *what) {
   *p = NULL;
-  size_t total;
-  CF_TRY(cf_mul_size(&total, 1, bytes + sizeof(struct cf_block_head), what));
+  /* the header is added with a check: bytes near SIZE_MAX must not wrap to a small block */
+  CF_CHECK(bytes <= SIZE_MAX - sizeof(struct cf_block_head), CF_ENOMEM,
+           "out of memory allocating %zu bytes for %s (more than the address space)", bytes, what);
+  const size_t total = bytes + sizeof(struct cf_block_head);
   void *raw = NULL;
   if (posix_memalign(&raw, CF_ALIGN, total) != 0 || raw == NULL)
     return cf_err(CF_ENOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
@@ -68,13 +70,16 @@ cf_status cf_arena_commit(struct cf_arena *a, size_t bytes, const char *what) {
 }
 
 float *cf_arena_floats(struct cf_arena *a, size_t n) {
-  size_t bytes = (n * sizeof(float) + CF_ALIGN - 1) / CF_ALIGN * CF_ALIGN;
+  /* a size that overflows saturates the plan (its commit then fails) and never fits */
+  const size_t most = (SIZE_MAX - CF_ALIGN) / sizeof(float);
+  size_t bytes =
+      n > most ? SIZE_MAX - CF_ALIGN + 1 : (n * sizeof(float) + CF_ALIGN - 1) / CF_ALIGN * CF_ALIGN;
   size_t off = a->used;
   if (a->base == NULL) {
-    a->used += bytes;
+    a->used = bytes > SIZE_MAX - off ? SIZE_MAX : off + bytes;
     return NULL;
   }
-  if (off + bytes > a->cap) return NULL;
+  if (bytes > a->cap || off > a->cap - bytes) return NULL;
   a->used += bytes;
   return (float *)(a->base + off);
 }

@@ -1,15 +1,19 @@
 /* cfm.c: the CFM baseline's MLP velocity field (forward, backward, initialization, tensor
- * table) on the model's kernels, its training pairs (I-CFM draws and paths) and the exact OT
- * coupling over the global batch of all data-parallel ranks. Sampling is in cfm_ode.c. */
+ * table; optionally conditioned on one-hot condition features) on the model's kernels, its
+ * training pairs (I-CFM draws and paths) and the exact OT coupling over the global batch of all
+ * data-parallel ranks (per condition group for a conditional model). Sampling is in
+ * cfm_ode.c. */
 #include "calmflow/cfm.h"
 
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "calmflow/mem.h"
 #include "calmflow/metrics.h"
+#include "calmflow/mpichunk.h"
 #include "calmflow/rng.h"
 #include "flow/cfm_impl.h"
 #include "model/layers.h"
@@ -27,11 +31,13 @@ cf_status cf_cfm_cfg_check(const struct cf_cfm_cfg *c) {
   CF_CHECK(c->time_freqs >= 0 && c->time_freqs <= 64, CF_EINVAL,
            "cfm: time frequencies %lld; expected 0 .. 64", (long long)c->time_freqs);
   CF_CHECK(c->D <= (1 << 24), CF_EINVAL, "cfm: data dimension %lld is too large", (long long)c->D);
+  CF_CHECK(c->cond_dim >= 0 && c->cond_dim <= (1 << 20), CF_EINVAL,
+           "cfm: %lld condition features; expected 0 .. 1048576", (long long)c->cond_dim);
   return CF_OK;
 }
 
 int64_t cf_cfm_in_features(const struct cf_cfm_cfg *c) {
-  return c->D + 1 + 2 * c->time_freqs;
+  return c->D + 1 + 2 * c->time_freqs + c->cond_dim;
 }
 
 size_t cf_cfm_param_count(const struct cf_cfm_cfg *c) {
@@ -229,13 +235,22 @@ const struct cf_tensor_info *cf_cfm_find(const struct cf_cfm *m, const char *nam
 /* ---- forward and backward ---- */
 
 cf_status cf_cfm_forward(struct cf_cfm *m, int64_t B, const float *x, const float *t, float *v) {
+  return cf_cfm_forward_c(m, B, x, t, NULL, v);
+}
+
+cf_status cf_cfm_forward_c(struct cf_cfm *m, int64_t B, const float *x, const float *t,
+                           const float *cond, float *v) {
   struct cf_cfm_impl *im = m->impl;
   const struct cf_cfm_cfg *c = &m->cfg;
   CF_CHECK(B >= 1 && B <= m->max_batch, CF_EINVAL,
            "cfm: forward of %lld points; expected 1 .. %lld", (long long)B,
            (long long)m->max_batch);
+  const int64_t C = c->cond_dim;
+  CF_CHECK(C == 0 || cond != NULL, CF_EINVAL,
+           "cfm: the model is conditioned on %lld features, but no condition was given",
+           (long long)C);
   int64_t D = c->D, I0 = im->I0, K = c->time_freqs, W = c->width;
-  for (int64_t i = 0; i < B; i++) { /* in (B, I0) = [x | t | sin | cos] */
+  for (int64_t i = 0; i < B; i++) { /* in (B, I0) = [x | t | sin | cos | c] */
     float *r = im->in + i * I0;
     memcpy(r, x + i * D, (size_t)D * sizeof(float));
     double ti = (double)t[i];
@@ -245,6 +260,7 @@ cf_status cf_cfm_forward(struct cf_cfm *m, int64_t B, const float *x, const floa
       r[D + 2 * k - 1] = (float)sin(a);
       r[D + 2 * k] = (float)cos(a);
     }
+    if (C > 0) memcpy(r + D + 1 + 2 * K, cond + i * C, (size_t)C * sizeof(float));
   }
   const float *prev = im->in;
   for (int64_t l = 0; l < c->layers; l++) {
@@ -283,10 +299,15 @@ cf_status cf_cfm_backward(struct cf_cfm *m, const float *dv) {
 
 cf_status cf_cfm_loss_grad(struct cf_cfm *m, int64_t B, const float *xt, const float *t,
                            const float *u, double n_total, double *loss) {
+  return cf_cfm_loss_grad_c(m, B, xt, t, NULL, u, n_total, loss);
+}
+
+cf_status cf_cfm_loss_grad_c(struct cf_cfm *m, int64_t B, const float *xt, const float *t,
+                             const float *c, const float *u, double n_total, double *loss) {
   struct cf_cfm_impl *im = m->impl;
   CF_CHECK(n_total > 0, CF_EINVAL, "cfm: loss divisor %g; expected a positive point count",
            n_total);
-  CF_TRY(cf_cfm_forward(m, B, xt, t, NULL));
+  CF_TRY(cf_cfm_forward_c(m, B, xt, t, c, NULL));
   size_t n = (size_t)B * (size_t)m->cfg.D;
   double s = 0;
   float k = (float)(2.0 / n_total);
@@ -295,7 +316,6 @@ cf_status cf_cfm_loss_grad(struct cf_cfm *m, int64_t B, const float *xt, const f
     s += (double)d * d;
     im->dv[i] = k * d;
   }
-  CF_CHECK(isfinite(s), CF_ENUM, "cfm: the loss is not finite (%g)", s);
   *loss = s / n_total;
   return cf_cfm_backward(m, im->dv);
 }
@@ -305,6 +325,14 @@ cf_status cf_cfm_loss_grad(struct cf_cfm *m, int64_t B, const float *xt, const f
 cf_status cf_cfm_draw(const struct cf_dist *src, const struct cf_dist *tgt, int64_t D,
                       uint64_t seed, uint32_t step, uint64_t g0, int64_t B, float *x0, float *x1,
                       float *t, float *eps) {
+  return cf_cfm_draw_rows(src, tgt, D, seed, step, g0, B, x0, x1, t, eps, NULL);
+}
+
+cf_status cf_cfm_draw_rows(const struct cf_dist *src, const struct cf_dist *tgt, int64_t D,
+                           uint64_t seed, uint32_t step, uint64_t g0, int64_t B, float *x0,
+                           float *x1, float *t, float *eps, int64_t *row) {
+  CF_CHECK(row == NULL || tgt->kind == CF_DIST_POINTS, CF_EINVAL,
+           "cfm: a conditional model needs a data file as its target (-data_train)");
   CF_CHECK(src->dim == D, CF_EINVAL, "cfm: source dimension %lld; the model has %lld",
            (long long)src->dim, (long long)D);
   CF_CHECK(tgt->dim == D, CF_EINVAL, "cfm: target dimension %lld; the model has %lld",
@@ -316,6 +344,7 @@ cf_status cf_cfm_draw(const struct cf_dist *src, const struct cf_dist *tgt, int6
     struct cf_rng rp = {.seed = seed, .domain = CF_RNG_PATH, .step = step, .index = g};
     cf_dist_draw(src, &r0, x0 + i * D);
     cf_dist_draw(tgt, &r1, x1 + i * D);
+    if (row != NULL) row[i] = cf_dist_row(tgt, &r1);
     t[i] = (float)cf_rng_uniform1(&rp, 0);
     if (eps != NULL) cf_rng_normal(&rp, 4, eps + i * D, (size_t)D);
   }
@@ -357,15 +386,19 @@ cf_status cf_cfm_ot_init(struct cf_cfm_ot *ot, MPI_Comm comm, int64_t max_n, int
   ot->comm = comm;
   ot->max_n = max_n;
   ot->D = D;
-  void *p[7] = {NULL};
-  size_t bytes[7] = {(size_t)ot->size * sizeof(int),
-                     (size_t)ot->size * sizeof(int),
-                     nd * sizeof(float),
-                     nd * sizeof(float),
-                     nn,
-                     (size_t)max_n * sizeof(int64_t),
-                     (size_t)ot->size * sizeof(int64_t)};
-  for (int i = 0; i < 7; i++) {
+  enum { NBUF = 10 };
+  void *p[NBUF] = {NULL};
+  size_t bytes[NBUF] = {(size_t)ot->size * sizeof(int64_t),
+                        (size_t)ot->size * sizeof(int64_t),
+                        nd * sizeof(float),
+                        nd * sizeof(float),
+                        nn,
+                        (size_t)max_n * sizeof(int64_t),
+                        (size_t)ot->size * sizeof(int64_t),
+                        (size_t)max_n * sizeof(int64_t),
+                        2 * (size_t)max_n * sizeof(int64_t),
+                        (size_t)max_n * sizeof(int64_t)};
+  for (int i = 0; i < NBUF; i++) {
     cf_status st = cf_alloc(&p[i], bytes[i], "cfm OT coupling workspace");
     if (st != CF_OK) {
       for (int j = 0; j < i; j++)
@@ -381,13 +414,17 @@ cf_status cf_cfm_ot_init(struct cf_cfm_ot *ot, MPI_Comm comm, int64_t max_n, int
   ot->cost = p[4];
   ot->col = p[5];
   ot->blocks = p[6];
+  ot->grp = p[7];
+  ot->idx = p[8];
+  ot->sub = p[9];
   return CF_OK;
 }
 
 void cf_cfm_ot_release(struct cf_cfm_ot *ot) {
   if (ot == NULL) return;
-  void *p[7] = {ot->counts, ot->offs, ot->x0, ot->x1, ot->cost, ot->col, ot->blocks};
-  for (int i = 0; i < 7; i++)
+  void *p[10] = {ot->counts, ot->offs,   ot->x0,  ot->x1,  ot->cost,
+                 ot->col,    ot->blocks, ot->grp, ot->idx, ot->sub};
+  for (int i = 0; i < 10; i++)
     cf_free(&p[i]);
   memset(ot, 0, sizeof *ot);
 }
@@ -405,23 +442,34 @@ static uint64_t hash_assignment(const int64_t *col, int64_t n) {
   return h;
 }
 
+/* (group, row) keys, sorted by group and then row. */
+static int cmp_key(const void *a, const void *b) {
+  const int64_t *x = a, *y = b;
+  if (x[0] != y[0]) return x[0] < y[0] ? -1 : 1;
+  return x[1] < y[1] ? -1 : x[1] > y[1];
+}
+
 cf_status cf_cfm_ot_couple(struct cf_cfm_ot *ot, int64_t B, const float *x0, float *x1,
                            int64_t *pair, double *cost_ot, double *cost_id) {
+  return cf_cfm_ot_couple_groups(ot, B, x0, x1, NULL, pair, cost_ot, cost_id);
+}
+
+cf_status cf_cfm_ot_couple_groups(struct cf_cfm_ot *ot, int64_t B, const float *x0, float *x1,
+                                  const int64_t *group, int64_t *pair, double *cost_ot,
+                                  double *cost_id) {
   CF_CHECK(ot->comm != MPI_COMM_NULL && ot->cost != NULL, CF_EINVAL,
            "cfm: OT coupling workspace is not initialized");
   const int64_t D = ot->D;
   /* every rank learns every block size first, so all reach the same verdict on the size */
-  int64_t mine = B, *sizes = ot->blocks;
-  CF_MPI(MPI_Allgather(&mine, 1, MPI_INT64_T, sizes, 1, MPI_INT64_T, ot->comm));
+  int64_t mine[2] = {B, group != NULL}, *sizes = ot->blocks;
+  int64_t grouped = 0;
+  CF_MPI(MPI_Allgather(&mine[0], 1, MPI_INT64_T, sizes, 1, MPI_INT64_T, ot->comm));
+  CF_MPI(MPI_Allreduce(&mine[1], &grouped, 1, MPI_INT64_T, MPI_MAX, ot->comm));
   int64_t n = 0, off = 0, bad = -1;
   for (int r = 0; r < ot->size; r++) {
     if (sizes[r] < 0) bad = r;
     if (r == ot->rank) off = n;
     n += sizes[r];
-  }
-  for (int r = 0; r < ot->size && bad < 0 && n <= ot->max_n; r++) {
-    ot->counts[r] = (int)(sizes[r] * D);
-    ot->offs[r] = r == 0 ? 0 : ot->offs[r - 1] + ot->counts[r - 1];
   }
   CF_CHECK(bad < 0, CF_EINVAL, "cfm: OT coupling: rank %d passed a negative batch", (int)bad);
   CF_CHECK(n >= 1, CF_EINVAL, "cfm: OT coupling of an empty global batch");
@@ -429,33 +477,76 @@ cf_status cf_cfm_ot_couple(struct cf_cfm_ot *ot, int64_t B, const float *x0, flo
            "cfm: OT coupling of a global batch of %lld points; the workspace holds %lld",
            (long long)n, (long long)ot->max_n);
 
-  CF_MPI(MPI_Allgatherv(x0, (int)(B * D), MPI_FLOAT, ot->x0, ot->counts, ot->offs, MPI_FLOAT,
-                        ot->comm));
-  CF_MPI(MPI_Allgatherv(x1, (int)(B * D), MPI_FLOAT, ot->x1, ot->counts, ot->offs, MPI_FLOAT,
-                        ot->comm));
+  /* the groups of the whole global batch (all 0 without groups) */
+  if (grouped) {
+    for (int r = 0; r < ot->size; r++) {
+      ot->counts[r] = sizes[r];
+      ot->offs[r] = r == 0 ? 0 : ot->offs[r - 1] + ot->counts[r - 1];
+    }
+    for (int64_t i = 0; i < B; i++) /* a rank without groups puts its rows in group 0 */
+      ot->grp[off + i] = group ? group[i] : 0;
+    CF_MPI(cf_mpi_allgatherv(MPI_IN_PLACE, (size_t)B, ot->grp, ot->counts, ot->offs, MPI_INT64_T,
+                             ot->comm));
+  } else {
+    memset(ot->grp, 0, (size_t)n * sizeof(int64_t));
+  }
+  for (int r = 0; r < ot->size; r++) {
+    ot->counts[r] = sizes[r] * D;
+    ot->offs[r] = r == 0 ? 0 : ot->offs[r - 1] + ot->counts[r - 1];
+  }
+  CF_MPI(cf_mpi_allgatherv(x0, (size_t)(B * D), ot->x0, ot->counts, ot->offs, MPI_FLOAT, ot->comm));
+  CF_MPI(cf_mpi_allgatherv(x1, (size_t)(B * D), ot->x1, ot->counts, ot->offs, MPI_FLOAT, ot->comm));
 
-  /* cost (n, n), the same double arithmetic in the same order on every rank */
+  /* the identity pairing's cost, in double, in a fixed order (the same on every rank) */
   double id = 0;
   int finite = 1;
   for (int64_t i = 0; i < n; i++) {
-    const float *a = ot->x0 + i * D;
-    double *crow = ot->cost + i * n;
-    for (int64_t j = 0; j < n; j++) {
-      const float *b = ot->x1 + j * D;
-      double s = 0;
-      for (int64_t d = 0; d < D; d++) {
-        double q = (double)a[d] - (double)b[d];
-        s += q * q;
-      }
-      crow[j] = s;
-      if (!isfinite(s)) finite = 0;
+    const float *a = ot->x0 + i * D, *b = ot->x1 + i * D;
+    double s = 0;
+    for (int64_t d = 0; d < D; d++) {
+      double q = (double)a[d] - (double)b[d];
+      s += q * q;
     }
-    id += crow[i];
+    id += s;
   }
-  CF_CHECK(finite && isfinite(id), CF_ECORRUPT,
-           "cfm: OT coupling: a source or target point is not finite");
+  /* rows sorted by (group, row): each group is a run */
+  int64_t *key = ot->idx;
+  for (int64_t i = 0; i < n; i++) {
+    key[2 * i] = ot->grp[i];
+    key[2 * i + 1] = i;
+  }
+  if (grouped) qsort(key, (size_t)n, 2 * sizeof(int64_t), cmp_key);
   double tot = 0;
-  CF_TRY(cf_lsa_dense(ot->cost, n, ot->col, &tot));
+  for (int64_t a0 = 0; a0 < n;) {
+    int64_t a1 = a0 + 1;
+    while (a1 < n && key[2 * a1] == key[2 * a0])
+      a1++;
+    const int64_t m = a1 - a0;
+    /* cost (m, m) of the group: x0 rows against x1 rows, the same double arithmetic in the
+     * same order on every rank */
+    for (int64_t p = 0; p < m; p++) {
+      const float *a = ot->x0 + key[2 * (a0 + p) + 1] * D;
+      double *crow = ot->cost + p * m;
+      for (int64_t q = 0; q < m; q++) {
+        const float *b = ot->x1 + key[2 * (a0 + q) + 1] * D;
+        double s = 0;
+        for (int64_t d = 0; d < D; d++) {
+          double e = (double)a[d] - (double)b[d];
+          s += e * e;
+        }
+        crow[q] = s;
+        if (!isfinite(s)) finite = 0;
+      }
+    }
+    CF_CHECK(finite && isfinite(id), CF_ECORRUPT,
+             "cfm: OT coupling: a source or target point is not finite");
+    double tg = 0;
+    CF_TRY(cf_lsa_dense(ot->cost, m, ot->sub, &tg));
+    tot += tg;
+    for (int64_t p = 0; p < m; p++)
+      ot->col[key[2 * (a0 + p) + 1]] = key[2 * (a0 + ot->sub[p]) + 1];
+    a0 = a1;
+  }
 
   /* all ranks must hold the same assignment (same binary, same inputs: they do) */
   uint64_t h = hash_assignment(ot->col, n), hmin = 0, hmax = 0;

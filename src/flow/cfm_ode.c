@@ -1,6 +1,7 @@
 /* cfm_ode.c: integration of dx/dt = F(t, x) with PETSc TS (adaptive Dormand-Prince 5(4) by
  * default, anything else through the options database), and CFM sampling on it: the learned
- * velocity field integrated from t = 0 to 1 for a batch of points. */
+ * velocity field (under each point's condition, for a conditional model) integrated from
+ * t = 0 to 1 for a batch of points. */
 #include <math.h>
 #include <petscts.h>
 #include <string.h>
@@ -139,10 +140,17 @@ cf_status cf_ode_solve(cf_ode_rhs_fn rhs, void *ctx, int64_t n, double *x,
   return CF_OK;
 }
 
-/* dx/dt = v_theta(x, t) for the n / D points of x, max_batch at a time. Staging: im->dv holds
- * the float points, im->g[0] their times (both unused outside training's backward). */
+/* The network and the points' conditions (NULL for an unconditional model). */
+struct cfm_rhs_ctx {
+  struct cf_cfm *m;
+  const float *c; /* (n / D, C) */
+};
+
+/* dx/dt = v_theta(x, t[, c]) for the n / D points of x, max_batch at a time. Staging: im->dv
+ * holds the float points, im->g[0] their times (both unused outside training's backward). */
 static cf_status cfm_rhs(void *ctx, double t, int64_t n, const double *x, double *f) {
-  struct cf_cfm *m = ctx;
+  const struct cfm_rhs_ctx *rc = ctx;
+  struct cf_cfm *m = rc->m;
   struct cf_cfm_impl *im = m->impl;
   int64_t D = m->cfg.D, np = n / D;
   float *xs = im->dv, *ts = im->g[0];
@@ -153,7 +161,8 @@ static cf_status cfm_rhs(void *ctx, double t, int64_t n, const double *x, double
       xs[i] = (float)xb[i];
     for (int64_t i = 0; i < B; i++)
       ts[i] = (float)t;
-    CF_TRY(cf_cfm_forward(m, B, xs, ts, NULL));
+    const float *cb = rc->c ? rc->c + p0 * m->cfg.cond_dim : NULL;
+    CF_TRY(cf_cfm_forward_c(m, B, xs, ts, cb, NULL));
     double *fb = f + p0 * D;
     for (int64_t i = 0; i < B * D; i++)
       fb[i] = (double)im->v[i];
@@ -164,7 +173,15 @@ static cf_status cfm_rhs(void *ctx, double t, int64_t n, const double *x, double
 
 cf_status cf_cfm_sample(struct cf_cfm *m, int64_t n, float *x, const struct cf_ode_opts *o,
                         struct cf_ode_stats *st) {
+  return cf_cfm_sample_c(m, n, x, NULL, o, st);
+}
+
+cf_status cf_cfm_sample_c(struct cf_cfm *m, int64_t n, float *x, const float *c,
+                          const struct cf_ode_opts *o, struct cf_ode_stats *st) {
   CF_CHECK(m != NULL && m->impl != NULL, CF_EINVAL, "cfm: sampling from an uninitialized model");
+  CF_CHECK(m->cfg.cond_dim == 0 || c != NULL, CF_EINVAL,
+           "cfm: sampling a model conditioned on %lld features without a condition",
+           (long long)m->cfg.cond_dim);
   CF_CHECK(n >= 1, CF_EINVAL, "cfm: sampling %lld points; expected at least 1", (long long)n);
   size_t nv;
   CF_TRY(cf_mul_size(&nv, (size_t)n, (size_t)m->cfg.D, "cfm sampling state"));
@@ -175,7 +192,8 @@ cf_status cf_cfm_sample(struct cf_cfm *m, int64_t n, float *x, const struct cf_o
   size_t nval = nv / sizeof(double);
   for (size_t i = 0; i < nval; i++)
     y[i] = (double)x[i];
-  cf_status s = cf_ode_solve(cfm_rhs, m, (int64_t)nval, y, o, st);
+  struct cfm_rhs_ctx rc = {m, c};
+  cf_status s = cf_ode_solve(cfm_rhs, &rc, (int64_t)nval, y, o, st);
   if (s == CF_OK) {
     size_t bad = nval;
     for (size_t i = 0; i < nval && bad == nval; i++)

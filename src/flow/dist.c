@@ -57,6 +57,12 @@ void cf_dist_points(struct cf_dist *d, const float *x, int64_t n, int64_t dim) {
 
 static const double PI = 3.14159265358979323846;
 
+int64_t cf_dist_row(const struct cf_dist *d, const struct cf_rng *r) {
+  if (d->kind != CF_DIST_POINTS) return -1;
+  int64_t i = (int64_t)(cf_rng_uniform1(r, 0) * (double)d->n);
+  return i >= d->n ? d->n - 1 : i;
+}
+
 void cf_dist_draw(const struct cf_dist *d, const struct cf_rng *r, float *out) {
   int64_t D = d->dim;
   switch (d->kind) {
@@ -134,8 +140,7 @@ void cf_dist_draw(const struct cf_dist *d, const struct cf_rng *r, float *out) {
     return;
   }
   case CF_DIST_POINTS: {
-    int64_t i = (int64_t)(cf_rng_uniform1(r, 0) * (double)d->n);
-    if (i >= d->n) i = d->n - 1;
+    int64_t i = cf_dist_row(d, r);
     memcpy(out, d->x + i * D, (size_t)D * sizeof(float));
     return;
   }

@@ -523,11 +523,17 @@ static cf_status finish(struct cf_bpe *b) {
 
 /* ---- files ---- */
 
-/* Read a whole file into a malloc'd NUL-terminated buffer. */
-static cf_status read_file(const char *path, char **out, size_t *len) {
+/* Read a whole file into a malloc'd NUL-terminated buffer; `expected` names what it should be
+ * ("a tokenizer.json file") for a path that is a directory. */
+static cf_status read_file(const char *path, const char *expected, char **out, size_t *len) {
   *out = NULL;
   FILE *f = fopen(path, "rb");
   CF_CHECK(f != NULL, CF_EIO, "%s: cannot open: %s", path, strerror(errno));
+  struct stat sb;
+  if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+    fclose(f);
+    return cf_err(CF_EIO, "%s: it is a directory, expected %s", path, expected);
+  }
   size_t cap = 1 << 16, n = 0;
   char *buf = malloc(cap);
   while (buf != NULL) {
@@ -746,7 +752,7 @@ cf_status cf_bpe_load_hf(struct cf_bpe **bpe, const char *path) {
   *bpe = NULL;
   char *text;
   size_t len;
-  CF_TRY(read_file(path, &text, &len));
+  CF_TRY(read_file(path, "a tokenizer.json file", &text, &len));
   cJSON *root = NULL;
   struct cf_bpe *b = NULL;
   cf_status st = parse_json(path, text, len, &root);
@@ -817,8 +823,8 @@ cf_status cf_bpe_load_gpt2(struct cf_bpe **bpe, const char *encoder_json, const 
   *bpe = NULL;
   char *text = NULL, *merges = NULL;
   size_t len, mlen;
-  CF_TRY(read_file(encoder_json, &text, &len));
-  cf_status st = read_file(vocab_bpe, &merges, &mlen);
+  CF_TRY(read_file(encoder_json, "GPT-2's encoder.json file", &text, &len));
+  cf_status st = read_file(vocab_bpe, "GPT-2's vocab.bpe file", &merges, &mlen);
   cJSON *root = NULL;
   struct cf_bpe *b = NULL;
   if (st == CF_OK) st = parse_json(encoder_json, text, len, &root);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "calmflow/conds.h"
 #include "calmflow/fault.h"
 #include "calmflow/h5io.h"
 #include "calmflow/mem.h"
@@ -22,8 +23,9 @@
 #define CKPT_OPTIONS_MAX ((size_t)64 << 20) /* bound on the options attribute we accept */
 #define CKPT_GOLDEN 0x9e3779b97f4a7c15ull
 
-/* The strings of the last cf_ckpt_read_meta (meta->model_kind, ->layout, ->rng point here). */
-static char g_model_kind[256], g_layout[256], g_rng[256];
+/* The strings of the last cf_ckpt_read_meta (meta->model_kind, ->layout, ->rng, ->conditions
+ * point here). */
+static char g_model_kind[256], g_layout[256], g_rng[256], g_conditions[CF_CONDS_TEXT_MAX];
 
 /* ---- checksums ---- */
 
@@ -234,16 +236,18 @@ static cf_status lists_agree(MPI_Comm comm, const struct cf_ckpt_tensor *t, int 
   h = fnv_bytes(h, &n, sizeof n);
   if (meta != NULL) {
     /* which optional attributes are present, then their values */
-    int64_t v[7] = {meta->step,
+    int64_t v[8] = {meta->step,
                     (int64_t)meta->seed,
                     meta->world,
                     meta->data_cursor,
                     meta->layout != NULL,
                     meta->rng != NULL,
-                    meta->rng ? meta->rng_step : 0};
-    const char *s[4] = {meta->options_yaml, meta->model_kind, meta->layout, meta->rng};
+                    meta->rng ? meta->rng_step : 0,
+                    meta->conditions != NULL};
+    const char *s[5] = {meta->options_yaml, meta->model_kind, meta->layout, meta->rng,
+                        meta->conditions};
     h = fnv_bytes(h, v, sizeof v);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
       h = fnv_bytes(h, s[i] ? s[i] : "", strlen(s[i] ? s[i] : "") + 1);
   }
   for (int i = 0; i < nt; i++) {
@@ -256,7 +260,7 @@ static cf_status lists_agree(MPI_Comm comm, const struct cf_ckpt_tensor *t, int 
   CF_CHECK(got[0] == h && ~got[1] == h, CF_EINVAL,
            "the ranks pass different checkpoint tensor lists (names, order or shapes differ)%s",
            meta != NULL ? " or different metadata (step, seed, world, data_cursor, options, "
-                          "model_kind, layout, rng, rng_step)"
+                          "model_kind, layout, rng, rng_step, conditions)"
                         : "");
   return CF_OK;
 }
@@ -478,6 +482,7 @@ static cf_status write_all(struct cf_h5_writer *w, const struct cf_ckpt_meta *me
     CF_TRY(cf_h5_writer_attr(w, "rng", meta->rng));
     CF_TRY(cf_io_writer_attr_i64(w, "rng_step", meta->rng_step));
   }
+  if (meta->conditions != NULL) CF_TRY(cf_h5_writer_attr(w, "conditions", meta->conditions));
   CF_TRY(cf_io_writer_attr_i64(w, "n_tensors", nt));
   CF_TRY(cf_h5_writer_attr(w, "checksum_algorithm", CF_CKPT_CHECKSUM_ALGORITHM));
   for (int i = 0; i < nt; i++)
@@ -486,27 +491,16 @@ static cf_status write_all(struct cf_h5_writer *w, const struct cf_ckpt_meta *me
   return CF_OK;
 }
 
-/* Collective. Reserve in the temporary file the bytes the checkpoint will need (its tensors,
- * the options and a margin for HDF5's metadata, about 450 bytes per tensor; HDF5 cuts the file
- * to its real size when it closes it), so that a full disk, a quota or a file-size limit shows
- * up here, before HDF5 holds anything it would have to flush: in HDF5 1.10.8 a failed H5Fclose
- * leaves a dangling file ID on which the library crashes when it shuts down, in MPI_Finalize
- * (HDFFV-11052, fixed upstream by HDFGroup/hdf5 pull request 2291). */
-static cf_status reserve_space(const struct cf_h5_writer *w, const struct cf_ckpt_tensor *t, int nt,
-                               const struct cf_ckpt_meta *meta) {
-  cf_status st = CF_OK;
-  if (w->rank == 0) {
-    double bytes = 65536.0 + (meta->options_yaml ? (double)strlen(meta->options_yaml) : 0.0);
-    for (int i = 0; i < nt; i++)
-      bytes += (double)t[i].shape[0] * (double)cols_of(&t[i]) * sizeof(float) + 2048.0;
-    int fd = open(w->tmp, O_WRONLY);
-    int e = fd < 0 ? errno : posix_fallocate(fd, 0, (off_t)bytes);
-    if (fd >= 0) close(fd);
-    if (e != 0)
-      st = cf_err(CF_EIO, "cannot write checkpoint '%s': no room for its %.2f MiB (%s)", w->path,
-                  bytes / 1048576.0, strerror(e));
-  }
-  return cf_io_agree(w->comm, st);
+/* Collective. Reserve in the temporary file the bytes the checkpoint's tensors will need, with
+ * about 2 KiB each for their headers (the writer counts its own metadata and the attributes),
+ * so that a full disk, a quota or a file-size limit shows up here, before HDF5 holds anything it
+ * would have to flush (cf_h5_writer_reserve, cf_io_reserve: a failed H5Fclose crashes HDF5
+ * 1.10.8 in MPI_Finalize). HDF5 cuts the file to its real size when it closes it. */
+static cf_status reserve_space(struct cf_h5_writer *w, const struct cf_ckpt_tensor *t, int nt) {
+  double bytes = 0.0;
+  for (int i = 0; i < nt; i++)
+    bytes += (double)t[i].shape[0] * (double)cols_of(&t[i]) * sizeof(float) + 2048.0;
+  return cf_h5_writer_reserve(w, bytes);
 }
 
 cf_status cf_ckpt_write(MPI_Comm comm, const char *path, const struct cf_ckpt_meta *meta,
@@ -530,7 +524,7 @@ cf_status cf_ckpt_write(MPI_Comm comm, const char *path, const struct cf_ckpt_me
   if (st == CF_OK) st = cf_h5_writer_open(&w, comm, path);
   if (st == CF_OK) {
     w.rename_fault = "ckpt_rename";
-    st = reserve_space(&w, t, nt, meta);
+    st = reserve_space(&w, t, nt);
     if (st == CF_OK) st = write_all(&w, meta, t, nt, L, sums);
     if (st == CF_OK) {
       st = cf_h5_writer_commit(&w);
@@ -618,6 +612,14 @@ static cf_status read_meta_open(hid_t fid, const char *path, struct cf_ckpt_meta
   }
   if (H5Aexists(fid, "rng_step") > 0)
     CF_TRY(cf_io_attr_get_i64(fid, "rng_step", path, ra, &meta->rng_step));
+  meta->conditions = NULL;
+  if (H5Aexists(fid, "conditions") > 0) {
+    char *v = NULL;
+    CF_TRY(cf_io_attr_get_str(fid, "conditions", path, ra, sizeof g_conditions, &v));
+    snprintf(g_conditions, sizeof g_conditions, "%s", v);
+    cf_free((void **)&v);
+    meta->conditions = g_conditions;
+  }
   CF_TRY(cf_io_attr_get_str(fid, "options", path, ra, CKPT_OPTIONS_MAX, buf));
   meta->options_yaml = *buf;
   return CF_OK;

@@ -286,12 +286,14 @@ static cf_status open_dset(hid_t loc, const char *name, const char *file, const 
   int nd = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
   if (nd == ndim) H5Sget_simple_extent_dims(sp, dims, NULL);
   if (sp >= 0) H5Sclose(sp);
-  if (nd != ndim) {
+  cf_status st = nd == ndim ? cf_io_check_dset(*d, file, where, NULL) /* extent vs the file */
+                            : cf_err(CF_ECORRUPT, "'%s' %s has %d dimensions, expected %d", file,
+                                     where, nd, ndim);
+  if (st != CF_OK) {
     H5Dclose(*d);
     *d = -1;
-    return cf_err(CF_ECORRUPT, "'%s' %s has %d dimensions, expected %d", file, where, nd, ndim);
   }
-  return CF_OK;
+  return st;
 }
 
 /* The element kind of dataset d (numbers only); `ints` requires an integer type. */
@@ -350,7 +352,9 @@ static cf_status read_strings_dset(hid_t d, hid_t ft, int64_t n, const char *fil
   char **raw = NULL;
   size_t *len = NULL;
   char *fixed = NULL;
-  cf_status st = cf_alloc((void **)&raw, (size_t)(n ? n : 1) * sizeof(char *), "string pointers");
+  size_t nb = 0;
+  cf_status st = cf_io_check_alloc((uint64_t)(n ? n : 1), sizeof(char *), file, where, &nb);
+  if (st == CF_OK) st = cf_alloc((void **)&raw, nb, "string pointers");
   if (st == CF_OK) st = cf_alloc((void **)&len, (size_t)(n ? n : 1) * sizeof(size_t), "lengths");
   hid_t mt = H5Tcopy(H5T_C_S1);
   int vlen = H5Tis_variable_str(ft) > 0;
@@ -371,7 +375,7 @@ static cf_status read_strings_dset(hid_t d, hid_t ft, int64_t n, const char *fil
         H5Tset_cset(mt, H5Tget_cset(ft)) < 0)
       st = cf_err(CF_EIO, "cannot make a string type for %s", where);
     size_t bytes = 0;
-    if (st == CF_OK) st = cf_mul_size(&bytes, (size_t)n, w, where);
+    if (st == CF_OK) st = cf_io_check_alloc((uint64_t)n, w, file, where, &bytes);
     if (st == CF_OK) st = cf_alloc((void **)&fixed, bytes ? bytes : 1, "fixed-length strings");
     if (st == CF_OK && n > 0) st = read_whole(d, mt, fixed, file, where);
     for (int64_t i = 0; st == CF_OK && i < n; i++) {
@@ -417,6 +421,7 @@ static cf_status vals_kind(hid_t d, const char *file, const char *where, enum cf
   if (nd == 1) H5Sget_simple_extent_dims(sp, &dim, NULL);
   if (sp >= 0) H5Sclose(sp);
   CF_CHECK(nd == 1, CF_ECORRUPT, "'%s' %s has %d dimensions, expected 1", file, where, nd);
+  CF_TRY(cf_io_check_dset(d, file, where, NULL)); /* before anything is sized by it */
   *n = (int64_t)dim;
   hid_t t = H5Dget_type(d);
   CF_CHECK(t >= 0, CF_ECORRUPT, "'%s': cannot read the type of %s", file, where);
@@ -452,9 +457,10 @@ static cf_status vals_read(hid_t d, const char *file, const char *where, int64_t
   } else {
     v->nk = nk_of(t, NULL);
     void *raw = NULL;
-    size_t n = (size_t)(v->n ? v->n : 1);
-    st = cf_alloc(&raw, n * nk_sizes[v->nk], "column values");
-    if (st == CF_OK) st = cf_alloc((void **)&v->num, n * sizeof(double), "column values");
+    size_t n = (size_t)(v->n ? v->n : 1), bytes = 0;
+    st = cf_io_check_alloc(n, sizeof(double), file, where, &bytes);
+    if (st == CF_OK) st = cf_alloc(&raw, n * nk_sizes[v->nk], "column values");
+    if (st == CF_OK) st = cf_alloc((void **)&v->num, bytes, "column values");
     if (st == CF_OK && v->n > 0) st = read_whole(d, nk_mem(v->nk), raw, file, where);
     for (int64_t i = 0; st == CF_OK && i < v->n; i++)
       v->num[i] = nk_get(raw, v->nk, (size_t)i);
@@ -609,14 +615,20 @@ static cf_status col_open(struct cf_h5ad *a, const char *frame, const char *name
       c->layout = L_OLDCAT;
       c->kind = CF_H5AD_CATEGORICAL;
       hid_t at = H5Aopen(c->values, "categories", H5P_DEFAULT);
-      hid_t t = at >= 0 ? H5Aget_type(at) : -1;
-      hobj_ref_t ref;
-      if (t < 0 || H5Tget_class(t) != H5T_REFERENCE || H5Aread(at, H5T_STD_REF_OBJ, &ref) < 0 ||
+      hid_t t = at >= 0 ? H5Aget_type(at) : -1, asp = at >= 0 ? H5Aget_space(at) : -1;
+      hssize_t np = asp >= 0 ? H5Sget_simple_extent_npoints(asp) : -1;
+      hobj_ref_t ref; /* one reference: the attribute must hold exactly one */
+      if (t < 0 || H5Tget_class(t) != H5T_REFERENCE || np != 1 ||
+          H5Aread(at, H5T_STD_REF_OBJ, &ref) < 0 ||
           (c->aux = H5Rdereference2(c->values, H5P_DEFAULT, H5R_OBJECT, &ref)) < 0 ||
-          H5Iget_type(c->aux) != H5I_DATASET)
+          H5Iget_type(c->aux) != H5I_DATASET) {
+        if (c->aux >= 0) H5Oclose(c->aux); /* a group or named type: col_close would leak it */
+        c->aux = -1;
         st = cf_err(CF_ECORRUPT,
                     "'%s' %s: attribute 'categories' is not a reference to a categories dataset",
                     file, c->where);
+      }
+      if (asp >= 0) H5Sclose(asp);
       if (t >= 0) H5Tclose(t);
       if (at >= 0) H5Aclose(at);
     } else if (st == CF_OK) {
@@ -1180,6 +1192,16 @@ static cf_status open_body(struct cf_h5ad *a) {
     CF_CHECK(nvar < 0 || nvar == a->n_var, CF_ECORRUPT,
              "'%s': X has %lld columns but the var index has %lld entries", file,
              (long long)a->n_var, (long long)nvar);
+    /* only the shape attribute gives a sparse X's other dimension (CSR columns, CSC rows),
+     * which sizes every read: the index must confirm it, or a small file could claim billions */
+    CF_CHECK(a->x_encoding != CF_H5AD_X_CSR || nvar >= 0, CF_ECORRUPT,
+             "'%s': X is a csr_matrix of %lld columns but the file has no var index to confirm "
+             "them (expected a var dataframe)",
+             file, (long long)a->n_var);
+    CF_CHECK(a->x_encoding != CF_H5AD_X_CSC || nobs >= 0, CF_ECORRUPT,
+             "'%s': X is a csc_matrix of %lld rows but the file has no obs index to confirm them "
+             "(expected an obs dataframe)",
+             file, (long long)a->n_obs);
   }
   return CF_OK;
 }
@@ -1474,7 +1496,8 @@ cf_status cf_h5ad_read_x(struct cf_h5ad *a, int64_t lo, int64_t hi, const int64_
   if (st == CF_OK) st = sel_make(a, cols, ncols, &s);
   size_t total = 0;
   if (st == CF_OK) st = cf_mul_size(&total, (size_t)(hi - lo), (size_t)s.ncols, "X rows");
-  if (st == CF_OK) st = cf_mul_size(&total, total ? total : 1, sizeof(float), "X rows");
+  if (st == CF_OK)
+    st = cf_io_check_alloc(total ? total : 1, sizeof(float), a->path, "/X rows", &total);
   if (st == CF_OK) st = cf_alloc((void **)x, total, "X rows");
   st = cf_io_agree(a->comm, st);
   if (st == CF_OK) st = cf_io_agree(a->comm, x_block(a, &s, lo, hi, *x));

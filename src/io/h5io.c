@@ -4,6 +4,7 @@
 #include "calmflow/h5io.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -15,6 +16,9 @@
 #include "io/h5util.h"
 
 /* ---- writer ---- */
+
+#define WRITER_META_BYTES 65536.0 /* room for HDF5's metadata: superblock, groups, headers */
+#define WRITER_ITEM_BYTES 2048.0  /* per dataset or attribute: its object header, about */
 
 /* Local (rank 0): the directory of `path` exists and is writable, path is not a directory. */
 static cf_status check_output_local(const char *path) {
@@ -32,6 +36,21 @@ static cf_status check_output_local(const char *path) {
   if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
     return cf_err(CF_EIO, "cannot write '%s': it is a directory", path);
   return CF_OK;
+}
+
+/* Local (rank 0). Create the temporary file and reserve room for HDF5's metadata in it before
+ * HDF5 opens it: on a disk with no room at all, HDF5 could not close an empty file it created
+ * (the ranks would then hang in its collective close). HDF5 recreates it (truncating) and the
+ * room is reserved again; the file is removed on failure. */
+static cf_status probe_room(const struct cf_h5_writer *w) {
+  int fd = open(w->tmp, O_WRONLY | O_CREAT | O_EXCL, 0666);
+  CF_CHECK(fd >= 0, CF_EIO, "cannot create '%s': %s", w->tmp, strerror(errno));
+  char what[CF_H5_PATH_MAX + 8];
+  snprintf(what, sizeof what, "'%s'", w->path);
+  cf_status st = cf_io_reserve(w->tmp, fd, 0, WRITER_META_BYTES, what);
+  close(fd);
+  if (st != CF_OK) unlink(w->tmp);
+  return st;
 }
 
 cf_status cf_h5_writer_open(struct cf_h5_writer *w, MPI_Comm comm, const char *path) {
@@ -59,6 +78,7 @@ cf_status cf_h5_writer_open(struct cf_h5_writer *w, MPI_Comm comm, const char *p
       /* A stale temporary of a crashed run with the same pid: ours to replace. */
       if (st == CF_OK && unlink(w->tmp) != 0 && errno != ENOENT)
         st = cf_err(CF_EIO, "cannot remove stale '%s': %s", w->tmp, strerror(errno));
+      if (st == CF_OK) st = probe_room(w);
     }
   }
   CF_TRY(cf_io_agree(comm, st));
@@ -70,7 +90,7 @@ cf_status cf_h5_writer_open(struct cf_h5_writer *w, MPI_Comm comm, const char *p
     st = cf_err(CF_EIO, "cannot set up MPI-IO access for '%s': %s", w->tmp,
                 cf_io_h5_reason(why, sizeof why));
   } else {
-    fid = H5Fcreate(w->tmp, H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+    fid = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl); /* (probe_room made it) */
     if (fid < 0)
       st = cf_err(CF_EIO, "cannot create '%s': %s", w->tmp, cf_io_h5_reason(why, sizeof why));
     H5Pclose(fapl);
@@ -83,13 +103,42 @@ cf_status cf_h5_writer_open(struct cf_h5_writer *w, MPI_Comm comm, const char *p
   }
   w->file = fid;
   w->failed = 0;
-  return CF_OK;
+  st = cf_h5_writer_reserve(w, WRITER_META_BYTES);
+  if (st != CF_OK) cf_h5_writer_abort(w);
+  return st;
 }
 
 static cf_status writer_usable(const struct cf_h5_writer *w) {
   CF_CHECK(!w->failed && w->file >= 0, CF_EINVAL,
            "writer for '%s' used after a failure or after commit", w->path);
   return CF_OK;
+}
+
+/* Collective. Grow the reservation of the temporary file to `total` bytes (ckpt.c,
+ * cf_io_reserve: before HDF5 writes what it would have to flush). */
+static cf_status writer_room(struct cf_h5_writer *w, double total) {
+  if (total <= w->reserved) return CF_OK;
+  cf_status st = CF_OK;
+  if (w->rank == 0) {
+    char what[CF_H5_PATH_MAX + 8];
+    snprintf(what, sizeof what, "'%s'", w->path);
+    st = cf_io_reserve(w->tmp, -1, w->reserved, total, what);
+  }
+  w->reserved = total;
+  return cf_io_agree(w->comm, st);
+}
+
+/* Collective. Count `bytes` about to be added, growing the reservation when needed. */
+static cf_status writer_use(struct cf_h5_writer *w, double bytes) {
+  w->used += bytes > 0 ? bytes : 0;
+  cf_status st = writer_room(w, w->used);
+  if (st != CF_OK) w->failed = 1;
+  return st;
+}
+
+cf_status cf_h5_writer_reserve(struct cf_h5_writer *w, double bytes) {
+  CF_TRY(writer_usable(w));
+  return writer_use(w, bytes);
 }
 
 /* The body of a put: validation is identical on all ranks, so a failure there is seen
@@ -143,7 +192,14 @@ static cf_status put_body(struct cf_h5_writer *w, const char *dset, const float 
 cf_status cf_io_writer_put_sum(struct cf_h5_writer *w, const char *dset, const float *x, int ndim,
                                const int64_t *shape, const uint64_t *checksum) {
   CF_TRY(writer_usable(w));
-  cf_status st = cf_io_agree(w->comm, put_body(w, dset, x, ndim, shape, checksum));
+  double bytes = WRITER_ITEM_BYTES + (dset != NULL ? (double)strlen(dset) : 0.0);
+  double values = sizeof(float);
+  for (int i = 0; i < ndim && i < CF_IO_MAXDIM && shape != NULL; i++)
+    values *= shape[i] > 0 ? (double)shape[i] : 0.0;
+  CF_TRY(writer_use(w, bytes + values));
+  /* fault site h5_write (fault.h), agreed first: every rank stops before the collective create */
+  cf_status st = cf_io_agree(w->comm, cf_fault_point("h5_write"));
+  if (st == CF_OK) st = cf_io_agree(w->comm, put_body(w, dset, x, ndim, shape, checksum));
   if (st != CF_OK) w->failed = 1;
   return st;
 }
@@ -165,8 +221,9 @@ cf_status cf_h5_writer_attr(struct cf_h5_writer *w, const char *key, const char 
   cf_status st = CF_OK;
   if (key == NULL || key[0] == '\0' || value == NULL)
     st = cf_err(CF_EINVAL, "empty attribute key or value for '%s'", w->path);
-  else
-    st = cf_io_attr_put_str((hid_t)w->file, key, value, w->tmp);
+  else /* (a large value goes to dense storage: a heap and its index, twice its size, about) */
+    CF_TRY(writer_use(w, 256.0 + (double)strlen(key) + 2.0 * (double)strlen(value)));
+  if (st == CF_OK) st = cf_io_attr_put_str((hid_t)w->file, key, value, w->tmp);
   return writer_finish_attr(w, st);
 }
 
@@ -323,19 +380,17 @@ static cf_status inspect_points(hid_t fid, hid_t did, const char *path, const ch
                 (unsigned long long)dims[1], (long long)expect_d);
     goto done;
   }
-  /* Bound the allocation by the file: an unfiltered dataset cannot hold more than the file. */
-  hsize_t fsize = 0;
+  /* Bound the allocation by the file (a compressed dataset by its stored chunks); an extent
+   * whose size overflows is named with the file */
+  st = cf_io_check_dset(did, path, dset, NULL);
+  if (st != CF_OK) goto done;
   size_t bytes;
   if (cf_mul_size(&bytes, (size_t)dims[0], (size_t)dims[1], dset) != CF_OK ||
       cf_mul_size(&bytes, bytes, H5Tget_size(ty), dset) != CF_OK) {
     st = CF_ECORRUPT;
     goto done;
   }
-  if (H5Pget_nfilters(dcpl) == 0 && H5Fget_filesize(fid, &fsize) >= 0 && bytes > fsize)
-    st = cf_err(CF_ECORRUPT,
-                "'%s' %s claims %llu x %llu values, more than the file holds (%llu bytes)", path,
-                dset, (unsigned long long)dims[0], (unsigned long long)dims[1],
-                (unsigned long long)fsize);
+  st = cf_io_check_backed(fid, did, bytes, path, dset);
 done:
   if (dcpl >= 0) H5Pclose(dcpl);
   if (sp >= 0) H5Sclose(sp);
@@ -366,7 +421,7 @@ static cf_status read_points_open(MPI_Comm comm, hid_t fid, const char *path, co
   if (st == CF_OK) st = inspect_points(fid, did, path, dset, expect_d, dims, &wide);
   if (st == CF_OK) {
     size_t bytes;
-    st = cf_mul_size(&bytes, (size_t)dims[0] * (size_t)dims[1], sizeof(float), dset);
+    st = cf_io_check_alloc((uint64_t)dims[0] * dims[1], sizeof(float), path, dset, &bytes);
     if (st == CF_OK) st = cf_alloc((void **)x, bytes, "point set");
   }
   st = cf_io_agree(comm, st);

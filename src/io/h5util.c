@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
 
 void cf_io_h5_quiet(void) {
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
@@ -37,6 +38,8 @@ const char *cf_io_h5_reason(char *buf, size_t cap) {
   buf[0] = '\0';
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, reason_cb, &c);
   if (!c.got) snprintf(buf, cap, "no detail from HDF5");
+  for (char *p = buf; *p != '\0'; p++) /* one line: some descriptions hold a newline */
+    if (*p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
   return buf;
 }
 
@@ -126,6 +129,12 @@ cf_status cf_io_open_read(MPI_Comm comm, const char *path, hid_t *fid) {
   cf_status st = CF_OK;
   char why[256];
   hid_t fapl = cf_io_fapl(comm);
+  /* the v1.8 format bounds are for writing: reading takes any version HDF5 knows (files
+   * written with libver "latest", e.g. by h5py, have a newer superblock) */
+  if (fapl >= 0 && H5Pset_libver_bounds(fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_LATEST) < 0) {
+    H5Pclose(fapl);
+    fapl = -1;
+  }
   if (fapl < 0) {
     st = cf_err(CF_EIO, "cannot set up MPI-IO access for '%s': %s", path,
                 cf_io_h5_reason(why, sizeof why));
@@ -141,6 +150,92 @@ cf_status cf_io_open_read(MPI_Comm comm, const char *path, hid_t *fid) {
     H5Fclose(*fid);
     *fid = -1;
   }
+  return st;
+}
+
+cf_status cf_io_check_backed(hid_t fid, hid_t did, size_t bytes, const char *path,
+                             const char *what) {
+  hid_t dcpl = H5Dget_create_plist(did);
+  int nfilters = dcpl >= 0 ? H5Pget_nfilters(dcpl) : -1;
+  if (dcpl >= 0) H5Pclose(dcpl);
+  CF_CHECK(nfilters >= 0, CF_ECORRUPT, "'%s' %s: its storage cannot be inspected", path, what);
+  if (nfilters == 0) {
+    hsize_t fsize = 0;
+    if (H5Fget_filesize(fid, &fsize) < 0) return CF_OK; /* then only the allocation decides */
+    CF_CHECK(bytes <= fsize, CF_ECORRUPT,
+             "'%s' %s claims %zu bytes of values, more than the file holds (%llu bytes)", path,
+             what, bytes, (unsigned long long)fsize);
+    return CF_OK;
+  }
+  /* compressed: every chunk must be in the file, and deflate (zlib) cannot expand more than
+   * 1032 to 1 */
+  H5D_space_status_t ss = H5D_SPACE_STATUS_ERROR;
+  CF_CHECK(H5Dget_space_status(did, &ss) >= 0 && ss == H5D_SPACE_STATUS_ALLOCATED, CF_ECORRUPT,
+           "'%s' %s is compressed but not all of its chunks are written (%zu bytes of values "
+           "claimed)",
+           path, what, bytes);
+  hsize_t stored = H5Dget_storage_size(did);
+  CF_CHECK(bytes / 1032 <= stored, CF_ECORRUPT,
+           "'%s' %s claims %zu bytes of values but stores %llu compressed bytes (more than "
+           "deflate's 1032:1)",
+           path, what, bytes, (unsigned long long)stored);
+  return CF_OK;
+}
+
+size_t cf_io_alloc_cap(void) {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return (size_t)1 << 40; /* unknown: 1 TiB */
+  if ((unsigned long)pages > SIZE_MAX / (unsigned long)page) return SIZE_MAX;
+  return (size_t)pages * (size_t)page;
+}
+
+cf_status cf_io_check_alloc(uint64_t count, size_t elem, const char *path, const char *what,
+                            size_t *bytes) {
+  *bytes = 0;
+  CF_CHECK(count <= SIZE_MAX && (elem == 0 || count <= SIZE_MAX / elem), CF_ECORRUPT,
+           "'%s' %s: %llu values of %zu bytes overflow the address space", path, what,
+           (unsigned long long)count, elem);
+  const size_t b = (size_t)count * elem, cap = cf_io_alloc_cap();
+  CF_CHECK(b <= cap, CF_ECORRUPT,
+           "'%s' %s: %llu values need %zu bytes, more than this machine's memory (%zu bytes)", path,
+           what, (unsigned long long)count, b, cap);
+  *bytes = b;
+  return CF_OK;
+}
+
+cf_status cf_io_check_dset(hid_t did, const char *path, const char *what, uint64_t *count) {
+  hid_t sp = H5Dget_space(did), ty = H5Dget_type(did), fid = H5Iget_file_id(did);
+  int nd = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+  hsize_t dims[CF_IO_MAXDIM];
+  size_t elem = ty >= 0 ? H5Tget_size(ty) : 0;
+  if (nd >= 0 && nd <= CF_IO_MAXDIM) H5Sget_simple_extent_dims(sp, dims, NULL);
+  if (sp >= 0) H5Sclose(sp);
+  if (ty >= 0) H5Tclose(ty);
+  cf_status st = CF_OK;
+  uint64_t n = 1;
+  if (nd < 0 || nd > CF_IO_MAXDIM || elem == 0 || fid < 0)
+    st = cf_err(CF_ECORRUPT, "'%s' %s: its dataspace or type cannot be read (%d dimensions)", path,
+                what, nd);
+  for (int i = 0; st == CF_OK && i < nd; i++) {
+    if (dims[i] != 0 && n > UINT64_MAX / dims[i]) {
+      char ext[200];
+      size_t used = 0;
+      for (int k = 0; k < nd && used < sizeof ext; k++) {
+        int w = snprintf(ext + used, sizeof ext - used, "%s%llu", k ? " x " : "",
+                         (unsigned long long)dims[k]);
+        if (w < 0) break;
+        used += (size_t)w;
+      }
+      st = cf_err(CF_ECORRUPT, "'%s' %s claims %s values: the count overflows", path, what, ext);
+    }
+    n *= dims[i];
+  }
+  if (st == CF_OK && n > SIZE_MAX / elem)
+    st = cf_err(CF_ECORRUPT, "'%s' %s claims %llu values of %zu bytes: the size overflows", path,
+                what, (unsigned long long)n, elem);
+  if (st == CF_OK) st = cf_io_check_backed(fid, did, (size_t)n * elem, path, what);
+  if (fid >= 0) H5Fclose(fid);
+  if (st == CF_OK && count) *count = n;
   return st;
 }
 
@@ -298,25 +393,21 @@ cf_status cf_io_allgather_rows(MPI_Comm comm, float *buf, int64_t rows, int64_t 
   int size;
   MPI_Comm_size(comm, &size);
   if (size == 1) return CF_OK;
-  CF_CHECK(rows <= INT_MAX && rowlen <= INT_MAX, CF_EINVAL,
-           "%s is too large to gather (%lld rows of %lld floats)", what, (long long)rows,
-           (long long)rowlen);
-  int *counts = NULL;
-  CF_TRY(cf_alloc((void **)&counts, 2 * (size_t)size * sizeof(int), "row gather counts"));
-  int *displs = counts + size;
-  for (int r = 0; r < size; r++) {
+  size_t total;
+  CF_TRY(cf_mul_size(&total, (size_t)rows, (size_t)rowlen, what));
+  int64_t *counts = NULL;
+  CF_TRY(cf_alloc((void **)&counts, 2 * (size_t)size * sizeof(int64_t), "row gather counts"));
+  int64_t *displs = counts + size;
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  for (int r = 0; r < size; r++) { /* in floats: any size (mpichunk.h splits what is large) */
     int64_t lo, hi;
     cf_io_row_range(rows, r, size, &lo, &hi);
-    counts[r] = (int)(hi - lo);
-    displs[r] = (int)lo;
+    counts[r] = (hi - lo) * rowlen;
+    displs[r] = lo * rowlen;
   }
-  MPI_Datatype rowtype;
-  int e = MPI_Type_contiguous((int)rowlen, MPI_FLOAT, &rowtype);
-  if (e == MPI_SUCCESS) e = MPI_Type_commit(&rowtype);
-  if (e == MPI_SUCCESS) {
-    e = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, rowtype, comm);
-    MPI_Type_free(&rowtype);
-  }
+  int e =
+      cf_mpi_allgatherv(MPI_IN_PLACE, (size_t)counts[rank], buf, counts, displs, MPI_FLOAT, comm);
   cf_free((void **)&counts);
   if (e != MPI_SUCCESS) return cf_mpi_fail(e, __FILE__, __LINE__, "MPI_Allgatherv of rows");
   return CF_OK;
@@ -438,6 +529,47 @@ cf_status cf_io_attr_get_i64(hid_t loc, const char *key, const char *file, const
 cf_status cf_io_attr_get_u64(hid_t loc, const char *key, const char *file, const char *owner,
                              uint64_t *out) {
   return attr_get_int(loc, key, file, owner, H5T_NATIVE_UINT64, out);
+}
+
+/* ---- disk space ---- */
+
+cf_status cf_io_reserve(const char *path, int fd, double from, double to, const char *what) {
+  if (from < 0) from = 0;
+  if (to <= from) return CF_OK;
+  int own = fd < 0;
+  if (own) fd = open(path, O_WRONLY);
+  int e = fd < 0 ? errno : posix_fallocate(fd, (off_t)from, (off_t)(to - from));
+  if (own && fd >= 0) close(fd);
+  CF_CHECK(e == 0, CF_EIO, "cannot write %s: no room on disk for its first %.2f MiB (%s)", what,
+           to / 1048576.0, strerror(e));
+  return CF_OK;
+}
+
+cf_status cf_io_trim_to_eoa(const char *path) {
+  static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+  unsigned char b[36];
+  int fd = open(path, O_RDWR);
+  cf_status st = CF_OK;
+  struct stat sb;
+  if (fd < 0 || fstat(fd, &sb) != 0) {
+    st = cf_err(CF_EIO, "cannot open '%s' to cut its reserved tail: %s", path, strerror(errno));
+  } else if (pread(fd, b, sizeof b, 0) == (ssize_t)sizeof b && memcmp(b, sig, 8) == 0 &&
+             (b[8] == 2 || b[8] == 3) && b[9] == 8) {
+    /* superblock v2/v3: signature, version, sizes of offsets and lengths, flags, then the base,
+     * extension and end-of-file addresses (8 bytes each, little-endian) */
+    uint64_t base = 0, eoa = 0;
+    for (int i = 7; i >= 0; i--) {
+      base = base << 8 | b[12 + i];
+      eoa = eoa << 8 | b[28 + i];
+    }
+    uint64_t end = base + eoa;
+    if (base == 0 && end >= sizeof b && end < (uint64_t)sb.st_size &&
+        ftruncate(fd, (off_t)end) != 0)
+      st = cf_err(CF_EIO, "cannot cut '%s' to its %llu bytes: %s", path, (unsigned long long)end,
+                  strerror(errno));
+  }
+  if (fd >= 0) close(fd);
+  return st;
 }
 
 /* ---- durable rename steps ---- */

@@ -35,6 +35,27 @@ cf_status cf_io_open_read(MPI_Comm comm, const char *path, hid_t *fid);
  * comm; collective on comm (MPI_Comm_split) for one with a topology. -1 on failure. */
 hid_t cf_io_fapl(MPI_Comm comm);
 
+/* Local (metadata reads). Are the `bytes` bytes of values that dataset did of file fid claims
+ * (its extent times its element size) backed by the file, so that a reader may allocate them?
+ * Unfiltered: at most the file's size. Filtered (compressed): every chunk written, and at most
+ * 1032 times the stored bytes (deflate's largest ratio). CF_ECORRUPT naming `what` of `path`
+ * otherwise: a small file cannot make a reader allocate (and touch) gigabytes. */
+cf_status cf_io_check_backed(hid_t fid, hid_t did, size_t bytes, const char *path,
+                             const char *what);
+
+/* Local. The most bytes one reader allocation may take for what a file claims: the machine's
+ * physical memory (more cannot be read here, and touching it would wake the OOM killer). */
+size_t cf_io_alloc_cap(void);
+/* Local. *bytes = count x elem for an allocation sized by `what` of `path`: CF_ECORRUPT naming
+ * both when the product overflows or exceeds cf_io_alloc_cap(). Call before the allocation. */
+cf_status cf_io_check_alloc(uint64_t count, size_t elem, const char *path, const char *what,
+                            size_t *bytes);
+/* Local (metadata reads). Dataset did's extent as claimed by `path` (`what` names it): at most
+ * CF_IO_MAXDIM dimensions, their product (*count, may be NULL) and its bytes in the file's
+ * element type do not overflow, and the file backs those bytes (cf_io_check_backed).
+ * CF_ECORRUPT naming the file and the dataset otherwise. Call before sizing anything by it. */
+cf_status cf_io_check_dset(hid_t did, const char *path, const char *what, uint64_t *count);
+
 /* Local. Rank r of R owns rows [r*rows/R, (r+1)*rows/R). */
 void cf_io_row_range(int64_t rows, int rank, int size, int64_t *lo, int64_t *hi);
 /* Collective (H5Dread/H5Dwrite). Transfer rows [lo, hi) of dataset dset (ndim dims) between
@@ -78,6 +99,25 @@ cf_status cf_io_attr_get_u64(hid_t loc, const char *key, const char *file, const
 
 /* Local. The directory part of path ("." when none) into out. */
 void cf_io_dirname(const char *path, char *out, size_t cap);
+/* Local. Reserve bytes [from, to) of the file `path` on disk with posix_fallocate (the blocks
+ * not yet allocated are allocated, the contents are kept, the size grows to at least `to`;
+ * the bytes before `from` are reserved already), through descriptor fd when fd >= 0, else by
+ * opening path for writing. A full disk, a quota or a file-size limit then fails here, as CF_EIO
+ * "cannot write WHAT: no room on disk for its first N MiB (reason)" (`what` names the file,
+ * e.g. "'f.h5'"; N: to), before HDF5
+ * holds data it would have to flush: in HDF5 1.10.8 a failed write-back leaves the file open with a
+ * dangling ID (a failed H5Fclose), and the library crashes on it when it shuts down in MPI_Finalize
+ * (HDFFV-11052, fixed upstream by HDFGroup/hdf5 pull request 2291). Reserve before HDF5 writes:
+ * in the new file before HDF5 creates it over it (on a disk with no room at all HDF5 could not
+ * even close an empty file) and again right after, before appending to a file. Closing with the
+ * MPI-IO driver cuts the file to its real size; with the default (sec2) driver, cut the reserved
+ * tail off after closing it (cf_io_trim_to_eoa). */
+cf_status cf_io_reserve(const char *path, int fd, double from, double to, const char *what);
+/* Local. Cut the closed HDF5 file `path` (superblock version 2 or 3, 8-byte addresses: what
+ * calmflow writes) to the end-of-file address its superblock records, dropping a tail that
+ * cf_io_reserve added and HDF5 did not use; a file HDF5 already cut, or any other superblock,
+ * is left alone. CF_EIO naming the file when it cannot be read or cut. */
+cf_status cf_io_trim_to_eoa(const char *path);
 /* Local. fsync a file / a directory by name; CF_EIO naming it and errno on failure. */
 cf_status cf_io_fsync_file(const char *path);
 cf_status cf_io_fsync_dir(const char *dir);

@@ -309,8 +309,37 @@ static cf_status put_attrs(hid_t fid, const struct cf_samples *s, const char *co
   return CF_OK;
 }
 
+/* Bytes of the chunks that rows [k, k + count) of a dataset with `row_bytes` per row start
+ * (whole chunks: HDF5 allocates them so; the chunk holding row k - 1 is there already). */
+static double chunk_bytes(const struct cf_samples *s, size_t row_bytes, int64_t k, int64_t count) {
+  int64_t cr = chunk_rows(s->n, row_bytes);
+  int64_t first = (k + cr - 1) / cr, last = (k + count - 1) / cr;
+  return count > 0 && last >= first ? (double)(last - first + 1) * (double)cr * (double)row_bytes
+                                    : 0.0;
+}
+
+/* The room on disk to reserve for `count` rows from row k on, with their metadata. */
+static double rows_bytes(const struct cf_samples *s, int64_t k, int64_t count) {
+  size_t row = (size_t)s->D * sizeof(float), trow = (size_t)(s->N * s->D) * sizeof(float);
+  double b = chunk_bytes(s, row, k, count) + (s->traj ? chunk_bytes(s, trow, k, count) : 0.0);
+  return 65536.0 + b + b / 64.0; /* + the chunk index and object headers, generously */
+}
+
+/* Create `tmp` and reserve `bytes` in it before HDF5 opens it (cf_io_reserve: on a disk without
+ * room HDF5 could not even close an empty file); removed again on failure. */
+static cf_status probe_room(const char *tmp, double bytes, const char *what) {
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0666);
+  CF_CHECK(fd >= 0, CF_EIO, "cannot create '%s': %s", tmp, strerror(errno));
+  cf_status st = cf_io_reserve(tmp, fd, 0, bytes, what);
+  close(fd);
+  if (st != CF_OK) unlink(tmp);
+  return st;
+}
+
 /* Write the file s describes (n_done rows from src, or none) in the given form as
- * <path>.tmp.<pid>, close and fsync it, and rename it over path (then fsync the directory). */
+ * <path>.tmp.<pid>, close and fsync it, and rename it over path (then fsync the directory).
+ * Room for all of it is reserved first, so a full disk stops it before HDF5 writes (a failed
+ * H5Fclose crashes HDF5 1.10.8 at exit); the tail HDF5 does not use is cut off after the close. */
 static cf_status build_and_publish(const struct cf_samples *s, const struct source *src,
                                    const char *config, const char *created, int64_t resumes,
                                    enum form form) {
@@ -319,6 +348,11 @@ static cf_status build_and_publish(const struct cf_samples *s, const struct sour
   /* a stale temporary of a killed run with our pid: ours to replace */
   CF_CHECK(unlink(tmp) == 0 || errno == ENOENT, CF_EIO, "cannot remove stale '%s': %s", tmp,
            strerror(errno));
+  int64_t rows = src ? src->rows : 0;
+  char what[CF_SAMPLES_PATH_MAX + 8];
+  snprintf(what, sizeof what, "'%s'", s->path);
+  double room = rows_bytes(s, 0, rows) + 2.0 * (double)(strlen(config) + strlen(created));
+  CF_TRY(probe_room(tmp, room, what));
   hid_t fapl = make_fapl(form), fcpl = H5Pcreate(H5P_FILE_CREATE);
   hid_t fid = -1, x = -1, tr = -1;
   cf_status st = CF_OK;
@@ -327,10 +361,10 @@ static cf_status build_and_publish(const struct cf_samples *s, const struct sour
   if (fapl < 0 || fcpl < 0 || H5Pset_attr_phase_change(fcpl, 32, 24) < 0)
     st = cf_err(CF_EIO, "cannot set up '%s': %s", tmp, cf_io_h5_reason(why, sizeof why));
   if (st == CF_OK) {
-    fid = H5Fcreate(tmp, H5F_ACC_EXCL, fcpl, fapl);
+    fid = H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, fapl); /* (probe_room made it) */
     if (fid < 0) st = cf_err(CF_EIO, "cannot create '%s': %s", tmp, cf_io_h5_reason(why, 256));
   }
-  int64_t rows = src ? src->rows : 0;
+  if (st == CF_OK) st = cf_io_reserve(tmp, -1, 0, room, what); /* again: creating truncated it */
   hsize_t ix[1] = {(hsize_t)s->D}, it[2] = {(hsize_t)s->N, (hsize_t)s->D};
   if (st == CF_OK) st = create_rows(fid, "/x", 2, ix, rows, s->n, tmp, &x);
   if (st == CF_OK && s->traj) st = create_rows(fid, "/traj", 3, it, rows, s->n, tmp, &tr);
@@ -342,6 +376,7 @@ static cf_status build_and_publish(const struct cf_samples *s, const struct sour
     st = cf_err(CF_EIO, "cannot close '%s': %s", tmp, cf_io_h5_reason(why, sizeof why));
   if (fcpl >= 0) H5Pclose(fcpl);
   if (fapl >= 0) H5Pclose(fapl);
+  if (st == CF_OK) st = cf_io_trim_to_eoa(tmp);
   if (st == CF_OK) st = cf_io_fsync_file(tmp);
   if (st == CF_OK && rename(tmp, s->path) != 0)
     st = cf_err(CF_EIO, "cannot rename '%s' to '%s': %s", tmp, s->path, strerror(errno));
@@ -427,6 +462,13 @@ cf_status cf_samples_create(struct cf_samples *s, const char *path,
 
 static cf_status read_meta(hid_t fid, const char *path, struct meta *m) {
   const char *a = "attribute";
+  htri_t has = H5Aexists(fid, "format");
+  CF_CHECK(has >= 0, CF_ECORRUPT,
+           "'%s': the root group's metadata cannot be read; the file is corrupt", path);
+  CF_CHECK(has > 0, CF_ECORRUPT,
+           "'%s' is not a calmflow samples file (no 'format' attribute), expected one written by "
+           "calmflow sample",
+           path);
   CF_TRY(cf_io_attr_get_str(fid, "format", path, a, 256, &m->format));
   CF_CHECK(strcmp(m->format, CF_SAMPLES_FORMAT) == 0, CF_ECORRUPT,
            "'%s' is not a calmflow samples file (attribute format is '%s', expected '%s')", path,
@@ -633,10 +675,28 @@ cf_status cf_samples_resume(struct cf_samples *s, const char *path,
   return CF_OK;
 }
 
+/* Reserve room for `count` more rows (whole chunks, and their metadata) past the end of the
+ * space HDF5 uses, before anything of them is written: a full disk fails here, while the file
+ * still holds its last committed state and closes cleanly (cf_io_reserve). */
+static cf_status reserve_append(const struct cf_samples *s, int64_t count) {
+  char why[256], what[CF_SAMPLES_PATH_MAX + 8];
+  haddr_t eoa = 0;
+  int *fd = NULL;
+  CF_CHECK(H5Fget_eoa(s->file, &eoa) >= 0 &&
+               H5Fget_vfd_handle(s->file, H5P_DEFAULT, (void **)&fd) >= 0 && fd != NULL,
+           CF_EIO, "cannot find the end of '%s' to make room for samples: %s", s->path,
+           cf_io_h5_reason(why, sizeof why));
+  snprintf(what, sizeof what, "samples to '%s'", s->path);
+  CF_TRY(cf_io_reserve(s->path, *fd, (double)eoa, (double)eoa + rows_bytes(s, s->n_done, count),
+                       what));
+  return CF_OK;
+}
+
 static cf_status append_body(struct cf_samples *s, int64_t count, const float *x,
                              const float *traj) {
   char why[256];
   int64_t k = s->n_done;
+  CF_TRY(reserve_append(s, count));
   hsize_t ex[2] = {(hsize_t)(k + count), (hsize_t)s->D};
   hsize_t et[3] = {(hsize_t)(k + count), (hsize_t)s->N, (hsize_t)s->D};
   hsize_t ix[1] = {(hsize_t)s->D}, it[2] = {(hsize_t)s->N, (hsize_t)s->D};
@@ -685,6 +745,7 @@ static cf_status close_handles(struct cf_samples *s) {
   if (s->x >= 0) H5Dclose(s->x);
   if (H5Fclose(s->file) < 0)
     st = cf_err(CF_EIO, "cannot close '%s': %s", s->path, cf_io_h5_reason(why, sizeof why));
+  if (st == CF_OK) st = cf_io_trim_to_eoa(s->path); /* the tail reserve_append left */
   if (st == CF_OK && !s->nosync && fsync(s->lock_fd) != 0)
     st = cf_err(CF_EIO, "fsync of '%s' failed: %s", s->path, strerror(errno));
   s->file = s->x = s->tr = -1;

@@ -461,12 +461,30 @@ cf_status cf_scprep_labels_read(struct cf_h5ad *a, char **columns, int64_t n_col
   if (st == CF_OK)
     st = cf_io_agree(a->comm, cf_alloc((void **)&l->values,
                                        (size_t)(n_columns + 1) * sizeof(char **), "obs columns"));
+  size_t nc = (size_t)(n_columns + 1);
+  if (st == CF_OK)
+    st = cf_io_agree(a->comm, cf_alloc((void **)&l->kinds, nc * sizeof *l->kinds, "obs kinds"));
+  if (st == CF_OK)
+    st = cf_io_agree(a->comm,
+                     cf_alloc((void **)&l->n_categories, nc * sizeof(int64_t), "obs categories"));
+  if (st == CF_OK)
+    st = cf_io_agree(a->comm,
+                     cf_alloc((void **)&l->categories, nc * sizeof(char **), "obs categories"));
   if (st == CF_OK) {
     l->columns = columns;
     l->n_columns = n_columns;
   }
-  for (int64_t c = 0; st == CF_OK && c < n_columns; c++)
+  for (int64_t c = 0; st == CF_OK && c < n_columns; c++) {
     st = cf_h5ad_read_strings(a, "obs", columns[c], &l->values[c], &n);
+    if (st == CF_OK) st = cf_h5ad_column_kind(a, "obs", columns[c], &l->kinds[c]);
+    if (st == CF_OK && l->kinds[c] == CF_H5AD_CATEGORICAL) {
+      int32_t *codes = NULL;
+      int64_t nn = 0;
+      st = cf_h5ad_read_categorical(a, "obs", columns[c], &codes, &nn, &l->categories[c],
+                                    &l->n_categories[c]);
+      cf_free((void **)&codes);
+    }
+  }
   if (st != CF_OK) cf_scprep_labels_release(l);
   return st;
 }
@@ -476,7 +494,12 @@ void cf_scprep_labels_release(struct cf_scprep_labels *l) {
   cf_free((void **)&l->obs_index);
   for (int64_t c = 0; l->values && c < l->n_columns; c++)
     cf_free((void **)&l->values[c]);
+  for (int64_t c = 0; l->categories && c < l->n_columns; c++)
+    cf_free((void **)&l->categories[c]);
   cf_free((void **)&l->values);
+  cf_free((void **)&l->kinds);
+  cf_free((void **)&l->n_categories);
+  cf_free((void **)&l->categories);
   memset(l, 0, sizeof *l);
 }
 
@@ -494,6 +517,7 @@ static cf_status put_rows(struct cf_h5_writer *w, const char *dset, const float 
   CF_TRY(writer_ok(w));
   int64_t shape[2] = {n_total, cols};
   hid_t did = -1;
+  CF_TRY(cf_h5_writer_reserve(w, 2048.0 + (double)n_total * (double)cols * sizeof(float)));
   cf_status st = cf_io_create_f32((hid_t)w->file, dset, 2, shape, w->tmp, &did);
   if (st == CF_OK) {
     hsize_t dims[2] = {(hsize_t)n_total, (hsize_t)cols};
@@ -544,6 +568,12 @@ static cf_status put_strings(struct cf_h5_writer *w, const char *dset, char *con
   st = cf_io_agree(w->comm, st);
   if (st != CF_OK) {
     w->failed = 1;
+    cf_free((void **)&buf);
+    return st;
+  }
+  st = cf_h5_writer_reserve(w, 2048.0 + (double)bytes);
+  if (st != CF_OK) {
+    cf_free((void **)&buf);
     return st;
   }
   if (w->rank == 0)
@@ -596,6 +626,50 @@ static cf_status put_strings(struct cf_h5_writer *w, const char *dset, char *con
   return st;
 }
 
+/* Collective. The attributes of obs column dataset dset: kind ("categorical", "string",
+ * "numeric", "boolean") and, for a categorical column with categories, categories (a 1-D
+ * fixed-length UTF-8 string attribute, the categories in code order). */
+static cf_status put_column_attrs(struct cf_h5_writer *w, const char *dset, enum cf_h5ad_kind kind,
+                                  char *const *cats, int64_t ncat) {
+  CF_TRY(writer_ok(w));
+  static const char *const names[] = {"", "numeric", "boolean", "string", "categorical"};
+  const char *kn = kind >= CF_H5AD_NUMERIC && kind <= CF_H5AD_CATEGORICAL ? names[kind] : "";
+  char why[256];
+  size_t width = 1;
+  for (int64_t i = 0; i < ncat; i++)
+    if (strlen(cats[i]) + 1 > width) width = strlen(cats[i]) + 1;
+  CF_TRY(cf_h5_writer_reserve(w, 512.0 + 2.0 * (double)(ncat > 0 ? ncat : 0) * (double)width));
+  char *buf = NULL;
+  size_t bytes = 0;
+  cf_status st = cf_mul_size(&bytes, (size_t)(ncat > 0 ? ncat : 1), width, dset);
+  if (st == CF_OK) st = cf_alloc((void **)&buf, bytes, dset);
+  for (int64_t i = 0; st == CF_OK && i < ncat; i++)
+    memcpy(buf + (size_t)i * width, cats[i], strlen(cats[i]));
+  hid_t did = st == CF_OK ? H5Dopen2((hid_t)w->file, dset, H5P_DEFAULT) : -1;
+  if (st == CF_OK && did < 0)
+    st = cf_err(CF_EIO, "cannot open '%s' of '%s': %s", dset, w->tmp,
+                cf_io_h5_reason(why, sizeof why));
+  if (st == CF_OK) st = cf_io_attr_put_str(did, "kind", kn, w->tmp);
+  if (st == CF_OK && kind == CF_H5AD_CATEGORICAL && ncat > 0) {
+    hsize_t dims[1] = {(hsize_t)ncat};
+    hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate_simple(1, dims, NULL), at = -1;
+    if (t >= 0 && sp >= 0 && H5Tset_size(t, width) >= 0 &&
+        H5Tset_strpad(t, H5T_STR_NULLTERM) >= 0 && H5Tset_cset(t, H5T_CSET_UTF8) >= 0)
+      at = H5Acreate2(did, "categories", t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    if (at < 0 || H5Awrite(at, t, buf) < 0)
+      st = cf_err(CF_EIO, "cannot write the categories of '%s' in '%s': %s", dset, w->tmp,
+                  cf_io_h5_reason(why, sizeof why));
+    if (at >= 0) H5Aclose(at);
+    if (sp >= 0) H5Sclose(sp);
+    if (t >= 0) H5Tclose(t);
+  }
+  if (did >= 0) H5Dclose(did);
+  cf_free((void **)&buf);
+  st = cf_io_agree(w->comm, st);
+  if (st != CF_OK) w->failed = 1;
+  return st;
+}
+
 /* Collective. A float64 root attribute. */
 static cf_status attr_f64(struct cf_h5_writer *w, const char *key, double v) {
   CF_TRY(writer_ok(w));
@@ -631,6 +705,9 @@ static cf_status write_body(struct cf_h5_writer *w, const struct cf_scprep *p,
     char name[CF_H5_PATH_MAX];
     snprintf(name, sizeof name, "/obs/%s", l->columns[c]);
     CF_TRY(put_strings(w, name, l->values[c], p->cells, p->n_cells));
+    if (l->kinds != NULL)
+      CF_TRY(put_column_attrs(w, name, l->kinds[c], l->categories ? l->categories[c] : NULL,
+                              l->n_categories ? l->n_categories[c] : 0));
   }
   /* the copied columns in the order they were asked for (HDF5 lists a group's members by
    * name) */

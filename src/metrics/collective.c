@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
 #include "collective.h"
 
 cf_status cf_metrics_agree(MPI_Comm comm, cf_status st, const char *what) {
@@ -26,16 +27,10 @@ cf_status cf_metrics_agree(MPI_Comm comm, cf_status st, const char *what) {
 cf_status cf_metrics_sum(MPI_Comm comm, double *buf, int64_t n) {
   int rank;
   CF_MPI(MPI_Comm_rank(comm, &rank));
-  /* In chunks that fit an int count. */
-  const int64_t chunk = (int64_t)1 << 28;
-  for (int64_t o = 0; o < n; o += chunk) {
-    int c = (int)(n - o < chunk ? n - o : chunk);
-    if (rank == 0)
-      CF_MPI(MPI_Reduce(MPI_IN_PLACE, buf + o, c, MPI_DOUBLE, MPI_SUM, 0, comm));
-    else
-      CF_MPI(MPI_Reduce(buf + o, NULL, c, MPI_DOUBLE, MPI_SUM, 0, comm));
-    CF_MPI(MPI_Bcast(buf + o, c, MPI_DOUBLE, 0, comm));
-  }
+  /* reduce to rank 0 and broadcast (the same bits everywhere); mpichunk.h splits large n */
+  CF_MPI(cf_mpi_reduce(rank == 0 ? MPI_IN_PLACE : buf, rank == 0 ? buf : NULL, (size_t)n,
+                       MPI_DOUBLE, MPI_SUM, 0, comm));
+  CF_MPI(cf_mpi_bcast(buf, (size_t)n, MPI_DOUBLE, 0, comm));
   return CF_OK;
 }
 

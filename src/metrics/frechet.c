@@ -31,6 +31,7 @@
 
 #include "calmflow/mem.h"
 #include "calmflow/metrics.h"
+#include "calmflow/mpichunk.h"
 #include "collective.h"
 
 #define CF_FRECHET_NB 64
@@ -55,7 +56,7 @@ static cf_status assemble(MPI_Comm comm, const struct cf_sl_grid *g, const doubl
                   1.0 / (double)(nb_tot - 1), xb, (int)d, xb + c0, (int)d, 0.0, pb, (int)d);
     else
       memset(pb, 0, (size_t)(d * w) * sizeof(double));
-    CF_MPI(MPI_Allreduce(MPI_IN_PLACE, panel, (int)(2 * d * w), MPI_DOUBLE, MPI_SUM, comm));
+    CF_MPI(cf_mpi_allreduce(MPI_IN_PLACE, panel, (size_t)(2 * d * w), MPI_DOUBLE, MPI_SUM, comm));
     if (bj % g->q != g->myc) continue;
     int64_t lc0 = (bj / g->q) * nb;
     for (int64_t bi = g->myr; bi * nb < d; bi += g->p) {

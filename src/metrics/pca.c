@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
 #include "calmflow/pca.h"
 #include "collective.h"
 
@@ -73,7 +74,7 @@ static cf_status assemble_cov(MPI_Comm comm, const struct cf_sl_grid *g, const d
                   1.0 / (double)(n - 1), xc + c0, (int)D, xc + c0, (int)D, 0.0, panel, (int)m);
     else
       memset(panel, 0, (size_t)(m * w) * sizeof(double));
-    CF_MPI(MPI_Allreduce(MPI_IN_PLACE, panel, (int)(m * w), MPI_DOUBLE, MPI_SUM, comm));
+    CF_MPI(cf_mpi_allreduce(MPI_IN_PLACE, panel, (size_t)(m * w), MPI_DOUBLE, MPI_SUM, comm));
     panel_store(g, bj, panel, A);
   }
   return CF_OK;
@@ -104,7 +105,7 @@ static cf_status assemble_gram(MPI_Comm comm, const struct cf_sl_grid *g, const 
       cblas_dgemm(CblasColMajor, CblasTrans, CblasNoTrans, (int)mi, (int)w, (int)d,
                   1.0 / (double)(n - 1), xc + i0 * d, (int)d, rows, (int)d, 0.0,
                   panel + (off + i0 - c0), (int)m);
-    CF_MPI(MPI_Allreduce(MPI_IN_PLACE, panel, (int)(m * w), MPI_DOUBLE, MPI_SUM, comm));
+    CF_MPI(cf_mpi_allreduce(MPI_IN_PLACE, panel, (size_t)(m * w), MPI_DOUBLE, MPI_SUM, comm));
     panel_store(g, bj, panel, A);
   }
   return CF_OK;

@@ -29,6 +29,7 @@
 
 #include "calmflow/mem.h"
 #include "calmflow/metrics.h"
+#include "calmflow/mpichunk.h"
 #include "collective.h"
 
 #define CF_SK_ROWS 64   /* rows per cost block */
@@ -183,7 +184,7 @@ static cf_status exact_columns(MPI_Comm comm, struct sk_prob *p, double eps, con
       }
     }
     if (pass == 0)
-      CF_MPI(MPI_Allreduce(MPI_IN_PLACE, cm, (int)k, MPI_DOUBLE, MPI_MAX, comm));
+      CF_MPI(cf_mpi_allreduce(MPI_IN_PLACE, cm, (size_t)k, MPI_DOUBLE, MPI_MAX, comm));
     else
       CF_TRY(cf_metrics_sum(comm, cs, k));
   }

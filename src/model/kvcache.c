@@ -22,6 +22,7 @@
 
 #include "calmflow/commstat.h"
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
 #include "calmflow/watchdog.h"
 #include "model/layers.h"
 
@@ -35,6 +36,9 @@ struct cf_kv_impl {
   int n_tp, n_cp;
   int64_t tlo[2], thi[2]; /* the global token ranges whose keys and values this rank caches */
   int64_t lmax;           /* tokens cached per sequence at most */
+  int64_t L;              /* prompt tokens in front of the trajectory (positions 0 .. L-1) */
+  int filled;             /* the prompt is cached (cf_model_prefill) */
+  int64_t rows_new;       /* token rows per sequence of the workspace: max(max_new, L) */
   int64_t win;            /* attention window (cf_attn_first): S without history, else 0 */
   float *k, *v;           /* (nl, B, hl, lmax, dh) rotated keys, values */
   float *cs, *sn;         /* (max_len, rot/2) */
@@ -93,13 +97,13 @@ static void kv_layout(struct cf_kv_impl *kv, const struct cf_model *m, int64_t B
                       int64_t max_new, struct cf_arena *a) {
   const struct cf_model_cfg *c = &m->cfg;
   const struct cf_model_impl *im = m->impl;
-  size_t H = (size_t)c->H, Mt = (size_t)(B * max_new), Mp = (size_t)(B * (max_new / c->S));
+  size_t H = (size_t)c->H, Mt = (size_t)(B * kv->rows_new), Mp = (size_t)(B * (max_new / c->S));
   size_t half = (size_t)(im->rot / 2), Hl = (size_t)kv->Hl;
   size_t kvn = (size_t)kv->nl * (size_t)B * (size_t)kv->hl * (size_t)kv->lmax * (size_t)kv->dh;
   kv->k = cf_arena_floats(a, kvn);
   kv->v = cf_arena_floats(a, kvn);
-  kv->cs = cf_arena_floats(a, (size_t)max_len * half);
-  kv->sn = cf_arena_floats(a, (size_t)max_len * half);
+  kv->cs = cf_arena_floats(a, (size_t)(kv->L + max_len) * half);
+  kv->sn = cf_arena_floats(a, (size_t)(kv->L + max_len) * half);
   if (kv->first) unit_layout(a, &kv->enc, Mp, (size_t)im->SH);
   if (kv->first && c->time_input) kv->zin = cf_arena_floats(a, Mp * (size_t)(c->D + 1));
   kv->x = cf_arena_floats(a, Mt * H);
@@ -110,7 +114,7 @@ static void kv_layout(struct cf_kv_impl *kv, const struct cf_model *m, int64_t B
   kv->qkv = cf_arena_floats(a, Mt * 3 * Hl);
   kv->ao = cf_arena_floats(a, Mt * Hl);
   kv->f = cf_arena_floats(a, Mt * (size_t)kv->ffn);
-  kv->sc = cf_arena_floats(a, (size_t)max_new * (size_t)kv->lmax);
+  kv->sc = cf_arena_floats(a, (size_t)kv->rows_new * (size_t)kv->lmax);
   if (kv->n_tp > 1) {
     kv->own = cf_arena_floats(a, Mt * H);
     kv->gath = cf_arena_floats(a, (size_t)kv->n_tp * Mt * H);
@@ -164,11 +168,12 @@ cf_status cf_kvcache_init(struct cf_kvcache *c, const struct cf_model *m, int64_
            "kvcache: under context parallelism the cache holds at most the model's %lld tokens "
            "(asked for %lld)",
            (long long)mi->T, (long long)max_len);
-  double big = (double)mc->layers * (double)B * (double)max_len * (double)mc->H;
-  double rows = (double)B * (double)max_new;
+  const int64_t L = mc->prompt_len, rows_new = max_new > L ? max_new : L;
+  double big = (double)mc->layers * (double)B * (double)(L + max_len) * (double)mc->H;
+  double rows = (double)B * (double)rows_new;
   double wide = rows * fmax((double)mc->ffn, 3.0 * (double)mc->H) * (double)mi->n_tp;
   CF_CHECK(rows <= (double)INT_MAX && (double)max_len <= (double)INT_MAX && big <= 1e12 &&
-               wide <= 1e12 && (double)max_new * (double)max_len <= 1e12 &&
+               wide <= 1e12 && (double)rows_new * (double)(L + max_len) <= 1e12 &&
                rows * (double)mc->H <= (double)INT_MAX &&
                rows * (double)(mc->H + 2 * mc->heads) <= (double)INT_MAX,
            CF_EINVAL, "kvcache: %lld sequences x %lld tokens is too large", (long long)B,
@@ -192,17 +197,19 @@ cf_status cf_kvcache_init(struct cf_kvcache *c, const struct cf_model *m, int64_
   kv->tp = mi->tpc;
   kv->n_cp = mi->n_cp;
   kv->cp = mi->has_ring ? mi->ring.comm : MPI_COMM_NULL;
-  if (kv->n_cp > 1) {
+  kv->L = L;
+  kv->rows_new = rows_new;
+  if (kv->n_cp > 1) { /* the model's rows of the whole sequence [prompt | tokens] */
     for (int i = 0; i < 2; i++) {
-      kv->tlo[i] = mi->tlo[i];
-      kv->thi[i] = mi->thi[i];
+      kv->tlo[i] = mi->xlo[i];
+      kv->thi[i] = mi->xhi[i];
     }
   } else {
     kv->tlo[0] = 0;
-    kv->thi[0] = max_len;
-    kv->tlo[1] = kv->thi[1] = max_len;
+    kv->thi[0] = L + max_len;
+    kv->tlo[1] = kv->thi[1] = L + max_len;
   }
-  kv->lmax = local_count(kv, max_len);
+  kv->lmax = local_count(kv, L + max_len);
   kv->win = mc->no_history ? mc->S : 0;
   if (kv->lmax < 1) kv->lmax = 1;
   cf_arena_plan(&kv->arena);
@@ -214,7 +221,7 @@ cf_status cf_kvcache_init(struct cf_kvcache *c, const struct cf_model *m, int64_
     return st;
   }
   kv_layout(kv, m, B, max_len, max_new, &kv->arena);
-  cf_rotary_tables(kv->cs, kv->sn, max_len, mi->rot, mc->rotary_base);
+  cf_rotary_tables(kv->cs, kv->sn, L + max_len, mi->rot, mc->rotary_base);
   c->B = B;
   c->max_len = max_len;
   c->max_new = max_new;
@@ -235,7 +242,9 @@ void cf_kvcache_release(struct cf_kvcache *c) {
 }
 
 void cf_kvcache_reset(struct cf_kvcache *c) {
-  if (c != NULL) c->len = 0;
+  if (c == NULL) return;
+  c->len = 0;
+  if (c->impl != NULL) ((struct cf_kv_impl *)c->impl)->filled = 0;
 }
 
 void cf_head_noise(const struct cf_model_cfg *c, const struct cf_rng *r, float *out) {
@@ -361,7 +370,7 @@ static cf_status cp_merge(struct cf_kv_impl *kv, int64_t M) {
   const int64_t hl = kv->hl, dh = kv->dh, w = dh + 2, per = M * hl * w;
   cf_watchdog_enter("sample_cp_allgather", -1);
   double t0 = cf_commstat_now();
-  int e = MPI_Allgather(kv->cpo, (int)per, MPI_FLOAT, kv->cpg, (int)per, MPI_FLOAT, kv->cp);
+  int e = cf_mpi_allgather(kv->cpo, (size_t)per, kv->cpg, MPI_FLOAT, kv->cp);
   cf_commstat_add(CF_COMM_CP, (double)per * (double)kv->n_cp * sizeof(float),
                   cf_commstat_now() - t0);
   cf_watchdog_leave();
@@ -399,7 +408,7 @@ static cf_status tp_merge(struct cf_kv_impl *kv, const struct cf_block_p *p, con
   const int64_t H = kv->H, n = M * H;
   cf_watchdog_enter("sample_tp_allgather", -1);
   double t0 = cf_commstat_now();
-  int e = MPI_Allgather(kv->own, (int)n, MPI_FLOAT, kv->gath, (int)n, MPI_FLOAT, kv->tp);
+  int e = cf_mpi_allgather(kv->own, (size_t)n, kv->gath, MPI_FLOAT, kv->tp);
   cf_commstat_add(CF_COMM_TP, (double)n * (double)kv->n_tp * sizeof(float), cf_commstat_now() - t0);
   cf_watchdog_leave();
   CF_MPI(e);
@@ -413,62 +422,35 @@ static cf_status tp_merge(struct cf_kv_impl *kv, const struct cf_block_p *p, con
   return CF_OK;
 }
 
-cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const float *in,
-                          int64_t np, float *out) {
-  CF_TRY(kv_match(m, c));
-  const struct cf_model_cfg *cf = &m->cfg;
+/* Collective as cf_model_extend. This rank's layers on n new tokens per sequence at positions
+ * pos0 .. pos0+n-1 of the whole sequence [prompt | tokens]: x (B*n, H) holds their input;
+ * on return *xp points at the residual stream after the layers (kv->x or kv->xn). */
+static cf_status run_layers(const struct cf_model *m, struct cf_kv_impl *kv, int64_t B, int64_t n,
+                            int64_t pos0, float **xp) {
   const struct cf_model_impl *im = m->impl;
-  struct cf_kv_impl *kv = c->impl;
-  const int64_t S = cf->S, H = cf->H, Hl = kv->Hl, H3 = 3 * Hl, hl = kv->hl, dh = kv->dh;
-  CF_CHECK(np >= 1 && np * S <= c->max_new, CF_EINVAL,
-           "kvcache: extend by %lld points (%lld tokens) but the cache takes 1..%lld tokens per "
-           "call",
-           (long long)np, (long long)(np * S), (long long)c->max_new);
-  CF_CHECK(c->len + np * S <= c->max_len, CF_EINVAL,
-           "kvcache: extend to %lld tokens exceeds max_len %lld", (long long)(c->len + np * S),
-           (long long)c->max_len);
-  CF_CHECK(in != NULL && out != NULL, CF_EINVAL, "kvcache: extend needs its input and output");
-  const int64_t B = c->B, n = np * S, M = B * n, len = c->len;
+  const int64_t H = m->cfg.H, Hl = kv->Hl, H3 = 3 * Hl, hl = kv->hl, dh = kv->dh, M = B * n;
   const float scale = (float)(1.0 / sqrt((double)dh));
   const int split_cp = kv->n_cp > 1;
-
-  /* first stage: encoder z_new (B*np, D) -> x (B*np, SH) = (M, H); else the previous
-   * stage's residual stream */
   float *x = kv->x, *xn = kv->xn;
-  if (kv->first && cf->time_input) { /* [z, t] rows: point len/S + i of each sequence */
-    const int64_t D = cf->D;
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t i = 0; i < np; i++) {
-        float *dst = kv->zin + (b * np + i) * (D + 1);
-        memcpy(dst, in + (b * np + i) * D, (size_t)D * sizeof(float));
-        dst[D] = cf_model_point_time(cf, len / S + i);
-      }
-    mlp2_rows(&im->enc1, &im->enc2, kv->zin, B * np, &kv->enc, x);
-  } else if (kv->first) {
-    mlp2_rows(&im->enc1, &im->enc2, in, B * np, &kv->enc, x);
-  } else {
-    memcpy(x, in, (size_t)(M * H) * sizeof(float));
-  }
-
   for (int64_t l = 0; l < kv->nl; l++) {
     const struct cf_block_p *p = &im->blk[kv->l0 + l];
     cf_layernorm_fwd(x, M, H, p->ln1.w, p->ln1.b, kv->xh, kv->rs, kv->u);
     cf_linear_rows(kv->u, M, p->qkv.w, p->qkv.b, H3, H, 0, kv->qkv);
     for (int64_t b = 0; b < B; b++) {
       float *qb = kv->qkv + b * n * H3;
-      cf_rotary_apply(qb, n, H3, hl, dh, im->rot, kv->cs, kv->sn, len, 0);
+      cf_rotary_apply(qb, n, H3, hl, dh, im->rot, kv->cs, kv->sn, pos0, 0);
       for (int64_t h = 0; h < hl; h++) {
         size_t cbase = (size_t)(((l * B + b) * hl + h) * kv->lmax) * (size_t)dh;
         float *Kc = kv->k + cbase, *Vc = kv->v + cbase;
         for (int64_t t = 0; t < n; t++) {
-          int64_t li = local_index(kv, len + t);
+          int64_t li = local_index(kv, pos0 + t);
           if (li < 0) continue; /* another context rank caches this token */
           const float *src = qb + t * H3 + h * 3 * dh;
           memcpy(Kc + li * dh, src + dh, (size_t)dh * sizeof(float));
           memcpy(Vc + li * dh, src + 2 * dh, (size_t)dh * sizeof(float));
         }
         const int64_t w = dh + 2;
-        attend(kv, qb + h * 3 * dh, H3, Kc, Vc, len, n, scale, kv->ao + b * n * Hl + h * dh, Hl,
+        attend(kv, qb + h * 3 * dh, H3, Kc, Vc, pos0, n, scale, kv->ao + b * n * Hl + h * dh, Hl,
                split_cp ? kv->cpo + (b * n * hl + h) * w : NULL, hl * w);
       }
     }
@@ -489,6 +471,76 @@ cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const 
     x = xn;
     xn = tmp;
   }
+  *xp = x;
+  return CF_OK;
+}
+
+cf_status cf_model_prefill(const struct cf_model *m, struct cf_kvcache *c, const int32_t *ids,
+                           const float *in, float *out) {
+  CF_TRY(kv_match(m, c));
+  const struct cf_model_impl *im = m->impl;
+  struct cf_kv_impl *kv = c->impl;
+  const int64_t L = kv->L, H = m->cfg.H, B = c->B, M = B * L;
+  CF_CHECK(L > 0, CF_EINVAL, "kvcache: prefill on a model without a prompt");
+  CF_CHECK(c->len == 0 && !kv->filled, CF_EINVAL,
+           "kvcache: prefill needs an empty cache (reset it first)");
+  CF_CHECK(kv->first ? ids != NULL : in != NULL, CF_EINVAL,
+           "kvcache: prefill needs the prompt ids (first stage) or the previous stage's output");
+  CF_CHECK(kv->last || out != NULL, CF_EINVAL, "kvcache: prefill needs out before the last stage");
+  float *x = kv->x;
+  if (kv->first) {
+    for (int64_t i = 0; i < M; i++) {
+      CF_CHECK(ids[i] >= 0 && ids[i] < m->cfg.vocab, CF_EINVAL,
+               "kvcache: prompt token id %d is outside the vocabulary [0, %lld)", (int)ids[i],
+               (long long)m->cfg.vocab);
+      memcpy(x + i * H, im->wte + (int64_t)ids[i] * H, (size_t)H * sizeof(float));
+    }
+  } else {
+    memcpy(x, in, (size_t)(M * H) * sizeof(float));
+  }
+  CF_TRY(run_layers(m, kv, B, L, 0, &x));
+  if (!kv->last) memcpy(out, x, (size_t)(M * H) * sizeof(float));
+  kv->filled = 1;
+  return CF_OK;
+}
+
+cf_status cf_model_extend(const struct cf_model *m, struct cf_kvcache *c, const float *in,
+                          int64_t np, float *out) {
+  CF_TRY(kv_match(m, c));
+  const struct cf_model_cfg *cf = &m->cfg;
+  const struct cf_model_impl *im = m->impl;
+  struct cf_kv_impl *kv = c->impl;
+  const int64_t S = cf->S, H = cf->H;
+  CF_CHECK(np >= 1 && np * S <= c->max_new, CF_EINVAL,
+           "kvcache: extend by %lld points (%lld tokens) but the cache takes 1..%lld tokens per "
+           "call",
+           (long long)np, (long long)(np * S), (long long)c->max_new);
+  CF_CHECK(c->len + np * S <= c->max_len, CF_EINVAL,
+           "kvcache: extend to %lld tokens exceeds max_len %lld", (long long)(c->len + np * S),
+           (long long)c->max_len);
+  CF_CHECK(in != NULL && out != NULL, CF_EINVAL, "kvcache: extend needs its input and output");
+  CF_CHECK(kv->L == 0 || kv->filled, CF_EINVAL,
+           "kvcache: the model has a prompt; prefill the cache (cf_model_prefill) before extend");
+  const int64_t B = c->B, n = np * S, M = B * n, len = c->len;
+
+  /* first stage: encoder z_new (B*np, D) -> x (B*np, SH) = (M, H); else the previous
+   * stage's residual stream */
+  float *x = kv->x;
+  if (kv->first && cf->time_input) { /* [z, t] rows: point len/S + i of each sequence */
+    const int64_t D = cf->D;
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t i = 0; i < np; i++) {
+        float *dst = kv->zin + (b * np + i) * (D + 1);
+        memcpy(dst, in + (b * np + i) * D, (size_t)D * sizeof(float));
+        dst[D] = cf_model_point_time(cf, len / S + i);
+      }
+    mlp2_rows(&im->enc1, &im->enc2, kv->zin, B * np, &kv->enc, x);
+  } else if (kv->first) {
+    mlp2_rows(&im->enc1, &im->enc2, in, B * np, &kv->enc, x);
+  } else {
+    memcpy(x, in, (size_t)(M * H) * sizeof(float));
+  }
+  CF_TRY(run_layers(m, kv, B, n, kv->L + len, &x)); /* trajectory token k at position L + k */
   if (kv->last)
     cf_layernorm_fwd(x, M, H, im->lnf.w, im->lnf.b, kv->xh, kv->rs, out);
   else

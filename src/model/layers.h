@@ -165,6 +165,16 @@ struct cf_model_impl {
   struct cf_ring ring;
   int64_t F, R, Wt; /* fm width, fm draws, head training noise per point */
   int64_t dz;       /* cvae latent size */
+  /* text prompt (cfg.prompt_len > 0; without one L = Lp = 0, Tx = Tl, Tt = T, x* = t*) */
+  int64_t L;              /* prompt tokens per sequence */
+  int64_t Lp;             /* prompt rows held per sequence: L on context rank 0, else 0 */
+  int64_t Tx;             /* rows per sequence through the blocks: Lp + Tl */
+  int64_t Tt;             /* positions of the whole sequence: L + T */
+  int64_t xlo[2], xhi[2]; /* the rows held as ranges of the whole sequence [prompt | tokens] */
+  int64_t b0;             /* first stored sequence of the current call (act_select) */
+  float *wte, *gwte;      /* (V, H) prompt.wte and its gradient (first stage) */
+  int32_t *ids;           /* (max_batch, L) prompt ids per stored sequence */
+  float *eout;            /* (B*Tl, H) encoder output before it moves behind the prompt rows */
   /* parameters */
   struct cf_lin enc1, enc2, mu1, mu2, lv1, lv2, dec1, dec2, dec3;
   struct cf_lin fmc, fm1, fm2, fm3, fmo; /* fm: cond, fc1, fc2, fc3, out */
@@ -221,10 +231,11 @@ struct cf_model_impl {
 struct cf_block_dims {
   int64_t H, heads, dh, rot, ffn; /* heads and ffn: this rank's share under tensor parallelism */
   int64_t win;                    /* attention window (cf_attn_first): S without history, else 0 */
-  const float *cs, *sn;           /* (>= T, rot/2) rotary tables, position = token index */
+  const float *cs, *sn;           /* (>= T, rot/2) rotary tables, position = row of the whole
+                                     sequence ([prompt | tokens]) */
   MPI_Comm tp;                    /* tensor-parallel group (MPI_COMM_NULL: none) */
   struct cf_ring *ring;   /* context parallel: attention over the ring (NULL: whole sequence) */
-  int64_t tlo[2], thi[2]; /* with ring: the global token ranges of each sequence's rows */
+  int64_t tlo[2], thi[2]; /* with ring: the global row ranges of each sequence's rows */
 };
 /* Backward scratch for R = B*T rows. */
 struct cf_block_ws {

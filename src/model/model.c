@@ -9,6 +9,7 @@
 
 #include "calmflow/commstat.h"
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
 #include "calmflow/rng.h"
 #include "calmflow/watchdog.h"
 #include "model/layers.h"
@@ -64,8 +65,25 @@ cf_status cf_model_cfg_check(const struct cf_model_cfg *c) {
   CF_CHECK(c->logstd_min < c->logstd_max && isfinite(c->logstd_min) && isfinite(c->logstd_max),
            CF_EINVAL, "-net_logstd_min (%g) must be below -net_logstd_max (%g), both finite",
            (double)c->logstd_min, (double)c->logstd_max);
+  CF_CHECK(c->prompt_len >= 0 && c->prompt_len <= 65536, CF_EINVAL,
+           "-data_prompt: a prompt of %lld tokens, expected at most 65536",
+           (long long)c->prompt_len);
+  if (c->prompt_len > 0) {
+    CF_CHECK(c->vocab >= 1 && c->vocab <= CF_MAX_DIM, CF_EINVAL,
+             "-data_prompt: the tokenizer's vocabulary size must be in [1, %lld] (got %lld)",
+             CF_MAX_DIM, (long long)c->vocab);
+    CF_CHECK(c->prompt_pad >= 0 && c->prompt_pad < c->vocab, CF_EINVAL,
+             "-data_prompt: the pad token id %lld is outside the vocabulary [0, %lld)",
+             (long long)c->prompt_pad, (long long)c->vocab);
+    CF_CHECK((double)c->vocab * (double)c->H <= (double)CF_MAX_BUF, CF_EINVAL,
+             "-data_prompt: prompt.wte (%lld x %lld) is too large", (long long)c->vocab,
+             (long long)c->H);
+    CF_CHECK(!c->no_history, CF_EINVAL,
+             "-data_prompt with -flow_history 0: without history a token attends only to its own "
+             "point, never to the prompt (use -flow_history 1)");
+  }
   /* Derived sizes: the sequence and the biggest per-sequence buffers must stay addressable. */
-  double T = (double)c->N * (double)c->P * (double)c->S;
+  double T = (double)c->N * (double)c->P * (double)c->S + (double)c->prompt_len;
   CF_CHECK(T <= (double)INT_MAX, CF_EINVAL,
            "-flow_time_points x -flow_trajectories x -flow_spatial_tokens = %.0f tokens per "
            "sequence is too many (at most %d)",
@@ -167,6 +185,13 @@ static void build_tensors(struct tbuild *t) {
   t->held = im->first;
   add_lin(t, &im->enc1, "enc.fc1", SH, c->D + (c->time_input != 0), 0, CF_SPLIT_NONE);
   add_lin(t, &im->enc2, "enc.fc2", SH, SH, 0, CF_SPLIT_NONE);
+  if (c->prompt_len > 0) { /* GPT-NeoX's embed_in: N(0, 0.02) */
+    size_t ow = add_tensor(t, "prompt.wte.weight", 2, c->vocab, H, CF_SPLIT_NONE, INIT_NORMAL, H);
+    if (t->fill && t->held) {
+      im->wte = t->m->params + ow;
+      im->gwte = t->m->grads + ow;
+    }
+  }
   for (int64_t l = 0; l < c->layers; l++) {
     struct cf_block_p dummy, *p = t->fill ? &im->blk[l] : &dummy;
     char pre[CF_NAME_LEN];
@@ -234,33 +259,35 @@ static void unit_layout(struct carver *k, struct cf_unit_a *u, size_t rows, size
 static void act_layout(struct cf_model_impl *im, const struct cf_model_cfg *c, int64_t B,
                        struct cf_arena *a, int64_t b0) {
   struct carver k = {a, B, b0};
-  size_t H = (size_t)c->H, Tl = (size_t)im->Tl, Jl = (size_t)im->Jl, T = (size_t)im->T;
+  size_t H = (size_t)c->H, Tl = (size_t)im->Tl, Jl = (size_t)im->Jl;
+  size_t Tx = (size_t)im->Tx, Tt = (size_t)im->Tt; /* rows per sequence in the blocks, positions */
   size_t Id = (size_t)im->Idec, SH = (size_t)im->SH, ffn = (size_t)im->ffn_l;
   size_t Hl = (size_t)im->Hl, half = (size_t)(im->rot / 2);
   int drop = c->dropout > 0.0f;
-  im->cs = cf_arena_floats(a, T * half);
-  im->sn = cf_arena_floats(a, T * half);
+  im->cs = cf_arena_floats(a, Tt * half);
+  im->sn = cf_arena_floats(a, Tt * half);
   if (im->first) {
     im->z = seq_buf(&k, Jl * (size_t)(c->D + (c->time_input != 0)));
     unit_layout(&k, &im->enc, Jl, SH, drop);
+    if (im->Lp > 0) im->eout = seq_buf(&k, Tl * H);
   }
   for (int64_t l = im->l0; l < im->l1; l++) {
     struct cf_block_a *ba = &im->ba[l];
-    ba->x = seq_buf(&k, Tl * H);
-    ba->xh1 = seq_buf(&k, Tl * H);
-    ba->rs1 = seq_buf(&k, Tl);
-    ba->u1 = seq_buf(&k, Tl * H);
-    ba->qkv = seq_buf(&k, Tl * 3 * Hl);
-    ba->probs = seq_buf(&k, (size_t)im->heads_l * Tl * T);
-    ba->ao = seq_buf(&k, Tl * Hl);
-    ba->xh2 = seq_buf(&k, Tl * H);
-    ba->rs2 = seq_buf(&k, Tl);
-    ba->u2 = seq_buf(&k, Tl * H);
-    ba->f = seq_buf(&k, Tl * ffn);
-    ba->g = seq_buf(&k, Tl * ffn);
-    ba->cdf = seq_buf(&k, Tl * ffn);
+    ba->x = seq_buf(&k, Tx * H);
+    ba->xh1 = seq_buf(&k, Tx * H);
+    ba->rs1 = seq_buf(&k, Tx);
+    ba->u1 = seq_buf(&k, Tx * H);
+    ba->qkv = seq_buf(&k, Tx * 3 * Hl);
+    ba->probs = seq_buf(&k, (size_t)im->heads_l * Tx * Tt);
+    ba->ao = seq_buf(&k, Tx * Hl);
+    ba->xh2 = seq_buf(&k, Tx * H);
+    ba->rs2 = seq_buf(&k, Tx);
+    ba->u2 = seq_buf(&k, Tx * H);
+    ba->f = seq_buf(&k, Tx * ffn);
+    ba->g = seq_buf(&k, Tx * ffn);
+    ba->cdf = seq_buf(&k, Tx * ffn);
   }
-  im->xL = seq_buf(&k, Tl * H);
+  im->xL = seq_buf(&k, Tx * H);
   if (im->last) {
     im->xhf = seq_buf(&k, Tl * H);
     im->rsf = seq_buf(&k, Tl);
@@ -314,19 +341,20 @@ static void act_layout(struct cf_model_impl *im, const struct cf_model_cfg *c, i
       im->gd2 = seq_buf(&k, Jl * Id);
     }
   }
-  im->gx = seq_buf(&k, Tl * H);
-  im->gt = seq_buf(&k, 2 * Tl * H);
-  im->gao = seq_buf(&k, Tl * Hl);
+  im->gx = seq_buf(&k, Tx * H);
+  im->gt = seq_buf(&k, 2 * Tx * H);
+  im->gao = seq_buf(&k, Tx * Hl);
   im->gh = seq_buf(&k, Tl * H);
-  im->gqkv = seq_buf(&k, Tl * 3 * Hl);
-  im->gf = seq_buf(&k, Tl * ffn);
-  im->gs = cf_arena_floats(a, (size_t)CF_ATTN_CHUNK * T);
+  im->gqkv = seq_buf(&k, Tx * 3 * Hl);
+  im->gf = seq_buf(&k, Tx * ffn);
+  im->gs = cf_arena_floats(a, (size_t)CF_ATTN_CHUNK * Tt);
   if (im->first) im->genc = seq_buf(&k, Jl * SH);
 }
 
 /* Point the activation views at sequences [b0, ...) of the storage. */
 static void act_select(struct cf_model *m, int64_t b0) {
   struct cf_model_impl *im = m->impl;
+  im->b0 = b0;
   cf_arena_rewind(&im->arena);
   act_layout(im, &m->cfg, m->max_batch, &im->arena, b0);
 }
@@ -374,6 +402,17 @@ static cf_status part_init(struct cf_model_impl *im, const struct cf_model_cfg *
     im->thi[i] = im->phi[i] * c->S;
   }
   im->Tl = im->Jl * c->S;
+  /* the prompt's L rows go in front of context rank 0's rows (its first chunk starts the
+   * sequence); every other row moves L positions on */
+  im->L = c->prompt_len;
+  im->Lp = im->cp_rank == 0 ? im->L : 0;
+  im->Tx = im->Lp + im->Tl;
+  im->Tt = im->T + im->L;
+  for (int i = 0; i < 2; i++) {
+    im->xlo[i] = im->tlo[i] + im->L;
+    im->xhi[i] = im->thi[i] + im->L;
+  }
+  if (im->Lp > 0) im->xlo[0] = 0;
   return CF_OK;
 }
 
@@ -390,8 +429,8 @@ cf_status cf_model_init_part(struct cf_model *m, const struct cf_model_cfg *cfg,
            "model: max_batch must be in [1, %d] sequences (got %lld)", INT_MAX,
            (long long)max_batch);
   const struct cf_model_cfg *c = cfg;
-  double R = (double)max_batch * (double)c->N * (double)c->P * (double)c->S;
-  double Tt = (double)c->N * (double)c->P * (double)c->S;
+  double Tt = (double)c->N * (double)c->P * (double)c->S + (double)c->prompt_len;
+  double R = (double)max_batch * Tt;
   double Iw = fmax((double)c->S * (double)c->H, (double)c->D);
   CF_CHECK(R <= (double)INT_MAX, CF_EINVAL, "model: %lld sequences of %.0f tokens is too many rows",
            (long long)max_batch, Tt);
@@ -453,6 +492,11 @@ cf_status cf_model_init_part(struct cf_model *m, const struct cf_model_cfg *cfg,
   CF_ALLOC_OR_FAIL(m->grads, (m->n_params ? m->n_params : 1) * sizeof(float), "model gradients");
   CF_ALLOC_OR_FAIL(im->blk, (size_t)c->layers * sizeof(struct cf_block_p), "model layer table");
   CF_ALLOC_OR_FAIL(im->ba, (size_t)c->layers * sizeof(struct cf_block_a), "model layer table");
+  if (im->L > 0) {
+    CF_ALLOC_OR_FAIL(im->ids, (size_t)(max_batch * im->L) * sizeof(int32_t), "prompt ids");
+    for (int64_t i = 0; i < max_batch * im->L; i++)
+      im->ids[i] = (int32_t)c->prompt_pad;
+  }
 #undef CF_ALLOC_OR_FAIL
   memset(im->blk, 0, (size_t)c->layers * sizeof(struct cf_block_p));
   memset(im->ba, 0, (size_t)c->layers * sizeof(struct cf_block_a));
@@ -475,7 +519,13 @@ cf_status cf_model_init_part(struct cf_model *m, const struct cf_model_cfg *cfg,
         phi[2 * r + i] *= c->S;
       }
     }
-    st = cf_ring_init(&im->ring, g->cp, im->T, plo, phi, max_batch, im->heads_l, im->dh);
+    for (int r = 0; r < im->n_cp; r++) /* rows of the whole sequence [prompt | tokens] */
+      for (int i = 0; i < 2; i++) {
+        plo[2 * r + i] += im->L;
+        phi[2 * r + i] += im->L;
+      }
+    if (im->L > 0) plo[0] = 0; /* context rank 0 holds the prompt */
+    st = cf_ring_init(&im->ring, g->cp, im->Tt, plo, phi, max_batch, im->heads_l, im->dh);
     cf_free(&buf);
     if (st != CF_OK) goto fail;
     im->has_ring = 1;
@@ -486,7 +536,7 @@ cf_status cf_model_init_part(struct cf_model *m, const struct cf_model_cfg *cfg,
   st = cf_arena_commit(&im->arena, 0, "model activations");
   if (st != CF_OK) goto fail;
   act_layout(im, c, max_batch, &im->arena, 0);
-  cf_rotary_tables(im->cs, im->sn, im->T, im->rot, c->rotary_base);
+  cf_rotary_tables(im->cs, im->sn, im->Tt, im->rot, c->rotary_base);
   return CF_OK;
 fail:
   cf_trace_push(__FILE__, __LINE__, "cf_model_init");
@@ -510,6 +560,8 @@ void cf_model_release(struct cf_model *m) {
     p = im->blk;
     cf_free(&p);
     p = im->ba;
+    cf_free(&p);
+    p = im->ids;
     cf_free(&p);
     p = im;
     cf_free(&p);
@@ -567,12 +619,13 @@ void cf_model_init_weights(struct cf_model *m, uint64_t seed) {
 }
 
 double cf_model_flops(const struct cf_model_cfg *c) {
-  double J = (double)(c->N * c->P), T = J * (double)c->S, H = (double)c->H, D = (double)c->D;
+  double J = (double)(c->N * c->P), H = (double)c->H, D = (double)c->D;
+  double T = J * (double)c->S + (double)c->prompt_len; /* the blocks also run the prompt */
   double SH = (double)c->S * H, I = fmax(SH, D), Dout = (double)cf_model_dout(c);
   double f = J * 2.0 * (D * SH + SH * SH);                               /* encoder */
   f += (double)c->layers * (T * (8.0 * H * H + 4.0 * H * (double)c->ffn) /* qkv, out, mlp */
                             + 2.0 * T * T * H);                          /* causal attention */
-  if (c->head == CF_HEAD_VAE) f += T * 2.0 * 4.0 * H * H;                /* mu, lv MLPs */
+  if (c->head == CF_HEAD_VAE) f += J * (double)c->S * 2.0 * 4.0 * H * H; /* mu, lv MLPs */
   if (c->head == CF_HEAD_FM) { /* cond once per point, the MLP once per draw */
     double F = (double)c->fm_width, R = (double)c->fm_draws;
     f += J * 2.0 * (F * SH + R * (F * (D + CF_FM_FEATURES) + 2.0 * F * F + F * D));
@@ -599,6 +652,21 @@ void cf_model_zero_grad(struct cf_model *m) {
   if (m != NULL && m->grads != NULL) memset(m->grads, 0, m->n_params * sizeof(float));
 }
 
+cf_status cf_model_set_prompt(struct cf_model *m, int64_t b0, int64_t B, const int32_t *ids) {
+  CF_CHECK(m != NULL && m->impl != NULL, CF_EINVAL, "model: prompt before cf_model_init");
+  struct cf_model_impl *im = m->impl;
+  CF_CHECK(im->L > 0, CF_EINVAL, "model: prompt ids given but the model has no prompt");
+  CF_CHECK(ids != NULL && B >= 1 && b0 >= 0 && b0 + B <= m->max_batch, CF_EINVAL,
+           "model: prompt ids for %lld sequences at %lld, expected 1..%lld (max_batch) in all",
+           (long long)B, (long long)b0, (long long)m->max_batch);
+  for (int64_t i = 0; i < B * im->L; i++)
+    CF_CHECK(ids[i] >= 0 && ids[i] < m->cfg.vocab, CF_EINVAL,
+             "model: prompt token id %d is outside the vocabulary [0, %lld)", (int)ids[i],
+             (long long)m->cfg.vocab);
+  memcpy(im->ids + b0 * im->L, ids, (size_t)(B * im->L) * sizeof(int32_t));
+  return CF_OK;
+}
+
 int cf_model_first(const struct cf_model *m) {
   return ((const struct cf_model_impl *)m->impl)->first;
 }
@@ -612,6 +680,7 @@ cf_status cf_model_attn_stats(const struct cf_model *m, int64_t B, struct cf_att
   const struct cf_model_cfg *c = &m->cfg;
   CF_CHECK(im != NULL && im->n_tp == 1 && im->n_cp == 1 && im->l0 == 0 && im->l1 == c->layers,
            CF_EINVAL, "model: attention statistics need the whole model on one rank");
+  CF_CHECK(im->L == 0, CF_EINVAL, "model: attention statistics of a prompt model are not kept");
   CF_CHECK(B >= 1 && B <= m->max_batch, CF_EINVAL,
            "model: attention statistics of %lld sequences, expected 1..%lld", (long long)B,
            (long long)m->max_batch);
@@ -654,7 +723,7 @@ cf_status cf_model_attn_stats(const struct cf_model *m, int64_t B, struct cf_att
 }
 
 int64_t cf_model_local_tokens(const struct cf_model *m) {
-  return ((const struct cf_model_impl *)m->impl)->Tl;
+  return ((const struct cf_model_impl *)m->impl)->Tx;
 }
 
 double cf_model_grad_sqnorm(const struct cf_model *m) {
@@ -735,8 +804,7 @@ static void rotary_rows(float *qkv, int64_t B, int64_t T, const struct cf_block_
 static cf_status tp_sum(MPI_Comm tp, float *x, int64_t n) {
   cf_watchdog_enter("tp_allreduce", -1);
   double t0 = cf_commstat_now();
-  int e =
-      n <= INT_MAX ? MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, tp) : MPI_ERR_COUNT;
+  int e = cf_mpi_allreduce(MPI_IN_PLACE, x, (size_t)n, MPI_FLOAT, MPI_SUM, tp);
   cf_commstat_add(CF_COMM_TP, (double)n * sizeof(float), cf_commstat_now() - t0);
   cf_watchdog_leave();
   CF_MPI(e);
@@ -810,8 +878,8 @@ static struct cf_block_dims block_dims(const struct cf_model *m) {
                             .tp = im->tpc,
                             .ring = im->has_ring ? &im->ring : NULL};
   for (int i = 0; i < 2; i++) {
-    d.tlo[i] = im->tlo[i];
-    d.thi[i] = im->thi[i];
+    d.tlo[i] = im->xlo[i];
+    d.thi[i] = im->xhi[i];
   }
   return d;
 }
@@ -1189,20 +1257,37 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
     }
     if (drop) cf_dropout_mask_rows(im->enc.mask, B, im->plo, im->phi, SH, c->dropout, dk, 0);
     struct cf_unit_a ue = unit_masked(&im->enc, drop);
-    cf_mlp2_fwd(&im->enc1, &im->enc2, im->z, Rp, &ue, im->ba[im->l0].x);
+    if (im->Lp == 0) {
+      cf_mlp2_fwd(&im->enc1, &im->enc2, im->z, Rp, &ue, im->ba[im->l0].x);
+    } else { /* x (B, Lp + Tl, H) = [wte rows of the ids | encoder output] */
+      const int64_t Lp = im->Lp, Tx = im->Tx;
+      cf_mlp2_fwd(&im->enc1, &im->enc2, im->z, Rp, &ue, im->eout);
+      for (int64_t b = 0; b < B; b++) {
+        float *xb = im->ba[im->l0].x + b * Tx * H;
+        const int32_t *ids = im->ids + (b0 + b) * im->L;
+        for (int64_t i = 0; i < Lp; i++)
+          memcpy(xb + i * H, im->wte + (int64_t)ids[i] * H, (size_t)H * sizeof(float));
+        memcpy(xb + Lp * H, im->eout + b * Tl * H, (size_t)(Tl * H) * sizeof(float));
+      }
+    }
   }
 
   /* transformer blocks: x += attn(ln1(x)) + mlp(ln2(x)) */
   struct cf_block_dims bd = block_dims(m);
   for (int64_t l = im->l0; l < im->l1; l++) {
-    float *xn = l + 1 < im->l1 ? im->ba[l + 1].x : im->xL; /* (R, H) */
-    CF_TRY(cf_block_fwd(&im->blk[l], &im->ba[l], B, Tl, &bd, xn));
+    float *xn = l + 1 < im->l1 ? im->ba[l + 1].x : im->xL; /* (B*Tx, H) */
+    CF_TRY(cf_block_fwd(&im->blk[l], &im->ba[l], B, im->Tx, &bd, xn));
   }
   if (!im->last) {
     im->last_B = B;
     return CF_OK;
   }
-  cf_layernorm_fwd(im->xL, R, H, im->lnf.w, im->lnf.b, im->xhf, im->rsf, im->hf);
+  if (im->Lp == 0)
+    cf_layernorm_fwd(im->xL, R, H, im->lnf.w, im->lnf.b, im->xhf, im->rsf, im->hf);
+  else /* the trajectory rows of each sequence; the prompt rows' outputs are not used */
+    for (int64_t b = 0; b < B; b++)
+      cf_layernorm_fwd(im->xL + (b * im->Tx + im->Lp) * H, Tl, H, im->lnf.w, im->lnf.b,
+                       im->xhf + b * Tl * H, im->rsf + b * Tl, im->hf + b * Tl * H);
 
   /* head */
   if (im->Wt > 0) head_noise(im, c, B, eps, dk);
@@ -1380,7 +1465,17 @@ cf_status cf_model_backward_at(struct cf_model *m, int64_t b0, int64_t B) {
   }
   if (im->last) {
     /* final LayerNorm */
-    cf_layernorm_bwd(im->gh, im->xhf, im->rsf, R, H, im->lnf.w, im->lnf.gw, im->lnf.gb, im->gx, 0);
+    if (im->Lp == 0) {
+      cf_layernorm_bwd(im->gh, im->xhf, im->rsf, R, H, im->lnf.w, im->lnf.gw, im->lnf.gb, im->gx,
+                       0);
+    } else { /* no loss reaches the prompt rows */
+      for (int64_t b = 0; b < B; b++) {
+        float *gb = im->gx + b * im->Tx * H;
+        memset(gb, 0, (size_t)(im->Lp * H) * sizeof(float));
+        cf_layernorm_bwd(im->gh + b * Tl * H, im->xhf + b * Tl * H, im->rsf + b * Tl, Tl, H,
+                         im->lnf.w, im->lnf.gw, im->lnf.gb, gb + im->Lp * H, 0);
+      }
+    }
     if (m->grad_ready) CF_TRY(m->grad_ready(m->grad_ctx, grad_mark(m, "lnf.weight")));
   }
 
@@ -1389,7 +1484,7 @@ cf_status cf_model_backward_at(struct cf_model *m, int64_t b0, int64_t B) {
   struct cf_block_ws ws = {
       .gt = im->gt, .gao = im->gao, .gqkv = im->gqkv, .gf = im->gf, .gs = im->gs};
   for (int64_t l = im->l1 - 1; l >= im->l0; l--) {
-    CF_TRY(cf_block_bwd(&im->blk[l], &im->ba[l], B, Tl, &bd, im->gx, &ws));
+    CF_TRY(cf_block_bwd(&im->blk[l], &im->ba[l], B, im->Tx, &bd, im->gx, &ws));
     if (m->grad_ready) {
       char nm[64];
       snprintf(nm, sizeof nm, "layers.%lld.ln1.weight", (long long)l);
@@ -1397,10 +1492,25 @@ cf_status cf_model_backward_at(struct cf_model *m, int64_t b0, int64_t B) {
     }
   }
 
-  /* encoder: gx (R, H) = d loss / d e (Rp, SH) */
+  /* encoder: gx (R, H) = d loss / d e (Rp, SH); with a prompt gx (B, Lp + Tl, H), whose
+   * prompt rows go to the wte rows of their ids */
   if (im->first) {
     struct cf_unit_a ue = unit_masked(&im->enc, drop);
-    cf_linear_bwd(ue.d, im->gx, Rp, im->enc2.w, SH, SH, im->enc2.gw, im->enc2.gb, im->genc, 0);
+    const float *ge = im->gx;
+    if (im->Lp > 0) {
+      for (int64_t b = 0; b < B; b++) {
+        const float *gb = im->gx + b * im->Tx * H;
+        const int32_t *ids = im->ids + (b0 + b) * im->L;
+        for (int64_t i = 0; i < im->Lp; i++) {
+          float *gw = im->gwte + (int64_t)ids[i] * H;
+          for (int64_t h = 0; h < H; h++)
+            gw[h] += gb[i * H + h];
+        }
+        memcpy(im->gh + b * Tl * H, gb + im->Lp * H, (size_t)(Tl * H) * sizeof(float));
+      }
+      ge = im->gh;
+    }
+    cf_linear_bwd(ue.d, ge, Rp, im->enc2.w, SH, SH, im->enc2.gw, im->enc2.gb, im->genc, 0);
     cf_lnrelu_bwd(im->genc, ue.xh, ue.rs, ue.mask, Rp, SH, im->genc);
     cf_linear_bwd(im->z, im->genc, Rp, im->enc1.w, SH, c->D + (c->time_input != 0), im->enc1.gw,
                   im->enc1.gb, NULL, 0);

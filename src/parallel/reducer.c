@@ -2,6 +2,7 @@
 #include "calmflow/reducer.h"
 
 #include "calmflow/commstat.h"
+#include "calmflow/mpichunk.h"
 
 #include <string.h>
 
@@ -27,11 +28,16 @@ void cf_reducer_begin(struct cf_reducer *r) {
 
 static cf_status start(struct cf_reducer *r, size_t lo) {
   size_t cnt = r->hi - lo;
-  while (cnt > 0) { /* MPI counts are int: split very large ranges */
-    size_t piece = cnt > (size_t)1 << 30 ? (size_t)1 << 30 : cnt;
-    CF_CHECK(r->nreq < CF_REDUCER_MAX_BUCKETS, CF_EINVAL, "gradient reducer: too many buckets");
-    CF_MPI(MPI_Iallreduce(MPI_IN_PLACE, r->buf + r->hi - piece, (int)piece, MPI_FLOAT, MPI_SUM,
-                          r->comm, &r->req[r->nreq++]));
+  const size_t most = cf_mpi_chunk(); /* MPI counts are int: split very large ranges */
+  while (cnt > 0) {
+    size_t piece = cnt > most ? most : cnt;
+    if (r->nreq == CF_REDUCER_MAX_BUCKETS) { /* no request left (tiny chunks): the rest now */
+      piece = cnt;
+      CF_MPI(cf_mpi_allreduce(MPI_IN_PLACE, r->buf + r->hi - piece, piece, MPI_FLOAT, MPI_SUM,
+                              r->comm));
+    } else
+      CF_MPI(MPI_Iallreduce(MPI_IN_PLACE, r->buf + r->hi - piece, (int)piece, MPI_FLOAT, MPI_SUM,
+                            r->comm, &r->req[r->nreq++]));
     r->hi -= piece;
     cnt -= piece;
     r->bytes += (double)piece * sizeof(float);

@@ -19,6 +19,7 @@
 
 #include "calmflow/commstat.h"
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
 #include "calmflow/watchdog.h"
 
 #define CF_RING_TAG_KV 0x5241  /* forward K,V blocks */
@@ -277,10 +278,10 @@ cf_status cf_ring_attn_fwd(struct cf_ring *r, int64_t B, const float *qkv, float
     int src = (r->rank - k + cp) % cp, from = (src + cp - 1) % cp;
     MPI_Request req[2];
     if (k < cp - 1) {
-      CF_MPI(MPI_Irecv(nxt, (int)(B * r->tl[from] * kvld), MPI_FLOAT, prev, CF_RING_TAG_KV, r->comm,
-                       &req[0]));
-      CF_MPI(MPI_Isend(cur, (int)(B * r->tl[src] * kvld), MPI_FLOAT, next, CF_RING_TAG_KV, r->comm,
-                       &req[1]));
+      CF_MPI(cf_mpi_irecv(nxt, (size_t)(B * r->tl[from] * kvld), MPI_FLOAT, prev, CF_RING_TAG_KV,
+                          r->comm, &req[0]));
+      CF_MPI(cf_mpi_isend(cur, (size_t)(B * r->tl[src] * kvld), MPI_FLOAT, next, CF_RING_TAG_KV,
+                          r->comm, &req[1]));
     }
     fwd_block(r, B, qkv, probs, out, cur, src);
     if (k < cp - 1) {
@@ -402,8 +403,8 @@ cf_status cf_ring_attn_bwd(struct cf_ring *r, int64_t B, const float *qkv, const
     }
     cf_watchdog_enter("ring_dkv", prev);
     double t0 = cf_commstat_now();
-    int e = MPI_Sendrecv(sbuf, (int)scount, MPI_FLOAT, next, CF_RING_TAG_DKV, rbuf, (int)rcount,
-                         MPI_FLOAT, prev, CF_RING_TAG_DKV, r->comm, MPI_STATUS_IGNORE);
+    int e = cf_mpi_sendrecv(sbuf, (size_t)scount, next, CF_RING_TAG_DKV, rbuf, (size_t)rcount, prev,
+                            CF_RING_TAG_DKV, MPI_FLOAT, r->comm);
     cf_commstat_add(CF_COMM_CP, (double)scount * sizeof(float), cf_commstat_now() - t0);
     cf_watchdog_leave();
     CF_MPI(e);

@@ -1,12 +1,13 @@
 /* cfm_sample.c: sampling the CFM baseline (rollout.h, cf_rollout_cfm_run): chunks of
- * -sample_batch points integrated with PETSc TS, dealt to the ranks round by round and
- * gathered on rank 0 in sample order for the sink. */
+ * -sample_batch points integrated with PETSc TS (under one condition for a conditional model),
+ * dealt to the ranks round by round and gathered on rank 0 in sample order for the sink. */
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "calmflow/fault.h"
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
 #include "calmflow/rollout.h"
 #include "calmflow/watchdog.h"
 
@@ -17,10 +18,11 @@ static double now_s(void) {
 }
 
 /* Local. Samples [i0, i0 + count): x0 draws, then the integration; out (count, N, D) with every
- * time point when traj, else (count, D). x (count, D) is the working state. */
-static cf_status chunk(struct cf_cfm *m, const struct cf_dist *src, const struct cf_sample_cfg *sc,
-                       int64_t N, const struct cf_ode_opts *o, int64_t i0, int64_t count, float *x,
-                       float *out, struct cf_ode_stats *acc) {
+ * time point when traj, else (count, D). x (count, D) is the working state; c (count, C) the
+ * samples' conditions or NULL. */
+static cf_status chunk(struct cf_cfm *m, const struct cf_dist *src, const float *c,
+                       const struct cf_sample_cfg *sc, int64_t N, const struct cf_ode_opts *o,
+                       int64_t i0, int64_t count, float *x, float *out, struct cf_ode_stats *acc) {
   const int64_t D = m->cfg.D;
   for (int64_t q = 0; q < count; q++) {
     struct cf_rng r = {sc->seed, CF_RNG_X0, UINT32_MAX, (uint64_t)(i0 + q)};
@@ -28,7 +30,7 @@ static cf_status chunk(struct cf_cfm *m, const struct cf_dist *src, const struct
   }
   struct cf_ode_stats st;
   if (!sc->traj) {
-    CF_TRY(cf_cfm_sample(m, count, x, o, &st));
+    CF_TRY(cf_cfm_sample_c(m, count, x, c, o, &st));
     acc->nfe += st.nfe, acc->steps += st.steps, acc->rejected += st.rejected;
     memcpy(out, x, (size_t)(count * D) * sizeof(float));
     snprintf(acc->type, sizeof acc->type, "%s", st.type);
@@ -40,7 +42,7 @@ static cf_status chunk(struct cf_cfm *m, const struct cf_dist *src, const struct
     struct cf_ode_opts seg = *o;
     seg.t0 = o->t0 + (o->t1 - o->t0) * (double)t / (double)(N - 1);
     seg.t1 = o->t0 + (o->t1 - o->t0) * (double)(t + 1) / (double)(N - 1);
-    CF_TRY(cf_cfm_sample(m, count, x, &seg, &st));
+    CF_TRY(cf_cfm_sample_c(m, count, x, c, &seg, &st));
     acc->nfe += st.nfe, acc->steps += st.steps, acc->rejected += st.rejected;
     snprintf(acc->type, sizeof acc->type, "%s", st.type);
     for (int64_t q = 0; q < count; q++)
@@ -50,9 +52,9 @@ static cf_status chunk(struct cf_cfm *m, const struct cf_dist *src, const struct
 }
 
 cf_status cf_rollout_cfm_run(MPI_Comm comm, struct cf_cfm *m, const struct cf_dist *src,
-                             const struct cf_sample_cfg *sc, int64_t N, const struct cf_ode_opts *o,
-                             cf_rollout_sink sink, void *sink_ctx, struct cf_rollout_stats *stats,
-                             struct cf_rollout_ode *ode) {
+                             const float *cond, const struct cf_sample_cfg *sc, int64_t N,
+                             const struct cf_ode_opts *o, cf_rollout_sink sink, void *sink_ctx,
+                             struct cf_rollout_stats *stats, struct cf_rollout_ode *ode) {
   int rank, world;
   CF_MPI(MPI_Comm_rank(comm, &rank));
   CF_MPI(MPI_Comm_size(comm, &world));
@@ -66,15 +68,23 @@ cf_status cf_rollout_cfm_run(MPI_Comm comm, struct cf_cfm *m, const struct cf_di
            "message; use a smaller batch",
            (long long)b, world);
   const int64_t left = sc->n - sc->first, nchunks = (left + b - 1) / b;
-  float *x = NULL, *mine = NULL, *all = NULL, *xs = NULL;
-  int *counts = NULL, *displs = NULL;
+  const int64_t C = m->cfg.cond_dim;
+  CF_CHECK((C == 0) == (cond == NULL), CF_EINVAL,
+           "sampling: the model takes %lld condition features, %s", (long long)C,
+           cond ? "but a condition was given" : "but no condition was given");
+  float *x = NULL, *mine = NULL, *all = NULL, *xs = NULL, *cb = NULL;
+  int64_t *counts = NULL, *displs = NULL;
   cf_status st = cf_alloc((void **)&x, (size_t)(b * D) * sizeof(float), "cfm sample state");
+  if (st == CF_OK && C > 0) /* (b, C): every sample's condition, the same */
+    st = cf_alloc((void **)&cb, (size_t)(b * C) * sizeof(float), "cfm sample conditions");
+  for (int64_t q = 0; st == CF_OK && q < b && C > 0; q++)
+    memcpy(cb + q * C, cond, (size_t)C * sizeof(float));
   if (st == CF_OK) st = cf_alloc((void **)&mine, (size_t)(b * per) * sizeof(float), "cfm chunk");
   if (st == CF_OK && rank == 0) {
     st = cf_alloc((void **)&all, (size_t)(world * b * per) * sizeof(float), "cfm gather");
     if (st == CF_OK) st = cf_alloc((void **)&xs, (size_t)(b * D) * sizeof(float), "cfm x");
-    if (st == CF_OK) st = cf_alloc((void **)&counts, (size_t)world * sizeof(int), "cfm gather");
-    if (st == CF_OK) st = cf_alloc((void **)&displs, (size_t)world * sizeof(int), "cfm gather");
+    if (st == CF_OK) st = cf_alloc((void **)&counts, (size_t)world * sizeof(int64_t), "cfm gather");
+    if (st == CF_OK) st = cf_alloc((void **)&displs, (size_t)world * sizeof(int64_t), "cfm gather");
   }
   struct cf_ode_stats acc;
   memset(&acc, 0, sizeof acc);
@@ -93,19 +103,19 @@ cf_status cf_rollout_cfm_run(MPI_Comm comm, struct cf_cfm *m, const struct cf_di
     if (count > 0) {
       double tb = now_s();
       st = cf_fault_point("sample_batch");
-      if (st == CF_OK) st = chunk(m, src, sc, N, o, i0, count, x, mine, &acc);
+      if (st == CF_OK) st = chunk(m, src, cb, sc, N, o, i0, count, x, mine, &acc);
       busy += now_s() - tb;
       made++;
       solves += sc->traj ? N - 1 : 1;
     }
-    int n_send = st == CF_OK ? (int)(count * per) : 0;
+    int64_t n_send = st == CF_OK ? count * per : 0;
     cf_watchdog_enter("sample_gather", 0);
-    e = MPI_Gather(&n_send, 1, MPI_INT, counts, 1, MPI_INT, 0, comm);
+    e = MPI_Gather(&n_send, 1, MPI_INT64_T, counts, 1, MPI_INT64_T, 0, comm);
     if (e == MPI_SUCCESS && rank == 0)
-      for (int r = 0, off = 0; r < world; r++)
+      for (int64_t r = 0, off = 0; r < world; r++)
         displs[r] = off, off += counts[r];
     if (e == MPI_SUCCESS)
-      e = MPI_Gatherv(mine, n_send, MPI_FLOAT, all, counts, displs, MPI_FLOAT, 0, comm);
+      e = cf_mpi_gatherv(mine, (size_t)n_send, all, counts, displs, MPI_FLOAT, 0, comm);
     cf_watchdog_leave();
     CF_MPI(e);
     if (rank != 0 || st != CF_OK) continue;
@@ -164,6 +174,7 @@ cf_status cf_rollout_cfm_run(MPI_Comm comm, struct cf_cfm *m, const struct cf_di
     snprintf(ode->type, sizeof ode->type, "%s", acc.type[0] ? acc.type : "rk/5dp");
   }
   cf_free((void **)&x);
+  cf_free((void **)&cb);
   cf_free((void **)&mine);
   cf_free((void **)&all);
   cf_free((void **)&xs);

@@ -10,6 +10,7 @@
 #include "calmflow/commstat.h"
 #include "calmflow/fault.h"
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
 #include "calmflow/watchdog.h"
 
 #define TAG_ASSIGN 7101 /* coordinator -> worker: int64 batch index, or -1: no more work */
@@ -32,6 +33,7 @@ struct replica {
   int stride;      /* world ranks per replica: replica r's leader is world rank r*stride */
   int64_t nm, Bm;  /* micro-batches per batch and sequences in each */
   int64_t max_new; /* tokens per sequence one extend adds */
+  int64_t rows;    /* token rows per sequence of a stage message: max(max_new, prompt_len) */
 };
 
 struct bufs {
@@ -46,6 +48,7 @@ struct bufs {
   float *y;              /* (Bm, P, D) head output */
   float *pts;            /* (nm, Bm, P, D) new points sent back to the first stage */
   MPI_Request *req;      /* (2, nm) outstanding sends of act_out and pts */
+  int32_t *ids;          /* (Bm, prompt_len) the prompt of every sequence (first stage) */
 };
 
 /* What the coordinator does between the rollout steps of its own batch. */
@@ -60,7 +63,7 @@ struct poll_fn {
 static cf_status pp_recv(const struct replica *r, float *buf, int64_t n, int from, int tag) {
   cf_watchdog_enter("sample_pp_recv", from);
   double t0 = cf_commstat_now();
-  int e = MPI_Recv(buf, (int)n, MPI_FLOAT, from, tag, r->pp, MPI_STATUS_IGNORE);
+  int e = cf_mpi_recv(buf, (size_t)n, MPI_FLOAT, from, tag, r->pp);
   cf_commstat_add(CF_COMM_PP, (double)n * sizeof(float), cf_commstat_now() - t0);
   cf_watchdog_leave();
   CF_MPI(e);
@@ -73,6 +76,29 @@ static cf_status wait_send(MPI_Request *q, int peer) {
   int e = MPI_Wait(q, MPI_STATUS_IGNORE);
   cf_watchdog_leave();
   CF_MPI(e);
+  return CF_OK;
+}
+
+/* Collective on the replica. Put the prompt into micro-batch mb's empty cache c: the first
+ * stage embeds the ids, the others receive the previous stage's residual stream and all but
+ * the last send theirs on (in the same (step, micro-batch) order as the extends). */
+static cf_status prefill(const struct cf_model *m, const struct replica *r, struct bufs *w,
+                         struct cf_kvcache *c, int64_t mb) {
+  const int64_t n = r->Bm * m->cfg.prompt_len * m->cfg.H;
+  const float *in = NULL;
+  if (!r->first) {
+    CF_TRY(pp_recv(r, w->act, n, r->stage - 1, TAG_ACT));
+    in = w->act;
+  }
+  if (r->last) return cf_model_prefill(m, c, w->ids, in, NULL);
+  float *ao = w->act_out + mb * r->Bm * r->rows * m->cfg.H;
+  CF_TRY(wait_send(&w->req[mb], r->stage + 1));
+  CF_TRY(cf_model_prefill(m, c, w->ids, in, ao));
+  if (cf_mpi_isend(ao, (size_t)n, MPI_FLOAT, r->stage + 1, TAG_ACT, r->pp, &w->req[mb]) !=
+      MPI_SUCCESS)
+    return cf_err(CF_EMPI, "sampling: sending the prompt's activations to stage %d failed",
+                  r->stage + 1);
+  cf_commstat_add(CF_COMM_PP, (double)n * sizeof(float), 0);
   return CF_OK;
 }
 
@@ -107,6 +133,7 @@ static cf_status rollout_batch(const struct cf_model *m, const struct cf_flow_cf
       struct cf_kvcache *c = &w->kc[mb];
       float *seq = w->seq + mb * Bm * J * D;
       if (!sc->kvcache) cf_kvcache_reset(c);
+      if (sc->prompt != NULL && (t == 0 || !sc->kvcache)) CF_TRY(prefill(m, r, w, c, mb));
       const float *in;
       if (r->first) {
         if (piped && t > 0) { /* the points of step t from the last stage */
@@ -123,11 +150,11 @@ static cf_status rollout_batch(const struct cf_model *m, const struct cf_flow_cf
         in = w->act;
       }
       if (!r->last) {
-        float *ao = w->act_out + mb * Bm * r->max_new * H;
+        float *ao = w->act_out + mb * Bm * r->rows * H;
         CF_TRY(wait_send(&w->req[mb], r->stage + 1));
         CF_TRY(cf_model_extend(m, c, in, np, ao));
-        if (MPI_Isend(ao, (int)(Bm * np * S * H), MPI_FLOAT, r->stage + 1, TAG_ACT, r->pp,
-                      &w->req[mb]) != MPI_SUCCESS)
+        if (cf_mpi_isend(ao, (size_t)(Bm * np * S * H), MPI_FLOAT, r->stage + 1, TAG_ACT, r->pp,
+                         &w->req[mb]) != MPI_SUCCESS)
           return cf_err(CF_EMPI, "sampling: sending activations to stage %d failed", r->stage + 1);
         cf_commstat_add(CF_COMM_PP, (double)(Bm * np * S * H) * sizeof(float), 0);
       } else {
@@ -155,8 +182,8 @@ static cf_status rollout_batch(const struct cf_model *m, const struct cf_flow_cf
           for (int64_t i = 0; i < Bm; i++)
             memcpy(pb + i * P * D, seq + (i * J + (t + 1) * P) * D,
                    (size_t)(P * D) * sizeof(float));
-          if (MPI_Isend(pb, (int)(Bm * P * D), MPI_FLOAT, 0, TAG_PTS, r->pp, &w->req[nm + mb]) !=
-              MPI_SUCCESS)
+          if (cf_mpi_isend(pb, (size_t)(Bm * P * D), MPI_FLOAT, 0, TAG_PTS, r->pp,
+                           &w->req[nm + mb]) != MPI_SUCCESS)
             return cf_err(CF_EMPI, "sampling: sending points to stage 0 failed");
         }
       }
@@ -407,8 +434,7 @@ static cf_status receive_one(struct coord *c, int w) {
     float *d = slot_for(c, head[0]);
     CF_CHECK(d != NULL, CF_EINVAL, "sample coordinator: no free reorder slot (internal error)");
     cf_watchdog_enter("sample_result", w);
-    e = MPI_Recv(d, (int)(count * c->per_sample), MPI_FLOAT, w, TAG_DATA, c->comm,
-                 MPI_STATUS_IGNORE);
+    e = cf_mpi_recv(d, (size_t)(count * c->per_sample), MPI_FLOAT, w, TAG_DATA, c->comm);
     cf_watchdog_leave();
     CF_MPI(e);
     mark_ready(c, head[0]);
@@ -466,6 +492,7 @@ static cf_status replica_init(struct replica *r, MPI_Comm comm, const struct cf_
   r->nm = B < r->n_pp ? B : r->n_pp;
   r->Bm = (B + r->nm - 1) / r->nm;
   r->max_new = kvcache ? mc->P * mc->S : mc->N * mc->P * mc->S;
+  r->rows = r->max_new > mc->prompt_len ? r->max_new : mc->prompt_len;
   return CF_OK;
 }
 
@@ -477,12 +504,14 @@ static void replica_release(struct replica *r) {
 static void bufs_layout(struct cf_arena *ar, struct bufs *w, const struct replica *r,
                         const struct cf_model_cfg *mc) {
   const int64_t P = mc->P, N = mc->N, S = mc->S, D = mc->D, H = mc->H, J = N * P;
-  const int64_t Bm = r->Bm, nm = r->nm, rows = Bm * r->max_new * H;
+  const int64_t Bm = r->Bm, nm = r->nm, rows = Bm * r->rows * H;
   struct cf_kvcache *kc = w->kc;
   MPI_Request *req = w->req;
+  int32_t *ids = w->ids;
   memset(w, 0, sizeof *w);
   w->kc = kc;
   w->req = req;
+  w->ids = ids;
   if (r->first || r->last) {
     w->seq = cf_arena_floats(ar, (size_t)(nm * Bm * J * D));
     w->y = cf_arena_floats(ar, (size_t)(Bm * P * D));
@@ -538,6 +567,14 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_grid *g, const struct cf
     st = cf_alloc((void **)&w.req, (size_t)(2 * rp.nm) * sizeof(MPI_Request), "sample requests");
   for (int64_t i = 0; i < 2 * rp.nm && st == CF_OK; i++)
     w.req[i] = MPI_REQUEST_NULL;
+  const int64_t L = mc->prompt_len;
+  if (st == CF_OK && (L > 0) != (sc->prompt != NULL))
+    st = cf_err(CF_EINVAL, "sampling: the model %s a prompt but the run %s one",
+                L > 0 ? "has" : "has no", sc->prompt != NULL ? "gives" : "gives no");
+  if (st == CF_OK && L > 0)
+    st = cf_alloc((void **)&w.ids, (size_t)(rp.Bm * L) * sizeof(int32_t), "prompt ids");
+  for (int64_t i = 0; st == CF_OK && i < rp.Bm; i++)
+    memcpy(w.ids + i * L, sc->prompt, (size_t)L * sizeof(int32_t));
   for (int64_t i = 0; i < rp.nm && st == CF_OK; i++)
     st = cf_kvcache_init(&kc[i], m, rp.Bm, T, rp.max_new);
   w.kc = kc;
@@ -720,8 +757,8 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_grid *g, const struct cf
       head[cur][0] = k;
       head[cur][1] = sb;
       if (MPI_Isend(head[cur], 2, MPI_INT64_T, 0, TAG_HEAD, comm, &sreq[cur][0]) != MPI_SUCCESS ||
-          (sb == CF_OK && MPI_Isend(res[cur], (int)(count * per_sample), MPI_FLOAT, 0, TAG_DATA,
-                                    comm, &sreq[cur][1]) != MPI_SUCCESS))
+          (sb == CF_OK && cf_mpi_isend(res[cur], (size_t)(count * per_sample), MPI_FLOAT, 0,
+                                       TAG_DATA, comm, &sreq[cur][1]) != MPI_SUCCESS))
         st = cf_err(CF_EMPI, "sending a sample batch to the coordinator failed");
       if (sb != CF_OK) st = sb; /* keep our own error; the coordinator stops the others */
       cur ^= 1;
@@ -780,6 +817,7 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_grid *g, const struct cf
     cf_kvcache_release(&kc[i]);
   cf_free((void **)&kc);
   cf_free((void **)&w.req);
+  cf_free((void **)&w.ids);
   cf_arena_release(&ar);
   replica_release(&rp);
   if (st != CF_OK) return st;

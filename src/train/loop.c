@@ -15,6 +15,7 @@
 #include "calmflow/commstat.h"
 #include "calmflow/fault.h"
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
 #include "calmflow/watchdog.h"
 
 static double now_s(void) {
@@ -89,8 +90,9 @@ void cf_ckpt_table_release(struct cf_ckpt_table *ct) {
 }
 
 static cf_status save(const struct cf_grid *g, const char *run_dir, int64_t step,
-                      const struct cf_train_cfg *tc, const char *options_yaml, const char *kind,
-                      const struct cf_ckpt_table *ct, int64_t keep, char *out, size_t cap) {
+                      const struct cf_train_cfg *tc, const char *options_yaml,
+                      const struct cf_learner *L, const struct cf_ckpt_table *ct, int64_t keep,
+                      char *out, size_t cap) {
   MPI_Comm comm = g->cart;
   int world = g->size;
   char dir[4096], name[64], path[4200];
@@ -106,7 +108,8 @@ static cf_status save(const struct cf_grid *g, const char *run_dir, int64_t step
                               .world = world,
                               .data_cursor = step,
                               .options_yaml = options_yaml,
-                              .model_kind = kind,
+                              .model_kind = L->kind,
+                              .conditions = L->conditions,
                               .layout = layout,
                               .rng = "philox4x32-10 keyed by (seed, domain, step, index)",
                               .rng_step = step};
@@ -118,8 +121,8 @@ static cf_status save(const struct cf_grid *g, const char *run_dir, int64_t step
 }
 
 struct zero_shard {
-  int64_t lo, hi;       /* this rank's parameter range */
-  int *counts, *displs; /* (world) ranges of all ranks, for MPI_Allgatherv */
+  int64_t lo, hi;           /* this rank's parameter range */
+  int64_t *counts, *displs; /* (world) ranges of all ranks, for cf_mpi_allgatherv */
 };
 
 static cf_status zero_init(struct zero_shard *z, MPI_Comm comm, size_t n, int on) {
@@ -129,13 +132,11 @@ static cf_status zero_init(struct zero_shard *z, MPI_Comm comm, size_t n, int on
   memset(z, 0, sizeof *z);
   z->hi = (int64_t)n;
   if (!on) return CF_OK;
-  CF_CHECK(n < (size_t)INT32_MAX, CF_EINVAL,
-           "option -par_zero: %zu parameters exceed one MPI message; use -par_zero 0", n);
-  CF_TRY(cf_alloc((void **)&z->counts, (size_t)world * sizeof(int), "ZeRO ranges"));
-  CF_TRY(cf_alloc((void **)&z->displs, (size_t)world * sizeof(int), "ZeRO ranges"));
+  CF_TRY(cf_alloc((void **)&z->counts, (size_t)world * sizeof(int64_t), "ZeRO ranges"));
+  CF_TRY(cf_alloc((void **)&z->displs, (size_t)world * sizeof(int64_t), "ZeRO ranges"));
   for (int r = 0; r < world; r++) {
-    z->displs[r] = (int)((int64_t)n * r / world);
-    z->counts[r] = (int)((int64_t)n * (r + 1) / world) - z->displs[r];
+    z->displs[r] = (int64_t)((uint64_t)n * (uint64_t)r / (uint64_t)world);
+    z->counts[r] = (int64_t)((uint64_t)n * (uint64_t)(r + 1) / (uint64_t)world) - z->displs[r];
   }
   z->lo = z->displs[rank];
   z->hi = z->lo + z->counts[rank];
@@ -155,7 +156,7 @@ static cf_status checkpoint(const struct cf_grid *grid, const char *run_dir, int
                             const struct zero_shard *z, const struct cf_ckpt_table *ct,
                             struct cf_train_result *res) {
   if (!tc->zero)
-    return save(grid, run_dir, step, tc, options_yaml, m->kind, ct, tc->ckpt_keep, res->last_ckpt,
+    return save(grid, run_dir, step, tc, options_yaml, m, ct, tc->ckpt_keep, res->last_ckpt,
                 sizeof res->last_ckpt);
   const size_t n = m->n_params;
   float *g = NULL;
@@ -163,14 +164,14 @@ static cf_status checkpoint(const struct cf_grid *grid, const char *run_dir, int
   CF_TRY(cf_alloc((void **)&g, 2 * n * sizeof(float), "gathered optimizer moments"));
   cf_status st =
       cf_ckpt_table_init_tensors(&zt, m->tensors, m->n_tensors, m->params, grid, g, g + n);
-  if (st == CF_OK && MPI_Allgatherv(o->m, (int)(z->hi - z->lo), MPI_FLOAT, g, z->counts, z->displs,
-                                    MPI_FLOAT, m->grad_comm) != MPI_SUCCESS)
+  if (st == CF_OK && cf_mpi_allgatherv(o->m, (size_t)(z->hi - z->lo), g, z->counts, z->displs,
+                                       MPI_FLOAT, m->grad_comm) != MPI_SUCCESS)
     st = cf_err(CF_EMPI, "gathering the optimizer moments for the checkpoint failed");
-  if (st == CF_OK && MPI_Allgatherv(o->v, (int)(z->hi - z->lo), MPI_FLOAT, g + n, z->counts,
-                                    z->displs, MPI_FLOAT, m->grad_comm) != MPI_SUCCESS)
+  if (st == CF_OK && cf_mpi_allgatherv(o->v, (size_t)(z->hi - z->lo), g + n, z->counts, z->displs,
+                                       MPI_FLOAT, m->grad_comm) != MPI_SUCCESS)
     st = cf_err(CF_EMPI, "gathering the optimizer moments for the checkpoint failed");
   if (st == CF_OK)
-    st = save(grid, run_dir, step, tc, options_yaml, m->kind, &zt, tc->ckpt_keep, res->last_ckpt,
+    st = save(grid, run_dir, step, tc, options_yaml, m, &zt, tc->ckpt_keep, res->last_ckpt,
               sizeof res->last_ckpt);
   cf_ckpt_table_release(&zt);
   cf_free((void **)&g);
@@ -195,6 +196,28 @@ static cf_status load(const struct cf_grid *grid, const char *path, struct cf_le
   cf_ckpt_table_release(&t);
   cf_free((void **)&g);
   return st;
+}
+
+/* Local. 1 when none of x (n) is NaN or Inf: the largest magnitude bit pattern stays below the
+ * exponent-all-ones pattern (an integer max, which vectorizes; no floating-point exceptions). */
+static int all_finite(const float *x, size_t n) {
+  uint32_t worst = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t b;
+    memcpy(&b, &x[i], sizeof b);
+    b &= 0x7fffffffu;
+    worst = b > worst ? b : worst;
+  }
+  return worst < 0x7f800000u;
+}
+
+/* Local. The fault-injection value sites of a step (fault.h): nan_grad poisons the first
+ * gradient element of the range this rank updates, nan_loss this rank's share of the loss. */
+static cf_status poison(struct cf_learner *L, size_t at, double *loss) {
+  double gv = L->grads[at];
+  CF_TRY(cf_fault_poison("nan_grad", &gv));
+  L->grads[at] = (float)gv;
+  return cf_fault_poison("nan_loss", loss);
 }
 
 /* SIGUSR1 / SIGTERM (Slurm's --signal and preemption): remember, act at the step boundary */
@@ -264,13 +287,16 @@ cf_status cf_train_loop(const struct cf_grid *g, const struct cf_train_cfg *tc,
   sigaction(SIGTERM, &sa, &old_term);
   cf_status st = CF_OK;
   double steady_s = 0; /* seconds of the steps after the first, checkpoints left out */
+  int64_t nan_run = 0; /* consecutive steps skipped for a non-finite loss or gradient */
   cf_commstat_reset();
   for (int64_t step = start; step < tc->steps && st == CF_OK; step++) {
     if (step == start + 1) cf_commstat_reset();
     double ts = now_s();
     uint64_t a0 = cf_alloc_count();
     L->zero_grad(L->ctx);
-    double part[5] = {0, 0, 0, 0, 0}; /* loss, recon, kl, nll, ranks that got a stop signal */
+    /* loss, recon, kl, nll, ranks that got a stop signal, ranks whose loss share is not
+     * finite, ranks whose (reduced) gradient is not finite */
+    double part[7] = {0, 0, 0, 0, 0, 0, 0};
     st = L->step(L->ctx, step, &red, part);
     /* Every rank that got through backward completes its buckets, then all agree on success.
      * A rank that failed inside forward or backward has not started its buckets and the others
@@ -280,6 +306,7 @@ cf_status cf_train_loop(const struct cf_grid *g, const struct cf_train_cfg *tc,
     if (st == CF_OK) st = cf_reducer_finish(&red);
     cf_watchdog_leave();
     if (st == CF_OK) st = cf_fault_point("grad_allreduce"); /* hang here = never arrives */
+    if (st == CF_OK) st = poison(L, (size_t)z.lo, &part[0]);
     int bad = st != CF_OK, anybad = 0;
     cf_watchdog_enter("grad_allreduce", -1);
     if (MPI_Allreduce(&bad, &anybad, 1, MPI_INT, MPI_LOR, comm) != MPI_SUCCESS) anybad = 1;
@@ -289,40 +316,88 @@ cf_status cf_train_loop(const struct cf_grid *g, const struct cf_train_cfg *tc,
       if (st == CF_OK) st = cf_err(CF_EREMOTE, "another rank failed at step %lld", (long long)step);
       break;
     }
+    /* The numerical guard: each rank flags a non-finite share of the loss and a non-finite
+     * element anywhere in its gradient after the reduction; the flags ride on the loss
+     * all-reduce, so every rank of every group sees the same counts and takes the same branch */
+    part[5] = !isfinite(part[0]);
+    part[6] = !all_finite(L->grads, L->n_params);
     cf_watchdog_enter("loss_allreduce", -1);
     part[4] = g_stop_signal != 0;
-    int e_part = MPI_Allreduce(MPI_IN_PLACE, part, 5, MPI_DOUBLE, MPI_SUM, comm);
+    int e_part = MPI_Allreduce(MPI_IN_PLACE, part, 7, MPI_DOUBLE, MPI_SUM, comm);
     cf_watchdog_leave();
     CF_MPI(e_part);
-    PetscLogEventBegin(ev_opt, 0, 0, 0, 0);
-    double sq = L->grad_sqnorm(L->ctx);
-    cf_watchdog_enter("grad_norm_allreduce", -1);
-    int e_norm = MPI_Allreduce(MPI_IN_PLACE, &sq, 1, MPI_DOUBLE, MPI_SUM, L->norm_comm);
-    cf_watchdog_leave();
-    CF_MPI(e_norm);
-    double gnorm = sqrt(sq);
-    cf_clip_apply(L->grads, L->n_params, gnorm, tc->clip);
-    if (!isfinite(part[0]) || !isfinite(gnorm)) {
-      st = cf_err(CF_ENUM,
-                  "step %lld: the loss (%g) or gradient norm (%g) is not finite; "
-                  "lower -train_lr or check the data",
-                  (long long)step, part[0], gnorm);
+    int64_t done = step + 1;
+    const int bad_loss = part[5] > 0, bad_grad = part[6] > 0, skipped = bad_loss || bad_grad;
+    const char *what = bad_loss && bad_grad ? "loss and the gradient"
+                       : bad_loss           ? "loss"
+                                            : "gradient";
+    double lr = cf_train_lr(tc, step), gnorm = 0;
+    if (skipped) {
+      /* the update is dropped: no parameter or moment changes. The bias-correction counter
+       * still counts the step, like the learning-rate schedule, so that it stays equal to the
+       * step number a resumed run restarts it from (checkpoints do not store it) */
+      opt.t++;
+      nan_run++;
+      if (tc->nan_policy == CF_NAN_STOP) {
+        st = cf_err(CF_ENUM,
+                    "step %lld: the %s is not finite (NaN or Inf); -train_nan_policy stop: the run "
+                    "ends without this update and without a checkpoint of it (ckpt/LATEST names "
+                    "the last good one); lower -train_lr, check the data, or pass "
+                    "-train_nan_policy skip",
+                    (long long)done, what);
+        break;
+      }
+      if (nan_run > tc->nan_max_skips) {
+        st = cf_err(CF_ENUM,
+                    "step %lld: the %s is not finite (NaN or Inf) in %lld consecutive steps, more "
+                    "than -train_nan_max_skips %lld; the run ends without this update and without "
+                    "a checkpoint of it (ckpt/LATEST names the last good one)",
+                    (long long)done, what, (long long)nan_run, (long long)tc->nan_max_skips);
+        break;
+      }
+      if (res->nan_skips < CF_NAN_LISTED) res->nan_skipped[res->nan_skips] = done;
+      res->nan_skips++;
+    } else {
+      nan_run = 0;
+      PetscLogEventBegin(ev_opt, 0, 0, 0, 0);
+      double sq = L->grad_sqnorm(L->ctx);
+      cf_watchdog_enter("grad_norm_allreduce", -1);
+      int e_norm = MPI_Allreduce(MPI_IN_PLACE, &sq, 1, MPI_DOUBLE, MPI_SUM, L->norm_comm);
+      cf_watchdog_leave();
+      CF_MPI(e_norm);
+      gnorm = sqrt(sq);
+      cf_clip_apply(L->grads, L->n_params, gnorm, tc->clip);
+      cf_optim_step(&opt, tc, L->params + z.lo, L->grads + z.lo, lr);
+      if (tc->zero)
+        CF_MPI(cf_mpi_allgatherv(MPI_IN_PLACE, (size_t)(z.hi - z.lo), L->params, z.counts, z.displs,
+                                 MPI_FLOAT, L->grad_comm));
       PetscLogEventEnd(ev_opt, 0, 0, 0, 0);
-      break;
     }
-    double lr = cf_train_lr(tc, step);
-    cf_optim_step(&opt, tc, L->params + z.lo, L->grads + z.lo, lr);
-    if (tc->zero)
-      CF_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, L->params, z.counts, z.displs, MPI_FLOAT,
-                            L->grad_comm));
-    PetscLogEventEnd(ev_opt, 0, 0, 0, 0);
     if (step > start) step_allocs += cf_alloc_count() - a0;
 
     double tn = now_s(), el = tn - t0;
     if (step > start) steady_s += tn - ts;
-    if (step >= tc->steps - 50) tail_sum += part[0], tail_n++;
-    int64_t done = step + 1;
-    if (rank == 0 && (done % tc->log_every == 0 || done == tc->steps)) {
+    if (skipped) {
+      /* one warning line, and a log.jsonl line for the step whatever -train_log_every says */
+      if (rank == 0) {
+        fprintf(stderr,
+                "calmflow: warning: step %lld: the %s is not finite (NaN or Inf); update skipped "
+                "(-train_nan_policy skip: %lld in a row, at most %lld)\n",
+                (long long)done, what, (long long)nan_run, (long long)tc->nan_max_skips);
+        fflush(stderr);
+        char lv[32] = "null";
+        if (isfinite(part[0])) snprintf(lv, sizeof lv, "%.8g", part[0]);
+        fprintf(log, "{\"step\": %lld, \"skipped\": \"%s\", \"loss\": %s, \"seconds\": %.4f}\n",
+                (long long)done,
+                bad_loss && bad_grad ? "loss+grad"
+                : bad_loss           ? "loss"
+                                     : "grad",
+                lv, el);
+        fflush(log);
+      }
+    } else if (step >= tc->steps - 50)
+      tail_sum += part[0], tail_n++;
+    if (!skipped && rank == 0 && (done % tc->log_every == 0 || done == tc->steps)) {
       fprintf(log,
               "{\"step\": %lld, \"loss\": %.8g, \"recon\": %.8g, \"kl\": %.8g, \"nll\": %.8g, "
               "\"lr\": %.6g, \"grad_norm\": %.6g, \"tokens_per_s\": %.6g, \"seconds\": %.4f, "
@@ -331,7 +406,8 @@ cf_status cf_train_loop(const struct cf_grid *g, const struct cf_train_cfg *tc,
               tokens_per_step / (tn - ts), el, (unsigned long long)step_allocs);
       fflush(log);
     }
-    if (rank == 0 && !tc->quiet && (tn - last_print >= 2.0 || done == tc->steps || done == 1)) {
+    if (!skipped && rank == 0 && !tc->quiet &&
+        (tn - last_print >= 2.0 || done == tc->steps || done == 1)) {
       char e1[32], e2[32];
       fmt_dur(e1, sizeof e1, el);
       fmt_dur(e2, sizeof e2, el / (double)(done - start) * (double)(tc->steps - done));

@@ -13,7 +13,8 @@
 #include "calmflow/train.h"
 
 struct cf_learner {
-  const char *kind; /* the checkpoint's model_kind: "calmflow", "cfm" */
+  const char *kind;       /* the checkpoint's model_kind: "calmflow", "cfm" */
+  const char *conditions; /* the checkpoint's conditions (conds.h text form), or NULL */
   size_t n_params;
   float *params, *grads;                /* (n_params) this rank's */
   const struct cf_tensor_info *tensors; /* (n_tensors) the checkpoint's tensors */

@@ -84,6 +84,21 @@ void cf_optim_step(struct cf_optim *o, const struct cf_train_cfg *c, float *p, c
 
 static const char *g_opt_names[] = {"adamw", "adam_l2"};
 static const char *g_decay_names[] = {"cosine", "linear", "constant"};
+static const char *g_nan_names[] = {"stop", "skip"};
+
+const char *cf_nan_policy_name(enum cf_nan_policy p) {
+  return g_nan_names[p];
+}
+
+cf_status cf_nan_policy_parse(const char *s, enum cf_nan_policy *p) {
+  for (int i = 0; i < 2; i++)
+    if (strcmp(s, g_nan_names[i]) == 0) {
+      *p = (enum cf_nan_policy)i;
+      return CF_OK;
+    }
+  return cf_err(CF_EINVAL, "option -train_nan_policy: unknown policy '%s' (expected stop or skip)",
+                s);
+}
 
 const char *cf_optimizer_name(enum cf_optimizer o) {
   return g_opt_names[o];

@@ -9,6 +9,8 @@
 #include "calmflow/commstat.h"
 #include "calmflow/fault.h"
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
+#include "calmflow/neox.h"
 #include "calmflow/reducer.h"
 #include "calmflow/train.h"
 #include "calmflow/watchdog.h"
@@ -36,6 +38,7 @@ cf_status cf_train_cfg_check(const struct cf_train_cfg *tc, const struct cf_mode
 
 struct loop_bufs {
   float *z, *y, *eps, *work;
+  int32_t *ids; /* (mb, L) prompt ids of the micro-batch's sequences (text prompts only) */
 };
 
 /* The pipeline's state during one step: this rank's stage, its neighbours, micro-batches and
@@ -69,11 +72,9 @@ static cf_status pipe_wait(MPI_Request *r, const char *op, int peer /* grid rank
 /* Collective on g->pp. Blocking receive of n floats from stage `peer` (pipeline rank). */
 static cf_status pipe_recv(const struct pipe *p, float *buf, int64_t n, int peer, int tag,
                            const char *op) {
-  CF_CHECK(n <= INT_MAX, CF_EINVAL, "pipeline: a boundary message of %lld floats is too large",
-           (long long)n);
   cf_watchdog_enter(op, peer == p->stage - 1 ? p->prev_world : p->next_world);
   double t0 = cf_commstat_now();
-  int e = MPI_Recv(buf, (int)n, MPI_FLOAT, peer, tag, p->g->pp, MPI_STATUS_IGNORE);
+  int e = cf_mpi_recv(buf, (size_t)n, MPI_FLOAT, peer, tag, p->g->pp);
   cf_commstat_add(CF_COMM_PP, 0.0, cf_commstat_now() - t0);
   cf_watchdog_leave();
   CF_MPI(e);
@@ -82,9 +83,7 @@ static cf_status pipe_recv(const struct pipe *p, float *buf, int64_t n, int peer
 
 static cf_status pipe_send(const struct pipe *p, const float *buf, int64_t n, int peer, int tag,
                            MPI_Request *r) {
-  CF_CHECK(n <= INT_MAX, CF_EINVAL, "pipeline: a boundary message of %lld floats is too large",
-           (long long)n);
-  CF_MPI(MPI_Isend(buf, (int)n, MPI_FLOAT, peer, tag, p->g->pp, r));
+  CF_MPI(cf_mpi_isend(buf, (size_t)n, MPI_FLOAT, peer, tag, p->g->pp, r));
   cf_commstat_add(CF_COMM_PP, (double)n * sizeof(float), 0.0);
   return CF_OK;
 }
@@ -107,6 +106,32 @@ struct step_ctx {
   double part[4]; /* loss, recon, kl, nll of this rank (last stage, tensor rank 0) */
 };
 
+/* Local. Sequences [s0, s0 + b) of the step with text prompts (train.h, cf_prompt_data): each
+ * sequence's group from its own draw, its paths from the group's rows (cf_flow_batch of one
+ * sequence keys every draw as the whole batch would), its prompt ids into lb->ids. */
+static void prompt_batch(const struct step_ctx *c, int64_t s0, int64_t b) {
+  const struct cf_prompt_data *pd = c->tc->prompt;
+  const int64_t J = c->mc->N * c->mc->P, D = c->mc->D, L = pd->L, n = pd->start[pd->n_groups];
+  for (int64_t k = 0; k < b; k++) {
+    struct cf_rng r = {c->tc->seed, CF_RNG_X1, (uint32_t)c->step, (uint64_t)(s0 + k)};
+    int64_t u = (int64_t)(cf_rng_uniform1(&r, (uint64_t)1 << 40) * (double)n), lo = 0;
+    int64_t hi = pd->n_groups - 1;
+    if (u >= n) u = n - 1;
+    while (lo < hi) { /* the group k with start[k] <= u < start[k + 1] */
+      int64_t mid = (lo + hi + 1) / 2;
+      if (pd->start[mid] <= u)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    struct cf_dist grp;
+    cf_dist_points(&grp, c->tgt->x + pd->start[lo] * D, pd->start[lo + 1] - pd->start[lo], D);
+    cf_flow_batch(c->fc, c->src, &grp, c->tc->seed, (uint32_t)c->step, (uint64_t)(s0 + k), 1,
+                  c->lb->z + k * J * D, c->lb->y + k * J * D, c->lb->work);
+    memcpy(c->lb->ids + k * L, pd->ids + lo * L, (size_t)L * sizeof(int32_t));
+  }
+}
+
 /* Forward of micro-batch i: receive the stage input, draw the batch, run the stage, send on. */
 static cf_status step_forward(struct step_ctx *c, int64_t i) {
   struct pipe *p = c->p;
@@ -118,9 +143,14 @@ static cf_status step_forward(struct step_ctx *c, int64_t i) {
   if (!p->first)
     CF_TRY(pipe_recv(p, cf_model_stage_in(c->m, b0, b), b * p->rows, p->stage - 1,
                      CF_PIPE_TAG(i, 0), "pp_recv_activation"));
-  if (p->first || p->last) {
+  if ((p->first || p->last) && c->tc->prompt != NULL) {
+    prompt_batch(c, s0, b);
+    if (p->first) CF_TRY(cf_model_set_prompt(c->m, b0, b, c->lb->ids));
+  }
+  if ((p->first || p->last) && c->tc->prompt == NULL)
     cf_flow_batch(c->fc, c->src, c->tgt, c->tc->seed, (uint32_t)c->step, (uint64_t)s0, b, c->lb->z,
                   c->lb->y, c->lb->work);
+  if (p->first || p->last) {
     if (p->last && mc->head == CF_HEAD_VAE)
       for (int64_t k = 0; k < b; k++) {
         struct cf_rng r = {c->tc->seed, CF_RNG_LATENT, (uint32_t)c->step, (uint64_t)(s0 + k)};
@@ -273,6 +303,13 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
   const int64_t P = mc->P, N = mc->N, S = mc->S, D = mc->D, H = mc->H;
   const int64_t J = N * P, T = J * S;
   CF_TRY(cf_train_cfg_check(tc, mc, g->n_dp));
+  CF_CHECK((tc->prompt != NULL ? tc->prompt->L : 0) == mc->prompt_len &&
+               (tc->prompt == NULL || (tc->prompt->n_groups >= 1 && tgt->kind == CF_DIST_POINTS &&
+                                       tc->prompt->start[tc->prompt->n_groups] == tgt->n)),
+           CF_EINVAL,
+           "training: the prompt data (%lld tokens) does not fit the model (prompt length %lld) "
+           "or the target points",
+           (long long)(tc->prompt != NULL ? tc->prompt->L : 0), (long long)mc->prompt_len);
   CF_TRY(cf_grid_check(g->size, g->n_tp, g->n_pp, g->n_cp, mc->layers, mc->heads, J,
                        tc->microbatches));
   const int64_t Bs = tc->batch / P;
@@ -297,6 +334,14 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
   struct cf_model m;
   CF_TRY(cf_model_init_part(&m, mc, pp.mb * pp.slots, g));
   cf_model_init_weights(&m, tc->seed);
+  if (resume == NULL && tc->init_hf != NULL && tc->init_hf[0] != '\0') { /* -model_init_hf */
+    struct cf_neox_info ni;
+    CF_TRY(cf_neox_load(g->cart, &m, tc->init_hf, &ni));
+    if (g->rank == 0 && !tc->quiet)
+      printf("pretrained backbone: %d tensors from GPT-NeoX '%s'%s; encoder and head start "
+             "afresh\n",
+             ni.n_loaded, tc->init_hf, ni.wte ? " (embed_in as prompt.wte)" : "");
+  }
   pp.first = cf_model_first(&m);
   pp.last = cf_model_last(&m);
   pp.rows = cf_model_local_tokens(&m) * H;
@@ -319,6 +364,10 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
     lb.eps = cf_arena_floats(&ar, mc->head == CF_HEAD_VAE ? (size_t)(pp.mb * T * H) : 1);
     lb.work = cf_arena_floats(&ar, (size_t)((N + 2) * D));
   }
+  lb.ids = NULL;
+  if (tc->prompt != NULL)
+    CF_TRY(cf_alloc((void **)&lb.ids, (size_t)(pp.mb * tc->prompt->L) * sizeof(int32_t),
+                    "prompt ids"));
   PetscClassId cid;
   PetscLogEvent ev_fwd, ev_bwd;
   CF_PETSC(PetscClassIdRegister("calmflow", &cid));
@@ -350,11 +399,12 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
                          .step = learner_step,
                          .grad_sqnorm = learner_grad_sqnorm};
   cf_status st = cf_train_loop(g, tc, &L, run_dir, options_yaml, resume, res);
-  if (st == CF_OK && g->n_tp == 1 && g->n_pp == 1 && g->n_cp == 1) {
+  if (st == CF_OK && g->n_tp == 1 && g->n_pp == 1 && g->n_cp == 1 && mc->prompt_len == 0) {
     st = train_diag(&sc, pp.mb, &res->diag);
     if (st != CF_OK) cf_train_diag_release(&res->diag);
   }
   cf_arena_release(&ar);
+  cf_free((void **)&lb.ids);
   cf_free((void **)&reqs);
   cf_model_release(&m);
   return st;

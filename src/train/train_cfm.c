@@ -1,7 +1,9 @@
 /* train_cfm.c: training the CFM baseline (cfm.h) with the shared loop (loop.h). A step draws
  * tc->batch points over the data-parallel ranks (rank r builds points [r*n/R, (r+1)*n/R)),
  * couples them (OT-CFM: exact OT over the whole global batch; I-CFM: as drawn), builds the
- * conditional path and adds the loss gradient, which goes to the reducer in one piece. */
+ * conditional path and adds the loss gradient, which goes to the reducer in one piece. A
+ * conditional model (-cfm_cond) gives each point the one-hot condition of the data row its x1
+ * comes from, and OT couples within each condition group. */
 #include <string.h>
 
 #include "calmflow/cfpetsc.h"
@@ -17,6 +19,8 @@ struct cfm_ctx {
   struct cf_cfm_ot ot;
   int64_t g0, B, n;                  /* this rank's points [g0, g0 + B) of n per step */
   float *x0, *x1, *t, *eps, *xt, *u; /* (B, D) each, t (B) */
+  float *cond;                       /* conditional: (B, C) the points' one-hot conditions */
+  int64_t *row, *grp;                /* conditional: (B) x1's data row, its condition group */
   PetscLogEvent ev_ot, ev_fb;
 };
 
@@ -37,13 +41,20 @@ static cf_status cfm_step(void *ctx, int64_t step, struct cf_reducer *red, doubl
   struct cfm_ctx *c = ctx;
   const int64_t D = c->m->cfg.D, B = c->B;
   const double sigma = c->opt->sigma;
+  const struct cf_conds *cd = c->opt->conds;
   cf_status st = CF_OK;
   if (B > 0)
-    st = cf_cfm_draw(c->src, c->tgt, D, c->seed, (uint32_t)step, (uint64_t)c->g0, B, c->x0, c->x1,
-                     c->t, sigma > 0 ? c->eps : NULL);
+    st = cf_cfm_draw_rows(c->src, c->tgt, D, c->seed, (uint32_t)step, (uint64_t)c->g0, B, c->x0,
+                          c->x1, c->t, sigma > 0 ? c->eps : NULL, cd ? c->row : NULL);
+  for (int64_t i = 0; st == CF_OK && cd != NULL && i < B; i++) { /* the rows' conditions */
+    const int32_t *codes = cd->codes + c->row[i] * cd->ncol;
+    cf_conds_onehot(cd, codes, c->cond + i * cd->C);
+    c->grp[i] = cf_conds_group(cd, codes);
+  }
   if (c->opt->ot) { /* every rank takes part, also after a local failure: nobody waits */
     PetscLogEventBegin(c->ev_ot, 0, 0, 0, 0);
-    cf_status so = cf_cfm_ot_couple(&c->ot, st == CF_OK ? B : 0, c->x0, c->x1, NULL, NULL, NULL);
+    cf_status so = cf_cfm_ot_couple_groups(&c->ot, st == CF_OK ? B : 0, c->x0, c->x1,
+                                           cd ? c->grp : NULL, NULL, NULL, NULL);
     PetscLogEventEnd(c->ev_ot, 0, 0, 0, 0);
     if (st == CF_OK) st = so;
   }
@@ -51,7 +62,7 @@ static cf_status cfm_step(void *ctx, int64_t step, struct cf_reducer *red, doubl
   if (st == CF_OK && B > 0) {
     cf_cfm_path(B, D, c->x0, c->x1, c->t, sigma > 0 ? c->eps : NULL, sigma, c->xt, c->u);
     PetscLogEventBegin(c->ev_fb, 0, 0, 0, 0);
-    st = cf_cfm_loss_grad(c->m, B, c->xt, c->t, c->u, (double)c->n, &loss);
+    st = cf_cfm_loss_grad_c(c->m, B, c->xt, c->t, cd ? c->cond : NULL, c->u, (double)c->n, &loss);
     PetscLogEventEnd(c->ev_fb, 0, 0, 0, 0);
   }
   CF_TRY(st);
@@ -77,6 +88,13 @@ cf_status cf_train_cfm_run(const struct cf_grid *g, const struct cf_train_cfg *t
            "option -train_batch: %lld points per step; exact OT coupling (-cfm_coupling ot) is "
            "O(n^2) memory and O(n^3) time, expected at most 20000",
            (long long)tc->batch);
+  const struct cf_conds *cd = opt->conds;
+  CF_CHECK(cd == NULL || (tgt->kind == CF_DIST_POINTS && cd->n == tgt->n), CF_EINVAL,
+           "-cfm_cond: the conditions cover %lld rows, the training data has %lld",
+           (long long)(cd ? cd->n : 0), (long long)tgt->n);
+  CF_CHECK(cc->cond_dim == (cd ? cd->C : 0), CF_EINVAL,
+           "-cfm_cond: the network takes %lld condition features, the columns give %lld",
+           (long long)cc->cond_dim, (long long)(cd ? cd->C : 0));
   const int64_t D = cc->D, n = tc->batch;
   struct cfm_ctx c;
   memset(&c, 0, sizeof c);
@@ -107,7 +125,12 @@ cf_status cf_train_cfm_run(const struct cf_grid *g, const struct cf_train_cfg *t
     c.xt = cf_arena_floats(&ar, bd);
     c.u = cf_arena_floats(&ar, bd);
     c.t = cf_arena_floats(&ar, (size_t)(c.B > 0 ? c.B : 1));
+    if (cd != NULL) c.cond = cf_arena_floats(&ar, (size_t)((c.B > 0 ? c.B : 1) * cd->C));
   }
+  if (st == CF_OK && cd != NULL)
+    st = cf_alloc((void **)&c.row, 2 * (size_t)(c.B > 0 ? c.B : 1) * sizeof(int64_t),
+                  "cfm condition rows");
+  if (st == CF_OK && cd != NULL) c.grp = c.row + (c.B > 0 ? c.B : 1);
   if (st == CF_OK) {
     PetscClassId cid;
     st = PetscClassIdRegister("calmflow", &cid) == 0 &&
@@ -118,6 +141,7 @@ cf_status cf_train_cfm_run(const struct cf_grid *g, const struct cf_train_cfg *t
   }
   if (st == CF_OK) {
     struct cf_learner L = {.kind = "cfm",
+                           .conditions = cd ? cd->text : NULL,
                            .n_params = m.n_params,
                            .params = m.params,
                            .grads = m.grads,
@@ -134,6 +158,7 @@ cf_status cf_train_cfm_run(const struct cf_grid *g, const struct cf_train_cfg *t
     st = cf_train_loop(g, tc, &L, run_dir, options_yaml, resume, res);
   }
   cf_arena_release(&ar);
+  cf_free((void **)&c.row);
   cf_cfm_ot_release(&c.ot);
   cf_cfm_release(&m);
   return st;

@@ -29,7 +29,20 @@ set_tests_properties(app_eval PROPERTIES PROCESSORS 2)
 # the CFM baseline through the binary: training across ranks and resume, sampling with PETSc TS
 cf_script_test(app_cfm test_cfm_cli.sh "fast;mpi")
 set_tests_properties(app_cfm PROPERTIES PROCESSORS 2)
+# the conditional CFM (-cfm_cond, -data_exclude, -sample_cond) on a tiny .h5ad through
+# `calmflow data`: ranks agree, resume, samples land by condition, bad input
+cf_script_test(app_cfm_cond test_cfm_cond.sh "fast;mpi")
+set_tests_properties(app_cfm_cond PROPERTIES PROCESSORS 2)
 # calmflow data -data_h5ad: single-cell preprocessing to a PCA point set at 1 and 2 ranks against
 # numpy (fixture tests/data/h5ad/scprep_60x200.h5ad), bad options, and hsmm.h5ad when present
 cf_script_test(app_data_h5ad test_data_h5ad.sh "fast;mpi")
 set_tests_properties(app_data_h5ad PROPERTIES PROCESSORS 2)
+# a run directory that belongs to another run is refused (one line, nothing changed); the same
+# configuration resumes or restarts, -run_overwrite 1 starts afresh (tests/test_run_overwrite.sh)
+cf_script_test(app_run_overwrite test_run_overwrite.sh "fast;mpi")
+set_tests_properties(app_run_overwrite PROPERTIES PROCESSORS 2)
+# docs/errors.md: the bad-input rows no other test covers (options, data files, outputs, run
+# directories, samples files, tokenizers, pretrained directories, the job scripts' environment):
+# the documented exit status, one line naming the file or option, the workspace unchanged
+cf_script_test(app_errors test_errors.sh "fast;mpi")
+set_tests_properties(app_errors PROPERTIES PROCESSORS 2)

@@ -22,3 +22,8 @@ unset(CF_TEST_LIBS)
 set(CF_TEST_LIBS cf_io)
 cf_test(io_bpe test_bpe fast ${CMAKE_CURRENT_SOURCE_DIR}/data/bpe)
 unset(CF_TEST_LIBS)
+# HDF5 files claiming huge extents (crafted with h5py: contiguous unwritten, overflowing,
+# compressed without chunks, AnnData /X and obs/_index) are refused before any allocation with
+# one line naming the file and the dataset
+cf_script_test(io_h5_limits test_h5_limits.sh "fast;mpi")
+set_tests_properties(io_h5_limits PROPERTIES PROCESSORS 2)

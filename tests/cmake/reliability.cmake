@@ -14,3 +14,10 @@ set_tests_properties(parallel_watchdog_unit PROPERTIES LABELS "fast" TIMEOUT 120
 cf_script_test(parallel_watchdog.np2 test_watchdog.sh "fast;mpi" $<TARGET_FILE:test_watchdog>
                ${MPIEXEC_EXECUTABLE})
 set_tests_properties(parallel_watchdog.np2 PROPERTIES PROCESSORS 2 TIMEOUT 300)
+
+# the numerical guard (-train_nan_policy skip|stop, -train_nan_max_skips) through the binary,
+# NaN/Inf injected by CF_FAULT's value sites nan_grad / nan_loss on one rank: 1 rank, dp2, tp2,
+# pp2 and the CFM baseline (skipped update bit-identical to a shorter run; stop: exit 4, no
+# checkpoint of the poisoned step, resume)
+cf_script_test(app_nan_policy test_nan_policy.sh "fast;mpi")
+set_tests_properties(app_nan_policy PROPERTIES PROCESSORS 2)

@@ -7,6 +7,10 @@ The network is written here from the specification in model.h and calmflow-metho
 (sections 3, 4, Appendix A) only, with plain torch modules (no HF transformers):
   encoder  TwoLayerMLP D -> S*H (fc1 -> LayerNorm no affine -> ReLU -> fc2), split into S tokens;
            with time_input fc1 sees [z, t_j], t_j = (j // P) / (N - 1)
+  prompt   (prompt_len L > 0) an nn.Embedding (V, H) "prompt.wte" of the L token ids in front of
+           the trajectory tokens: rotary positions 0..L-1 for the prompt, L + k for token k,
+           plain causal attention over all L + T (no padding mask: the pads are attended), and
+           only the T trajectory outputs go on to lnf and the head
   blocks   GPT-NeoX, parallel residual: x += attn(ln1(x)) + mlp(ln2(x)); causal attention,
            with no_history only within the token's own point (keys i - i % S .. i)
   lnf      final LayerNorm
@@ -125,7 +129,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
 
-    def rotary(self, x):  # x (B, heads, T, dh), position = token index
+    def rotary(self, x):  # x (B, heads, T, dh), position = row of [prompt | tokens]
         rot = self.rot
         if rot == 0:
             return x
@@ -182,6 +186,8 @@ class CalmFlow(nn.Module):
         self.c = c
         D, S, H = c["D"], c["S"], c["H"]
         self.enc = TwoLayerMLP(D + c["time_input"], S * H, S * H)
+        if c["prompt_len"]:  # registered after enc, before the blocks: model.h's tensor order
+            self.prompt = nn.ModuleDict({"wte": nn.Embedding(c["vocab"], H)})
         self.layers = nn.ModuleList([Block(c) for _ in range(c["layers"])])
         self.lnf = nn.LayerNorm(H, eps=LN_EPS)
         inner = max(S * H, D)  # I of model.h
@@ -199,8 +205,9 @@ class CalmFlow(nn.Module):
         else:
             self.dec = Decoder(S * H, dout(c), inner)
 
-    def hidden(self, z):
-        """z (B, J, D) -> final hidden states (B, T, H) after lnf."""
+    def hidden(self, z, ids=None):
+        """z (B, J, D), prompt ids (B, L) -> final hidden states (B, T, H) after lnf of the
+        trajectory tokens (the prompt rows' outputs dropped)."""
         B, J, _ = z.shape
         S, H = self.c["S"], self.c["H"]
         if self.c["time_input"]:  # the float32 time of each point, as C computes it
@@ -208,9 +215,12 @@ class CalmFlow(nn.Module):
             t = torch.tensor(t, dtype=z.dtype).view(1, J, 1).expand(B, J, 1)
             z = torch.cat([z, t], dim=-1)  # (B, J, D + 1)
         x = self.enc(z).reshape(B, J * S, H)  # token k = j*S + s takes e_j[s*H:(s+1)*H]
+        L = self.c["prompt_len"]
+        if L:
+            x = torch.cat([self.prompt["wte"](ids), x], dim=1)  # (B, L + T, H)
         for blk in self.layers:
             x = blk(x)
-        return self.lnf(x)
+        return self.lnf(x[:, L:])
 
     def head_params(self, h):
         """vae: (mu, var) per token (B, T, H); gauss: (mean, raw logstd) per point (B, J, D);
@@ -248,9 +258,9 @@ class CalmFlow(nn.Module):
         o = self.dec(torch.cat([ctx, zz], dim=-1))
         return mq, lq, mp, lp, zz, o[..., :D], torch.clamp(o[..., D:], lo, hi)
 
-    def loss(self, z, y, eps, n_pts, beta):
+    def loss(self, z, y, eps, n_pts, beta, ids=None):
         c = self.c
-        h = self.hidden(z)
+        h = self.hidden(z, ids)
         B, T, H = h.shape
         Jp = (c["N"] - 1) * c["P"]  # predicted points per sequence
         yp = y[:, :Jp]
@@ -358,6 +368,8 @@ def spec_tensors(c):
     I = max(S * H, D)
     t = [("enc.fc1.weight", (S * H, D + c["time_input"])), ("enc.fc1.bias", (S * H,)),
          ("enc.fc2.weight", (S * H, S * H)), ("enc.fc2.bias", (S * H,))]
+    if c["prompt_len"]:
+        t += [("prompt.wte.weight", (c["vocab"], H))]
     for L in range(c["layers"]):
         p = f"layers.{L}."
         t += [(p + "ln1.weight", (H,)), (p + "ln1.bias", (H,)),
@@ -394,10 +406,13 @@ def spec_tensors(c):
 def init_weights(model, gen):
     """float32 draws: transformer linears N(0, 0.2) with N(0, 0.1) biases (so attention is
     far from uniform and bias paths matter), LayerNorm gain 1 + N(0, 0.1) and bias N(0, 0.1),
-    encoder / head / decoder linears U(-1/sqrt(in), 1/sqrt(in)) for weight and bias."""
+    the prompt embedding N(0, 1) (on the scale of the encoder's outputs), encoder / head /
+    decoder linears U(-1/sqrt(in), 1/sqrt(in)) for weight and bias."""
     for name, p in model.named_parameters():
         shape = p.shape
-        if name.startswith("layers.") and (".attn." in name or ".mlp." in name):
+        if name == "prompt.wte.weight":
+            v = torch.randn(shape, generator=gen, dtype=torch.float32)
+        elif name.startswith("layers.") and (".attn." in name or ".mlp." in name):
             std = 0.2 if name.endswith("weight") else 0.1
             v = torch.randn(shape, generator=gen, dtype=torch.float32) * std
         elif ".ln" in name or name.startswith("lnf."):
@@ -430,17 +445,24 @@ def build(c, seed):
     if c["head"] == "cvae":  # training eps_z; sampling noise [eps_z | eps_y]
         eps = torch.randn(B, J, c["cvae_dz"], generator=gen)
         s_eps = torch.cat([torch.randn(B, J, c["cvae_dz"], generator=gen), s_eps], dim=-1)
-    return model, z, y, eps, s_eps
+    ids = None
+    if c["prompt_len"]:  # sequence b left-padded with b pads (at most L - 1), then other ids
+        L, V, pad = c["prompt_len"], c["vocab"], c["prompt_pad"]
+        ids = torch.randint(0, V - 1, (B, L), generator=gen)
+        ids[ids >= pad] += 1  # no pad id among the words
+        for b in range(B):
+            ids[b, : min(b, L - 1)] = pad
+    return model, z, y, eps, s_eps, ids
 
 
-def gauss_shift_logstd(model, c, z):
+def gauss_shift_logstd(model, c, z, ids):
     """Spread and shift the raw logstd outputs so that, over the predicted points, some lie
     above logstd_max, some below logstd_min and some inside: the clamp and its zero gradient
     are exercised. Scale and shifts stay float32-representable."""
     D = c["D"]
     with torch.no_grad():
         model.dec.fc3.weight[D:] *= 8.0
-        r = model.head_params(model.hidden(z))[1].detach()  # (B, J, D)
+        r = model.head_params(model.hidden(z, ids))[1].detach()  # (B, J, D)
         shift = torch.tensor([c["logstd_max"], c["logstd_min"], 0.0][:D], dtype=torch.float32)
         shift = shift - r.mean(dim=(0, 1))
         model.dec.fc3.bias[D:] += shift.float()
@@ -495,10 +517,10 @@ def cvae_spread(model, c, z, y, eps):
         model.dec.fc3.bias[D:] += want(D) - o.mean(dim=(0, 1))
 
 
-def run(model64, z, y, eps, c):
+def run(model64, z, y, eps, c, ids):
     for p in model64.parameters():
         p.grad = None
-    out = model64.loss(z, y, eps, c["n_pts"], c["beta"])
+    out = model64.loss(z, y, eps, c["n_pts"], c["beta"], ids)
     out["loss"].backward()
     grads = {n: p.grad.detach().clone() for n, p in model64.named_parameters()}
     return out, grads
@@ -506,7 +528,8 @@ def run(model64, z, y, eps, c):
 
 def make(c, seed, path):
     c = dict(c)
-    for k in ("gmm_k", "no_history", "time_input", "fm_width", "fm_draws", "fm_steps", "cvae_dz"):
+    for k in ("gmm_k", "no_history", "time_input", "fm_width", "fm_draws", "fm_steps", "cvae_dz",
+              "prompt_len", "vocab", "prompt_pad"):
         c.setdefault(k, 0)
     dh = c["H"] // c["heads"]
     c["rot"] = 2 * int(math.floor(c["rotary_pct"] * dh / 2))
@@ -514,14 +537,14 @@ def make(c, seed, path):
     c["T"] = c["J"] * c["S"]
     c["n_pts"] = float(c["B"] * (c["N"] - 1) * c["P"])
 
-    model, z, y, eps, s_eps = build(c, seed)
+    model, z, y, eps, s_eps, ids = build(c, seed)
     names = [n for n, _ in model.named_parameters()]
     spec = spec_tensors(c)
     assert names == [n for n, _ in spec], (names, spec)
     for (n, shp), (_, p) in zip(spec, model.named_parameters()):
         assert tuple(p.shape) == shp, (n, p.shape, shp)
     if c["head"] == "gauss":
-        gauss_shift_logstd(model, c, z)
+        gauss_shift_logstd(model, c, z, ids)
     if c["head"] == "gmm":
         gmm_spread(model, c, z)
     if c["head"] == "cvae":
@@ -529,7 +552,7 @@ def make(c, seed, path):
     with torch.no_grad():  # causal: moving the last point leaves earlier tokens unchanged
         z2 = z.clone()
         z2[:, -1] += 1.0
-        h1, h2 = model.hidden(z), model.hidden(z2)
+        h1, h2 = model.hidden(z, ids), model.hidden(z2, ids)
         assert torch.equal(h1[:, : -c["S"]], h2[:, : -c["S"]]), "reference is not causal"
         assert not torch.equal(h1[:, -c["S"] :], h2[:, -c["S"] :])
         if c["no_history"]:  # moving point 1 changes its own tokens only
@@ -547,23 +570,32 @@ def make(c, seed, path):
             z2[:, P] = z[:, 0]
             diff = (model.hidden(z2)[:, P * S : (P + 1) * S] - h1[:, :S]).abs().max().item()
             assert diff > 1e-2, f"the time input changes hidden states by only {diff}"
+        if c["prompt_len"]:  # every token sees the prompt, its words and its pads
+            for i in (0, c["prompt_len"] - 1):
+                ids2 = ids.clone()
+                ids2[-1, i] = (ids2[-1, i] + 1) % c["vocab"]
+                h2 = model.hidden(z, ids2)
+                assert torch.equal(h1[:-1], h2[:-1]), "a prompt changed another sequence"
+                assert (h1[-1] - h2[-1]).abs().max(dim=-1)[0].min() > 0, "a token ignores the prompt"
 
     # float64 model from the float32 weights
     m64 = CalmFlow(c).double()
     m64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
     d = lambda t: None if t is None else t.double()
-    out, grads = run(m64, d(z), d(y), d(eps), c)
+    out, grads = run(m64, d(z), d(y), d(eps), c, ids)
 
     # the same in float32, only to show the size of float32 round-off
     m32 = CalmFlow(c)
     m32.load_state_dict(model.state_dict())
-    out32, grads32 = run(m32, z, y, eps, c)
+    out32, grads32 = run(m32, z, y, eps, c, ids)
     print(f"{path}: head {c['head']} rot {c['rot']} T {c['T']}"
           + (f" K {c['gmm_k']}" if c["head"] == "gmm" else "")
           + (f" F {c['fm_width']} draws {c['fm_draws']} steps {c['fm_steps']}"
              if c["head"] == "fm" else "")
           + (f" dz {c['cvae_dz']}" if c["head"] == "cvae" else "")
-          + (" no_history" if c["no_history"] else "") + (" time_input" if c["time_input"] else ""))
+          + (" no_history" if c["no_history"] else "") + (" time_input" if c["time_input"] else "")
+          + (f" prompt L {c['prompt_len']} V {c['vocab']} pad {c['prompt_pad']}"
+             if c["prompt_len"] else ""))
     for k in ("loss", "recon", "kl", "nll"):
         a, b = out[k].item(), out32[k].item()
         print(f"  {k:6s} {a: .10e}  float32 rel diff {abs(a - b) / max(abs(a), 1e-30):.2e}")
@@ -656,6 +688,9 @@ def make(c, seed, path):
         for k in ("no_history", "time_input"):  # absent means 0 (keeps older dumps as they were)
             if c[k]:
                 f.attrs[k] = np.int64(c[k])
+        if c["prompt_len"]:
+            for k in ("prompt_len", "vocab", "prompt_pad"):
+                f.attrs[k] = np.int64(c[k])
         f.attrs["head_name"] = c["head"]
         for k in ("rotary_pct", "rotary_base", "dropout", "logstd_min", "logstd_max", "beta",
                   "n_pts"):
@@ -666,6 +701,8 @@ def make(c, seed, path):
         put(f, "inputs/y", y.numpy())
         if eps is not None:
             put(f, "inputs/eps", eps.numpy())
+        if ids is not None:
+            put(f, "inputs/prompt_ids", ids.numpy().astype(np.int32))
         for n, p in model.named_parameters():
             put(f, "params/" + n, p.detach().numpy().astype(np.float32))
             put(f, "grads/" + n, grads[n].numpy().astype(np.float64))
@@ -701,6 +738,9 @@ def main():
     # conditional VAE head, dz 3, with a narrow log-std clamp [-1.5, 1] on all three log-stds
     make(dict(base, head="cvae", cvae_dz=3, logstd_min=-1.5, logstd_max=1.0), 7890,
          os.path.join(outdir, "ref_cvae.h5"))
+    # a text prompt of 5 tokens (vocabulary 13, pad id 12) in front of the trajectory tokens
+    make(dict(base, head="gauss", prompt_len=5, vocab=13, prompt_pad=12), 8901,
+         os.path.join(outdir, "ref_gauss_prompt.h5"))
 
 
 if __name__ == "__main__":
