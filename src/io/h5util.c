@@ -129,12 +129,6 @@ cf_status cf_io_open_read(MPI_Comm comm, const char *path, hid_t *fid) {
   cf_status st = CF_OK;
   char why[256];
   hid_t fapl = cf_io_fapl(comm);
-  /* the v1.8 format bounds are for writing: reading takes any version HDF5 knows (files
-   * written with libver "latest", e.g. by h5py, have a newer superblock) */
-  if (fapl >= 0 && H5Pset_libver_bounds(fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_LATEST) < 0) {
-    H5Pclose(fapl);
-    fapl = -1;
-  }
   if (fapl < 0) {
     st = cf_err(CF_EIO, "cannot set up MPI-IO access for '%s': %s", path,
                 cf_io_h5_reason(why, sizeof why));
