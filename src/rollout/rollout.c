@@ -573,7 +573,7 @@ cf_status cf_rollout_run(MPI_Comm comm, const struct cf_grid *g, const struct cf
                 L > 0 ? "has" : "has no", sc->prompt != NULL ? "gives" : "gives no");
   if (st == CF_OK && L > 0)
     st = cf_alloc((void **)&w.ids, (size_t)(rp.Bm * L) * sizeof(int32_t), "prompt ids");
-  for (int64_t i = 0; st == CF_OK && i < rp.Bm; i++)
+  for (int64_t i = 0; st == CF_OK && L > 0 && i < rp.Bm; i++)
     memcpy(w.ids + i * L, sc->prompt, (size_t)L * sizeof(int32_t));
   for (int64_t i = 0; i < rp.nm && st == CF_OK; i++)
     st = cf_kvcache_init(&kc[i], m, rp.Bm, T, rp.max_new);
