@@ -341,14 +341,10 @@ def cmd_report(a):
           + "; ".join(f"{r['mode']}: {r['date']}, commit {r['commit']}, sgemm peak "
                       f"{r['peak_gflops']:.1f} GFLOP/s (1 thread, best of "
                       + " / ".join(f"{s['gflops']:.1f}" for s in r["sgemm"]) + "), load average "
-                      f"after {r['loadavg_after'][0]}" for r in R) + ".",
+                      f"after {r['loadavg_after'][0]}" for r in R) + " (commit: the one checked "
+          "out when the run started).",
           "Raw results (every run, every step time): `docs/bench/perf/<mode>.json` and `.csv`. "
-          "Binary: " + "; ".join(f"{r['build']['binary']} built {r['build']['binary_mtime']}"
-                                 + (f" ({r['build']['uncommitted_source_files']} source files "
-                                    "had uncommitted changes in the tree at the time)"
-                                    if r['build']['uncommitted_source_files'] else "")
-                                 for r in R) + ".",
-          ""]
+          "Binary: " + "; ".join(dict.fromkeys(binary(r["build"]) for r in R)) + ".", ""]
     L += ["calmflow: `calmflow train` built Release (-O2, OpenBLAS 0.3.21 pthread), "
           "`-net_dropout 0`, defaults otherwise (gauss head, AdamW lr 1e-3, clip 1, bridge "
           "paths, `-data_name gaussian -data_dim D`). PyTorch: Debian python3-torch "
@@ -445,10 +441,18 @@ def cmd_report(a):
               "(-sample_kvcache 1: each step feeds only the newest point's P S tokens); "
               "calmflow recompute: -sample_kvcache 0; torch: `torch_model.py rollout`, which "
               "feeds the whole prefix every step (the reference has no KV cache), in "
-              "torch.inference_mode. Same batch (sequences per model call) on both sides.", "",
+              "torch.inference_mode. Same batch (sequences per model call) on both sides. "
+              f"At N {first['n']} a rollout with the KV cache feeds {first['n'] - 1} points per "
+              f"trajectory, recomputing feeds 1 + 2 + ... + {first['n'] - 1} = "
+              f"{first['n'] * (first['n'] - 1) // 2}: "
+              f"{first['n'] // 2}x the work in the linear layers (attention, quadratic in the "
+              f"prefix: about {(2 * first['n'] - 1) / 3:.0f}x). So, where the linear layers "
+              f"dominate, KV / torch is at most about {first['n'] // 2} x (calmflow recompute "
+              "/ torch), and a 10x target needs calmflow's recompute to beat torch's by "
+              f"{10 / (first['n'] // 2):.2f}x or more.", "",
               "| size | D | S | P | batch | calmflow KV | calmflow recompute | torch recompute | "
-              "KV / torch | calmflow recompute / torch |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "KV / torch | KV / calmflow recompute | calmflow recompute / torch |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
         for cid in rids:
             k, rc, t = (get("rollout", cid, v) for v in ("cfkv", "cfrc", "torch"))
             if any(x is None or "error" in x for x in (k, rc, t)):
@@ -459,6 +463,7 @@ def cmd_report(a):
             L.append(f"| L{k['L']} H{k['H']} | {k['D']} | {k['S']} | {k['P']} | {k['batch']} | "
                      f"{num(k['samples_per_s'])} | {num(rc['samples_per_s'])} | "
                      f"{num(t['samples_per_s'])} | {k['samples_per_s'] / t['samples_per_s']:.1f}x"
+                     f" | {k['samples_per_s'] / rc['samples_per_s']:.1f}x"
                      f" | {rc['samples_per_s'] / t['samples_per_s']:.2f}x |")
         L.append("")
 
@@ -588,6 +593,15 @@ def coverage(R):
                    f"{'/'.join(map(str, paths))} paths per step"
                    + (f"; D {', '.join(map(str, miss))} not measured" if miss else "") + ".")
     return out
+
+
+def binary(b):
+    """The calmflow binary measured: path, build time, and whether the tree had moved on."""
+    t = f"{b['binary']} built {b['binary_mtime']}"
+    n = b.get("newer_sources")
+    if n:
+        t += f" ({n} source files changed after the build: an earlier state of the tree)"
+    return t
 
 
 def torch_version(R):

@@ -472,6 +472,14 @@ static cf_status finish(struct cf_bpe *b) {
   for (size_t t = 0; t < b->nadded; t++)
     if (b->added[t].id > maxid) maxid = b->added[t].id;
   CF_CHECK(maxid >= 0, CF_ECORRUPT, "%s: the vocabulary is empty", b->src);
+  /* the decode tables hold one entry per id up to the largest: ids must number the tokens
+   * (densely in every tokenizer file seen; twice the tokens plus 1024 tolerated), or a small
+   * file could claim id 2^31 - 2 and make them take gigabytes */
+  const int64_t ntok = (int64_t)(b->nv + b->nadded);
+  CF_CHECK(maxid < 2 * ntok + 1024, CF_ECORRUPT,
+           "%s: token id %lld is far beyond the %lld tokens (ids are expected to number the "
+           "tokens from 0)",
+           b->src, (long long)maxid, (long long)ntok);
   b->vocab_size = (int32_t)(maxid + 1);
   size_t nid = (size_t)b->vocab_size;
   CF_TRY(cf_alloc((void **)&b->doff, nid * sizeof(uint32_t), "bpe decode table"));
