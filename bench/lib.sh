@@ -13,6 +13,7 @@
 #                       subshell: `times` sees only this shell's children)
 #   others_during M0 M1 print "wall others": wall seconds between two marks and the cores that
 #                       processes other than our children used meanwhile
+# shellcheck shell=bash
 
 CORES=${CORES:-$(getconf _NPROCESSORS_ONLN)}
 DISTURBED=${DISTURBED:-0.2}
@@ -32,8 +33,8 @@ busy_cores() {
 wait_quiet() {
   local t=0
   BUSY=$(busy_cores)
-  while awk -v b="$BUSY" -v d="$DISTURBED" 'BEGIN { exit !(b > d) }' && [ "$t" -lt "$QUIET_WAIT" ] &&
-    [ "$waited" -lt "$QUIET_TOTAL" ]; do
+  while awk -v b="$BUSY" -v d="$DISTURBED" 'BEGIN { exit !(b > d) }' &&
+    [ "$t" -lt "$QUIET_WAIT" ] && [ "$waited" -lt "$QUIET_TOTAL" ]; do
     sleep 1
     t=$((t + 1)) waited=$((waited + 1))
     BUSY=$(busy_cores)

@@ -110,12 +110,14 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/perf.XXXXXX")
 trap 'rm -rf "$T"' EXIT
 mkdir -p "$RESULTS"
 
-# what is measured: the binary, its build time, the commit and uncommitted source changes
-printf '{"binary": "%s", "binary_mtime": "%s", "commit": "%s", "uncommitted_source_files": %s}\n' \
+# what is measured: the binary, its build time, the commit checked out now and how many source
+# files changed after the build (then the binary is from an earlier state of the tree)
+printf '{"binary": "%s", "binary_mtime": "%s", "commit": "%s", "newer_sources": %s}\n' \
   "$CF" "$(date -r "$CF" -Iseconds)" "$(git describe --always --dirty 2>/dev/null || echo '?')" \
-  "$(git status --porcelain -- src include CMakeLists.txt 2>/dev/null | wc -l)" >"$T/build.json"
+  "$(find src include CMakeLists.txt -newer "$CF" -type f | wc -l)" >"$T/build.json"
 
 # the one-thread sgemm peak, now and again at the end
+# shellcheck disable=SC2046 # the flags are words
 cc -O2 -std=c11 bench/sgemm_peak.c -o "$T/sgemm_peak" \
   $(pkg-config --cflags --libs openblas 2>/dev/null || echo "-lopenblas")
 sgemm() { # $1: tag
@@ -145,7 +147,7 @@ for sz in $SIZES; do
     -net_heads "$NH" -net_dropout 0 -train_batch 1 -train_steps 1 -train_quiet 1 >"$d.out" 2>&1 ||
     die "calmflow train (parameter count, L $L H $H) failed" "$d.out"
   $PY bench/torch_model.py count --D 100 --S 1 --P 1 --N "$N" --H "$H" --layers "$L" \
-    --heads "$NH" --ckpt "$(ls "$d"/ckpt/step-*.h5 | tail -1)" >"$d.json" ||
+    --heads "$NH" --ckpt "$(find "$d/ckpt" -name 'step-*.h5' | sort | tail -1)" >"$d.json" ||
     die "the torch model and calmflow differ (L $L H $H)" "$d.json"
   echo "{\"size\": \"$sz\", \"count\": $(cat "$d.json")}" >>"$T/count.jsonl"
   echo "perf.sh: L $L H $H heads $NH (D 100): $(cat "$d.json")" >&2
@@ -271,7 +273,8 @@ sgemm end
 
 # where calmflow's time goes: perf record of PROFILE_STEPS training steps per PROFILE size (D 2,
 # S 1, P 8, BATCH paths) with PETSc's -log_view phases (forward, backward, optimizer), then of
-# a KV-cache rollout (`calmflow sample`, batch 64, 256 sequences) from the trained model
+# a KV-cache rollout (`calmflow sample`, batch 64, 16384 samples below H 256, else 2048) from
+# the trained model
 : >"$T/profiles.txt"
 profile() { # $1 name, $2 size, $3 what, then the command
   local name=$1 sz=$2 what=$3
@@ -299,7 +302,8 @@ if [ -n "$PROFILE" ] && command -v perf >/dev/null 2>&1; then
       -flow_trajectories 8 -net_layers "$L" -net_hidden "$H" -net_heads "$NH" -net_dropout 0 \
       -train_batch "$BATCH" -train_steps "$ps" -train_quiet 1 -log_view
     [ -d "$d/ckpt" ] && profile "prof-L$L-H$H-sample" "L$L-H$H" sample "$CF" sample \
-      -run_dir "$d" -sample_n 2048 -sample_batch 64 -sample_out "$d/s.h5" -sample_quiet 1 \
+      -run_dir "$d" -sample_n "$((H < 256 ? 16384 : 2048))" -sample_batch 64 \
+      -sample_out "$d/s.h5" -sample_quiet 1 \
       -log_view
     rm -rf "$d"
   done

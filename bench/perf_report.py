@@ -322,18 +322,15 @@ def cmd_report(a):
         for g in r["results"]:
             res[(g["kind"], g["id"], g["variant"])] = g
     get = lambda kind, cid, var: res.get((kind, cid, var))
-    ids = []
-    for r in R:
-        for g in r["results"]:
-            if g["kind"] == "train" and g["id"] not in ids:
-                ids.append(g["id"])
-    rids = []
-    for r in R:
-        for g in r["results"]:
-            if g["kind"] == "rollout" and g["id"] not in rids:
-                rids.append(g["id"])
+    order = lambda g: (g["L"], g["H"], g["D"], g["S"], g["P"])  # the tables' row order
+    ids = sorted({g["id"]: order(g) for g in res.values() if g["kind"] == "train"}.items(),
+                 key=lambda kv: kv[1])
+    ids = [k for k, _ in ids]
+    rids = sorted({g["id"]: order(g) for g in res.values() if g["kind"] == "rollout"}.items(),
+                  key=lambda kv: kv[1])
+    rids = [k for k, _ in rids]
     mib = 2.0 ** 20
-    first = R[0]
+    first = next((r for r in R if r["mode"] == "full"), R[-1])  # baseline, N, disturbed
     L = ["# Performance: calmflow against the same network in PyTorch", ""]
     how = lambda m: "--" + m.split("-")[0] + (f" TAG={m.split('-', 1)[1]}" if "-" in m else "")
     L += [f"Measured by `bench/perf.sh` ({', '.join(how(r['mode']) for r in R)}) on "
@@ -363,9 +360,12 @@ def cmd_report(a):
               "retries lasted). Every configuration's variants ran side by side, in turn, so "
               "the ratios are fairer than the absolute times; the two-thread variants suffer "
               "most from other load.", ""]
-    cnt = []
+    cnt, seen = [], set()
     for r in R:
         for c in r["counts"]:
+            if c["size"] in seen:
+                continue
+            seen.add(c["size"])
             k = c["count"]
             cnt.append(f"{c['size']} (layers:H:heads{':paths' if c['size'].count(':') > 2 else ''})"
                        f" at D 100, S 1: torch {k['params']:,}, calmflow {k['calmflow_params']:,}"
@@ -376,7 +376,9 @@ def cmd_report(a):
     # ---- training
     L += ["## Training step, one thread", "",
           "Median step time (forward, backward, clipping, AdamW; the first "
-          f"{first['warm']} steps of every run left out; the median over the runs' medians), "
+          + (str(first["warm"]) if len({r["warm"] for r in R}) == 1
+             else " / ".join(f"{r['warm']} ({r['mode']})" for r in R))
+          + " steps of every run left out; the median over the runs' medians), "
           "tokens/s, MFU = model FLOPs per step / step time / sgemm peak. speed-up = torch step "
           "time / calmflow step time (throughput ratio).", "",
           "| size | D | S | P | paths | T | calmflow ms | torch ms | speed-up | calmflow tok/s | "
@@ -473,7 +475,8 @@ def cmd_report(a):
         L += ["## Where calmflow's time goes", "",
               "`perf record -F 999` of one `calmflow train` run per size (D 2, S 1, P 8, "
               f"{first['results'][0]['batch'] if first['results'] else 64} paths per step) and "
-              "of one `calmflow sample` run from it (KV cache, batch 64, 2048 samples); the whole "
+              "of one `calmflow sample` run from it (KV cache, batch 64; perf.sh says how many "
+              "samples); the whole "
               "process, start-up and the final checkpoint included; flat profile by symbol (the "
               "top 60), grouped; and the share of the run in PETSc's -log_view events.", ""]
         for p in prof:
