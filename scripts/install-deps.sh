@@ -15,7 +15,7 @@ pkgs=(
   petsc-dev
   libscalapack-openmpi-dev
   libopenblas-dev liblapacke-dev
-  libcjson-dev
+  libcjson-dev libyaml-dev
   python3-numpy python3-h5py python3-matplotlib
   slurmctld slurmd slurm-client munge
 )

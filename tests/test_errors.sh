@@ -72,6 +72,8 @@ w = sys.argv[1]
 rng = np.random.default_rng(3)
 with h5py.File(f"{w}/good.h5", "w") as f: f["x"] = rng.normal(size=(64, 2)).astype(np.float32)
 with h5py.File(f"{w}/zero.h5", "w") as f: f["x"] = np.zeros((0, 2), np.float32)
+with h5py.File(f"{w}/latest.h5", "w", libver="latest") as f:  # superblock version 3
+    f["x"] = rng.normal(size=(64, 2)).astype(np.float32)
 def fixed(v):  # the /obs string layout of `calmflow data -data_h5ad` (docs/data-format.md)
     n = max(len(s.encode()) for s in v) + 1
     return np.array([s.encode() for s in v], dtype=h5py.string_dtype("utf-8", length=n))
@@ -85,6 +87,9 @@ open(f"{w}/bad.json", "w").write('{"model": {"type": "BPE", ')
 os.makedirs(f"{w}/hfbad")
 open(f"{w}/hfbad/config.json", "w").write('{"model_type": "gpt_neox",')
 open(f"{w}/unknown.yaml", "w").write("train:\n  stpes: 5\n")
+open(f"{w}/cycle.yaml", "w").write("train: &t\n  steps: 5\n  <<: *t\n")  # PETSc recursed forever
+open(f"{w}/list.yaml", "w").write("- train_steps\n- 5\n")
+open(f"{w}/badkey.yaml", "w").write("train:\n  steps: 5\n9lives: 1\n")
 # GPT-NeoX model directories (docs/pretrained.md) with sound config.json: weights not a
 # safetensors file, and one NaN among otherwise good weights
 import json, struct
@@ -143,7 +148,17 @@ ck yaml-directory 1 "cannot read options file '$W/adir': it is a directory, expe
   -- "${TR[@]}" -options_file_yaml "$W/adir"
 ck yaml-unknown 1 "unknown option -train_stpes \(run 'calmflow train -help' for the list\)" 1 \
   -- "${TR[@]}" -options_file_yaml "$W/unknown.yaml"
+ck yaml-merge-cycle 1 "cannot load options file '$W/cycle.yaml': line [0-9]+: options nested deeper than 20 levels \(or a merge cycle\)" 2 \
+  -- "${TR[@]}" -options_file_yaml "$W/cycle.yaml"
+ck yaml-not-mapping 1 "cannot load options file '$W/list.yaml': line 1: not a mapping \(expected a mapping of option names" 1 \
+  -- "${TR[@]}" -options_file_yaml "$W/list.yaml"
+ck yaml-bad-key 1 "cannot load options file '$W/badkey.yaml': line 3: key '9lives' is not an option name" 1 \
+  -- "${TR[@]}" -options_file_yaml "$W/badkey.yaml"
 ck no-value 1 "option -train_lr: expected a finite number, got ''" 1 -- "${TR[@]}" -train_lr
+ck value-not-utf8 1 "option -data_name: its value is not valid UTF-8 text \(byte 4\)" 1 \
+  -- data -data_out "$W/x.h5" -data_name $'moo\xffns'
+ck value-too-long 1 "option -data_out: its value is 5[0-9]{3} bytes, expected at most 4095" 1 \
+  -- data -data_out "$W/$(printf 'a%.0s' $(seq 5000)).h5"
 ck other-command-data 1 "option -data_train belongs to calmflow train, not to calmflow data" 1 \
   -- data -data_out "$W/old.h5" -data_train "$W/good.h5"
 ck other-command-sample 1 "option -flow_time_points belongs to calmflow train, not to calmflow sample" 1 \
@@ -171,6 +186,8 @@ fi
 # ---- training data files (-data_train, -data_source) ----
 ck data-directory 1 "'$W/adir' is a directory, expected an HDF5 file" 1 \
   -- "${TR[@]}" -data_train "$W/adir"
+ck data-newer-format 1 "cannot read '$W/latest.h5': it is in a newer HDF5 file format \(superblock version 3.*calmflow reads the 1.8 format" 2 \
+  -- "${TR[@]}" -data_train "$W/latest.h5"
 ck data-no-rows 1 "'$W/zero.h5' /x is empty \(0 x 2\), expected an n x D float array" 1 \
   -- "${TR[@]}" -data_train "$W/zero.h5"
 ck data-unfinished 1 "option -data_train: '$W/unf.h5' is an unfinished samples file \([0-9]+ of 500 samples" 2 \

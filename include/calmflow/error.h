@@ -11,6 +11,7 @@
 #ifndef CALMFLOW_ERROR_H
 #define CALMFLOW_ERROR_H
 
+#include <mpi.h>
 #include <stdarg.h>
 
 typedef enum {
@@ -30,6 +31,10 @@ typedef enum {
 
 /* Local. Record a formatted message (only if none is recorded yet) and return st. */
 cf_status cf_err(cf_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Collective on comm. CF_OK when st is CF_OK on every rank; otherwise every rank fails, those
+ * that succeeded with the status and message of the lowest failing rank. */
+cf_status cf_agree(MPI_Comm comm, cf_status st);
 
 /* Local. Append one trace frame (file:line expr) to the recorded error. */
 void cf_trace_push(const char *file, int line, const char *expr);

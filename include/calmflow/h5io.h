@@ -32,6 +32,11 @@
 cf_status cf_h5_read_points(MPI_Comm comm, const char *path, const char *dset, int64_t expect_d,
                             float **x, int64_t *n, int64_t *d);
 
+/* Collective on comm. cf_h5_read_points for a 1-D float dataset (e.g. "/pca/mean"): *v (n),
+ * on every rank; expect_n > 0 requires n == expect_n. Same checks and errors. */
+cf_status cf_h5_read_vector(MPI_Comm comm, const char *path, const char *dset, int64_t expect_n,
+                            float **v, int64_t *n);
+
 /* Collective on comm. Write x (n, d) float32, identical on all ranks, as dataset `dset` of a
  * new file `path` (replacing any old one atomically), plus string attributes on the root
  * group: attrs[2i] = key, attrs[2i+1] = value for i < n_attrs. Each rank writes its row

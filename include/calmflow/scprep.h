@@ -129,8 +129,4 @@ cf_status cf_scprep_write(MPI_Comm comm, const char *path, const struct cf_scpre
                           const struct cf_scprep_labels *l, const float *x, int64_t x_cols,
                           const struct cf_scprep_pca *pca, const char *const *attrs, int n_attrs);
 
-/* Collective on comm. st agreed over the ranks (a rank that succeeded adopts the message of
- * the lowest failing rank), for steps between the collective calls that can fail locally. */
-cf_status cf_scprep_agree(MPI_Comm comm, cf_status st);
-
 #endif

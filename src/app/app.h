@@ -51,6 +51,10 @@ cf_status cf_opts_check_cmdline(const char *cmd, unsigned cmds, int argc, char *
 cf_status cf_app_check_finished(MPI_Comm comm, const char *path, const char *option);
 /* Local. Print the options of `cmds` with defaults and help. */
 void cf_opts_help(const char *cmd, unsigned cmds);
+/* Local (yamlcheck.c). CF_EINVAL, naming `file` and the line, unless the n bytes of text are
+ * YAML that PETSc's options reader takes safely: mappings of option names to scalars,
+ * sequences or mappings, "<<" merges of mappings, at most 20 levels deep. */
+cf_status cf_opts_yaml_check(const char *text, size_t n, const char *file);
 /* Local. The options of `cmds` as flat YAML ("name: \"value\"" lines) into buf. */
 cf_status cf_opts_yaml(const struct cf_opts *o, unsigned cmds, char *buf, size_t cap);
 

@@ -136,7 +136,7 @@ static cf_status h5ad_body(MPI_Comm comm, int rank, const struct cf_opts *o, str
   if (k > 0) {
     t0 = MPI_Wtime();
     size_t zb = (size_t)(p->local_cells > 0 ? p->local_cells : 1) * (size_t)k * sizeof(float);
-    CF_TRY(cf_scprep_agree(comm, cf_alloc((void **)&r->z, zb, "PCA coordinates")));
+    CF_TRY(cf_agree(comm, cf_alloc((void **)&r->z, zb, "PCA coordinates")));
     struct cf_pca_opts popt; /* the defaults: the Gram route when cells < genes */
     memset(&popt, 0, sizeof popt);
     CF_TRY(cf_pca_fit(comm, r->x, p->local_cells, g, k, &popt, &r->pca, r->z));

@@ -9,7 +9,6 @@
  * (v = mean + z components) and reports the R^2 of mean expression (cf_r2_mean_expression,
  * a predicting b) over all genes and over the -eval_r2_top genes of largest variance over the
  * file's own cells (its /x through the same map). */
-#include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,43 +27,6 @@ struct gene_map {
   int64_t k, g, n;
 };
 
-/* Local (rank 0). Read the 1-D float dataset `dset` of `path`, which must hold g values, into
- * *v (cf_alloc'd). The io layer reads 2-D point sets only; /pca/mean is 1-D. */
-static cf_status read_vector(const char *path, const char *dset, int64_t g, float **v) {
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-  hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  CF_CHECK(f >= 0, CF_EIO, "option -eval_pca: cannot open '%s' as HDF5", path);
-  hid_t d = H5Dopen2(f, dset, H5P_DEFAULT);
-  if (d < 0) {
-    H5Fclose(f);
-    return cf_err(CF_ECORRUPT,
-                  "option -eval_pca: '%s' has no %s (not a `calmflow data` file "
-                  "with a PCA?)",
-                  path, dset);
-  }
-  hid_t sp = H5Dget_space(d);
-  hsize_t dims[2] = {0, 0};
-  int nd = sp >= 0 ? H5Sget_simple_extent_dims(sp, dims, NULL) : -1;
-  if (sp >= 0) H5Sclose(sp);
-  cf_status st = CF_OK;
-  if (nd != 1 || (int64_t)dims[0] != g)
-    st = cf_err(CF_ECORRUPT,
-                "option -eval_pca: '%s' %s has shape %s%lld; expected (%lld) "
-                "like /pca/components' columns",
-                path, dset, nd == 1 ? "" : "of rank != 1, ", (long long)dims[0], (long long)g);
-  if (st == CF_OK) st = cf_alloc((void **)v, (size_t)g * sizeof **v, "pca mean");
-  if (st == CF_OK && H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, *v) < 0)
-    st = cf_err(CF_EIO, "option -eval_pca: cannot read %s of '%s'", dset, path);
-  for (int64_t j = 0; st == CF_OK && j < g; j++)
-    if (!isfinite((*v)[j]))
-      st = cf_err(CF_ECORRUPT, "option -eval_pca: '%s' %s[%lld] is not finite", path, dset,
-                  (long long)j);
-  H5Dclose(d);
-  H5Fclose(f);
-  if (st != CF_OK) cf_free((void **)v);
-  return st;
-}
-
 /* Local. Free what gene_map_read allocated (harmless to repeat). */
 static void gene_map_release(struct gene_map *m) {
   cf_free((void **)&m->comp);
@@ -75,8 +37,6 @@ static void gene_map_release(struct gene_map *m) {
 /* Collective on comm. Read the PCA of -eval_pca for points of dimension k; on failure *m holds
  * nothing. */
 static cf_status gene_map_read(MPI_Comm comm, const char *path, int64_t k, struct gene_map *m) {
-  int rank;
-  CF_MPI(MPI_Comm_rank(comm, &rank));
   memset(m, 0, sizeof *m);
   int64_t kk, dx;
   cf_status st = cf_h5_read_points(comm, path, "/pca/components", 0, &m->comp, &kk, &m->g);
@@ -87,12 +47,8 @@ static cf_status gene_map_read(MPI_Comm comm, const char *path, int64_t k, struc
                 path, (long long)kk, (long long)k);
   m->k = k;
   if (st == CF_OK) st = cf_h5_read_points(comm, path, "/x", k, &m->cells, &m->n, &dx);
-  if (st == CF_OK) {
-    st = rank == 0 ? read_vector(path, "/pca/mean", m->g, &m->mean) : CF_OK;
-    int bad = st != CF_OK;
-    CF_MPI(MPI_Bcast(&bad, 1, MPI_INT, 0, comm));
-    if (bad && rank != 0) st = cf_err(CF_EREMOTE, "rank 0 could not read -eval_pca");
-  }
+  int64_t g = 0;
+  if (st == CF_OK) st = cf_h5_read_vector(comm, path, "/pca/mean", m->g, &m->mean, &g);
   if (st != CF_OK) gene_map_release(m);
   return st;
 }

@@ -288,6 +288,10 @@ static cf_status config_matches(const char *dir, const struct cf_opts *o,
   if (f) fclose(f);
   text[n] = '\0';
   PetscOptions db = NULL;
+  if (complete && cf_opts_yaml_check(text, n, p) != CF_OK) { /* PETSc would crash on some */
+    complete = 0;
+    cf_err_clear();
+  }
   if (st == CF_OK && complete && PetscOptionsCreate(&db) == 0) {
     PetscPushErrorHandler(PetscReturnErrorHandler, NULL);
     PetscErrorCode e = PetscOptionsInsertStringYAML(db, text);

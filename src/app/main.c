@@ -13,6 +13,7 @@
 #include "app/app.h"
 #include "calmflow/exitcodes.h"
 #include "calmflow/fault.h"
+#include "calmflow/mem.h"
 #include "calmflow/watchdog.h"
 
 static void usage(FILE *f) {
@@ -44,20 +45,60 @@ static cf_status reapply_args(int argc, char **argv) {
   return CF_OK;
 }
 
+/* Collective on comm. Rank 0 reads the file and checks it with libyaml (yamlcheck.c: PETSc's
+ * own reader crashes on some texts and prints pages on others); then every rank inserts the
+ * same text into PETSc's options. */
 static cf_status load_yaml(MPI_Comm comm, const char *file) {
-  struct stat sb;
-  CF_CHECK(stat(file, &sb) == 0, CF_EIO, "cannot read options file '%s': %s", file,
-           errno == ENOENT ? "no such file" : strerror(errno));
-  CF_CHECK(S_ISREG(sb.st_mode), CF_EIO, "cannot read options file '%s': %s, expected a YAML file",
-           file, S_ISDIR(sb.st_mode) ? "it is a directory" : "not a regular file");
-  PetscPushErrorHandler(PetscReturnErrorHandler, NULL);
-  PetscErrorCode e = PetscOptionsInsertFileYAML(comm, NULL, file, PETSC_TRUE);
-  PetscPopErrorHandler();
-  CF_CHECK(e == 0, CF_EINVAL,
-           "cannot load options file '%s': not valid YAML (expected a mapping of option names to "
-           "values, e.g. 'train: {lr: 1e-3}')",
-           file);
-  return CF_OK;
+  enum { CAP = 1 << 24 };
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+  char *text = NULL;
+  long n = 0;
+  cf_status st = CF_OK;
+  if (rank == 0) {
+    struct stat sb;
+    if (stat(file, &sb) != 0)
+      st = cf_err(CF_EIO, "cannot read options file '%s': %s", file,
+                  errno == ENOENT ? "no such file" : strerror(errno));
+    else if (!S_ISREG(sb.st_mode))
+      st = cf_err(CF_EIO, "cannot read options file '%s': %s, expected a YAML file", file,
+                  S_ISDIR(sb.st_mode) ? "it is a directory" : "not a regular file");
+    else if (sb.st_size >= CAP)
+      st = cf_err(CF_EINVAL,
+                  "cannot load options file '%s': %lld bytes, expected a YAML options "
+                  "file under 16 MiB",
+                  file, (long long)sb.st_size);
+    FILE *f = st == CF_OK ? fopen(file, "rb") : NULL;
+    if (st == CF_OK && f == NULL)
+      st = cf_err(CF_EIO, "cannot read options file '%s': %s", file, strerror(errno));
+    if (st == CF_OK) st = cf_alloc((void **)&text, CAP, "options file");
+    if (st == CF_OK) {
+      n = (long)fread(text, 1, CAP - 1, f);
+      if (ferror(f)) st = cf_err(CF_EIO, "cannot read options file '%s': read error", file);
+      text[n] = '\0';
+    }
+    if (f) fclose(f);
+    if (st == CF_OK) st = cf_opts_yaml_check(text, (size_t)n, file);
+  }
+  st = cf_agree(comm, st);
+  if (st == CF_OK) {
+    MPI_Bcast(&n, 1, MPI_LONG, 0, comm);
+    if (rank != 0) st = cf_alloc((void **)&text, (size_t)n + 1, "options file");
+    st = cf_agree(comm, st);
+  }
+  if (st == CF_OK) {
+    MPI_Bcast(text, (int)n + 1, MPI_CHAR, 0, comm);
+    PetscPushErrorHandler(PetscReturnErrorHandler, NULL);
+    PetscErrorCode e = PetscOptionsInsertStringYAML(NULL, text);
+    PetscPopErrorHandler();
+    if (e != 0)
+      st = cf_err(CF_EINVAL,
+                  "cannot load options file '%s': PETSc refused it (expected a mapping of option "
+                  "names to values, e.g. 'train: {lr: 1e-3}')",
+                  file);
+  }
+  cf_free((void **)&text);
+  return st;
 }
 
 int main(int argc, char **argv) {

@@ -15,31 +15,6 @@
 
 #define CF_PROMPT_MAX 4096 /* bytes of one rendered prompt, NUL included */
 
-/* Collective on comm. CF_OK when st is CF_OK on every rank; otherwise every rank fails, those
- * that succeeded with the status and message of the lowest failing rank. */
-static cf_status agree(MPI_Comm comm, cf_status st) {
-  int rank, size;
-  CF_MPI(MPI_Comm_rank(comm, &rank));
-  CF_MPI(MPI_Comm_size(comm, &size));
-  int mine = st != CF_OK ? rank : size, first = size;
-  CF_MPI(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm));
-  if (first == size) return CF_OK;
-  struct {
-    int st;
-    char msg[1024];
-  } m;
-  memset(&m, 0, sizeof m);
-  if (rank == first) {
-    m.st = (int)st;
-    snprintf(m.msg, sizeof m.msg, "%s", cf_errmsg());
-  }
-  CF_MPI(MPI_Bcast(&m, (int)sizeof m, MPI_BYTE, first, comm));
-  if (st != CF_OK) return st;
-  if (m.msg[0] == '\0' || m.st <= CF_OK || m.st >= CF_NSTATUS)
-    return cf_err(CF_EREMOTE, "rank %d failed", first);
-  return cf_err((cf_status)m.st, "%s", m.msg);
-}
-
 cf_status cf_prompt_template(const char *tmpl, char *pool, size_t cap, const char **names, int *n) {
   *n = 0;
   size_t used = 0;
@@ -186,7 +161,7 @@ static cf_status tokenize(MPI_Comm comm, const struct cf_opts *o, const char *wh
   CF_MPI(MPI_Comm_rank(comm, &rank));
   memset(t, 0, sizeof *t);
   cf_status st = rank == 0 ? tokenize_local(o, why, n, texts, t) : CF_OK;
-  st = agree(comm, st);
+  st = cf_agree(comm, st);
   if (st != CF_OK) {
     toks_release(t);
     return st;
@@ -202,7 +177,7 @@ static cf_status tokenize(MPI_Comm comm, const struct cf_opts *o, const char *wh
     if (st == CF_OK)
       st = cf_alloc((void **)&t->ids, (size_t)(head[3] ? head[3] : 1) * sizeof(int32_t), "ids");
   }
-  st = agree(comm, st);
+  st = cf_agree(comm, st);
   if (st == CF_OK) CF_MPI(MPI_Bcast(t->off, (int)(n + 1), MPI_INT64_T, 0, comm));
   if (st == CF_OK && head[3] > 0) CF_MPI(MPI_Bcast(t->ids, (int)head[3], MPI_INT32_T, 0, comm));
   if (st != CF_OK) toks_release(t);

@@ -55,3 +55,26 @@ cf_status cf_mpi_fail(int code, const char *file, int line, const char *expr) {
   cf_trace_push(file, line, expr);
   return CF_EMPI;
 }
+
+cf_status cf_agree(MPI_Comm comm, cf_status st) {
+  int rank, size;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  int mine = st != CF_OK ? rank : size, first = size;
+  CF_MPI(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm));
+  if (first == size) return CF_OK;
+  struct {
+    int st;
+    char msg[1024];
+  } m;
+  memset(&m, 0, sizeof m);
+  if (rank == first) {
+    m.st = (int)st;
+    snprintf(m.msg, sizeof m.msg, "%s", cf_errmsg()[0] ? cf_errmsg() : "(no message)");
+  }
+  CF_MPI(MPI_Bcast(&m, (int)sizeof m, MPI_BYTE, first, comm));
+  if (st != CF_OK) return st;
+  if (m.msg[0] == '\0' || m.st <= CF_OK || m.st >= CF_NSTATUS)
+    return cf_err(CF_EREMOTE, "rank %d failed", first);
+  return cf_err((cf_status)m.st, "%s", m.msg);
+}

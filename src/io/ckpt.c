@@ -215,7 +215,7 @@ static cf_status check_tensor_arg(const struct cf_ckpt_tensor *t, int size) {
   return CF_OK;
 }
 
-/* Local. The whole list (the ranks agree on the outcome with cf_io_agree). */
+/* Local. The whole list (the ranks agree on the outcome with cf_agree). */
 static cf_status check_args(MPI_Comm comm, const struct cf_ckpt_tensor *t, int nt) {
   int size;
   CF_MPI(MPI_Comm_size(comm, &size));
@@ -396,12 +396,11 @@ done:
 static cf_status prepare(MPI_Comm comm, const struct cf_ckpt_tensor *t, int nt,
                          const struct cf_ckpt_meta *meta, struct layout **L) {
   *L = NULL;
-  CF_TRY(cf_io_agree(comm, check_args(comm, t, nt)));
-  CF_TRY(cf_io_agree(comm, lists_agree(comm, t, nt, meta)));
-  CF_TRY(
-      cf_io_agree(comm, cf_alloc((void **)L, ((size_t)nt + 1) * sizeof **L, "checkpoint layouts")));
-  cf_status st = cf_io_agree(comm, plan_layouts(comm, t, nt, *L));
-  if (st == CF_OK) st = cf_io_agree(comm, check_tiling(comm, t, nt, *L));
+  CF_TRY(cf_agree(comm, check_args(comm, t, nt)));
+  CF_TRY(cf_agree(comm, lists_agree(comm, t, nt, meta)));
+  CF_TRY(cf_agree(comm, cf_alloc((void **)L, ((size_t)nt + 1) * sizeof **L, "checkpoint layouts")));
+  cf_status st = cf_agree(comm, plan_layouts(comm, t, nt, *L));
+  if (st == CF_OK) st = cf_agree(comm, check_tiling(comm, t, nt, *L));
   if (st != CF_OK) cf_free((void **)L);
   return st;
 }
@@ -458,12 +457,12 @@ static cf_status write_tensor(struct cf_h5_writer *w, const struct cf_ckpt_tenso
   hid_t did = -1;
   /* fault site ckpt_write (fault.h), agreed first: an injected error on one rank stops every
    * rank before the collective create */
-  CF_TRY(cf_io_agree(w->comm, cf_fault_point("ckpt_write")));
+  CF_TRY(cf_agree(w->comm, cf_fault_point("ckpt_write")));
   cf_status st = cf_io_create_f32((hid_t)w->file, dset, t->ndim, shape, w->tmp, &did);
   if (st == CF_OK) st = cf_io_write_block(did, t->ndim, start, count, x, w->tmp, dset);
   if (st == CF_OK) st = cf_io_attr_put_u64(did, "checksum", sum, w->tmp);
   if (did >= 0) H5Dclose(did);
-  return cf_io_agree(w->comm, st);
+  return cf_agree(w->comm, st);
 }
 
 static cf_status write_all(struct cf_h5_writer *w, const struct cf_ckpt_meta *meta,
@@ -506,20 +505,20 @@ static cf_status reserve_space(struct cf_h5_writer *w, const struct cf_ckpt_tens
 cf_status cf_ckpt_write(MPI_Comm comm, const char *path, const struct cf_ckpt_meta *meta,
                         const struct cf_ckpt_tensor *t, int nt) {
   cf_io_h5_quiet();
-  CF_TRY(cf_io_agree(comm, meta != NULL ? CF_OK
-                                        : cf_err(CF_EINVAL, "checkpoint '%s' without metadata",
-                                                 path ? path : "")));
-  CF_TRY(cf_io_agree(comm, meta->rng == NULL || meta->rng_step >= 0
-                               ? CF_OK
-                               : cf_err(CF_EINVAL,
-                                        "checkpoint '%s': rng_step %lld with an rng, expected >= 0",
-                                        path ? path : "", (long long)meta->rng_step)));
+  CF_TRY(cf_agree(comm, meta != NULL ? CF_OK
+                                     : cf_err(CF_EINVAL, "checkpoint '%s' without metadata",
+                                              path ? path : "")));
+  CF_TRY(cf_agree(comm, meta->rng == NULL || meta->rng_step >= 0
+                            ? CF_OK
+                            : cf_err(CF_EINVAL,
+                                     "checkpoint '%s': rng_step %lld with an rng, expected >= 0",
+                                     path ? path : "", (long long)meta->rng_step)));
   struct layout *L = NULL;
   CF_TRY(prepare(comm, t, nt, meta, &L));
   uint64_t *sums = NULL;
-  cf_status st = cf_io_agree(
+  cf_status st = cf_agree(
       comm, cf_alloc((void **)&sums, ((size_t)nt + 1) * sizeof(uint64_t), "checkpoint checksums"));
-  if (st == CF_OK) st = cf_io_agree(comm, write_sums(comm, t, nt, L, sums));
+  if (st == CF_OK) st = cf_agree(comm, write_sums(comm, t, nt, L, sums));
   struct cf_h5_writer w;
   if (st == CF_OK) st = cf_h5_writer_open(&w, comm, path);
   if (st == CF_OK) {
@@ -634,7 +633,7 @@ cf_status cf_ckpt_read_meta(MPI_Comm comm, const char *path, struct cf_ckpt_meta
   CF_TRY(cf_io_open_read(comm, path, &fid));
   cf_status st = read_meta_open(fid, path, meta, options_yaml);
   H5Fclose(fid);
-  st = cf_io_agree(comm, st);
+  st = cf_agree(comm, st);
   if (st != CF_OK) {
     cf_free((void **)options_yaml);
     memset(meta, 0, sizeof *meta);
@@ -723,7 +722,7 @@ static cf_status read_tensor(MPI_Comm comm, hid_t fid, const char *path, int64_t
   hid_t did = H5Dopen2(fid, dset, H5P_DEFAULT);
   cf_status st =
       did >= 0 ? CF_OK : cf_err(CF_ECORRUPT, "'%s': cannot open tensor '%s'", path, t->name);
-  st = cf_io_agree(comm, st);
+  st = cf_agree(comm, st);
   if (st == CF_OK && version >= 2) {
     int64_t start[2] = {l->r0, l->c0}, count[2] = {l->nr, l->nc};
     st = cf_io_read_block(did, t->ndim, start, count, H5T_NATIVE_FLOAT, t->data, path, dset);
@@ -731,7 +730,7 @@ static cf_status read_tensor(MPI_Comm comm, hid_t fid, const char *path, int64_t
     int64_t start[2] = {0, 0}, count[2] = {l->nr > 0 ? l->rows : 0, l->cols};
     st = cf_io_read_block(did, t->ndim, start, count, H5T_NATIVE_FLOAT, scratch, path, dset);
   }
-  st = cf_io_agree(comm, st);
+  st = cf_agree(comm, st);
   if (st == CF_OK) {
     char owner[CKPT_NAME_MAX + 32];
     snprintf(owner, sizeof owner, "tensor '%s' attribute", t->name);
@@ -754,7 +753,7 @@ static cf_status read_tensor(MPI_Comm comm, hid_t fid, const char *path, int64_t
              (size_t)l->nc * sizeof(float));
   }
   if (did >= 0) H5Dclose(did);
-  return cf_io_agree(comm, st);
+  return cf_agree(comm, st);
 }
 
 /* Collective. Version 2: add up the ranks' partial checksums and compare with the stored ones. */
@@ -777,7 +776,7 @@ static cf_status verify_sums(MPI_Comm comm, const char *path, const struct cf_ck
 static cf_status read_tensors_open(MPI_Comm comm, hid_t fid, const char *path,
                                    const struct cf_ckpt_tensor *t, int nt, const struct layout *L) {
   int64_t version = 0;
-  CF_TRY(cf_io_agree(comm, check_header(fid, path, &version)));
+  CF_TRY(cf_agree(comm, check_header(fid, path, &version)));
   char first[768] = "";
   cf_status st = CF_OK;
   int bad = 0;
@@ -791,7 +790,7 @@ static cf_status read_tensors_open(MPI_Comm comm, hid_t fid, const char *path,
   }
   if (bad == 1) st = cf_err(st, "%s", first);
   if (bad > 1) st = cf_err(st, "%s (and %d more missing or mismatched)", first, bad - 1);
-  CF_TRY(cf_io_agree(comm, st));
+  CF_TRY(cf_agree(comm, st));
 
   size_t scratch_n = 0; /* version 1: the largest whole tensor this rank holds part of */
   for (int i = 0; i < nt && version < 2; i++)
@@ -802,11 +801,11 @@ static cf_status read_tensors_open(MPI_Comm comm, hid_t fid, const char *path,
   st = cf_alloc((void **)&v, (3 * (size_t)nt + 1) * sizeof(uint64_t), "checkpoint checksums");
   if (st == CF_OK && scratch_n > 0)
     st = cf_alloc((void **)&scratch, scratch_n * sizeof(float), "version-1 checkpoint tensor");
-  st = cf_io_agree(comm, st);
+  st = cf_agree(comm, st);
   for (int i = 0; i < nt && st == CF_OK; i++)
     st = read_tensor(comm, fid, path, version, &t[i], &L[i], scratch, &v[i], &v[nt + i]);
   if (st == CF_OK && version >= 2)
-    st = cf_io_agree(comm, verify_sums(comm, path, t, nt, v, v + nt, v + 2 * nt));
+    st = cf_agree(comm, verify_sums(comm, path, t, nt, v, v + nt, v + 2 * nt));
   cf_free((void **)&scratch);
   cf_free((void **)&v);
   return st;

@@ -72,7 +72,7 @@ cf_status cf_ckpt_latest_write(MPI_Comm comm, const char *ckpt_dir, const char *
                 file_name ? file_name : "", ckpt_dir);
   else if (rank == 0)
     st = latest_write_local(ckpt_dir, file_name);
-  CF_TRY(cf_io_agree(comm, st));
+  CF_TRY(cf_agree(comm, st));
   return CF_OK;
 }
 
@@ -239,6 +239,6 @@ cf_status cf_ckpt_prune(MPI_Comm comm, const char *ckpt_dir, int keep) {
     st = cf_err(CF_EINVAL, "checkpoints to keep must be at least 1 (got %d)", keep);
   else if (rank == 0)
     st = prune_local(ckpt_dir, keep);
-  CF_TRY(cf_io_agree(comm, st));
+  CF_TRY(cf_agree(comm, st));
   return CF_OK;
 }

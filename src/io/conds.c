@@ -250,7 +250,7 @@ cf_status cf_obs_column_read(MPI_Comm comm, const char *path, const char *name, 
                   : cf_err(CF_EIO, "cannot open '%s': %s", path, cf_io_h5_reason(why, sizeof why));
     if (fid >= 0) H5Fclose(fid);
   }
-  CF_TRY(cf_io_agree(comm, st));
+  CF_TRY(cf_agree(comm, st));
   /* rank 0's result to everyone: counts, kind, then the values' and categories' bytes */
   size_t vb = 0, cb = 0;
   const char *vbytes = rank == 0 ? pack_bytes(c->values, c->n, &vb) : NULL;
@@ -265,7 +265,7 @@ cf_status cf_obs_column_read(MPI_Comm comm, const char *path, const char *name, 
     if (vb) memcpy(buf, vbytes, vb);
     if (cb) memcpy(buf + vb, cbytes, cb);
   }
-  CF_TRY(cf_io_agree(comm, st));
+  CF_TRY(cf_agree(comm, st));
   for (size_t at = 0; at < nb;) { /* MPI counts are int */
     int part = nb - at > (1u << 30) ? 1 << 30 : (int)(nb - at);
     CF_MPI(MPI_Bcast(buf + at, part, MPI_CHAR, 0, comm));
@@ -280,7 +280,7 @@ cf_status cf_obs_column_read(MPI_Comm comm, const char *path, const char *name, 
       st = unpack(buf + head[3], (size_t)head[4], c->ncat, &c->cats);
   }
   cf_free((void **)&buf);
-  st = cf_io_agree(comm, st);
+  st = cf_agree(comm, st);
   if (st != CF_OK) cf_obs_column_release(c);
   return st;
 }

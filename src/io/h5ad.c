@@ -829,7 +829,7 @@ cf_status cf_h5ad_column_kind(struct cf_h5ad *a, const char *frame, const char *
     *kind = c.kind;
     col_close(&c);
   }
-  return cf_io_agree(a->comm, st);
+  return cf_agree(a->comm, st);
 }
 
 cf_status cf_h5ad_read_index(struct cf_h5ad *a, const char *frame, char ***s, int64_t *n) {
@@ -843,7 +843,7 @@ cf_status cf_h5ad_read_index(struct cf_h5ad *a, const char *frame, char ***s, in
     *n = col.n;
     column_free(&col);
   }
-  st = cf_io_agree(a->comm, st);
+  st = cf_agree(a->comm, st);
   if (st != CF_OK) {
     cf_free((void **)s);
     *n = 0;
@@ -864,7 +864,7 @@ cf_status cf_h5ad_read_strings(struct cf_h5ad *a, const char *frame, const char 
     *n = col.n;
     column_free(&col);
   }
-  st = cf_io_agree(a->comm, st);
+  st = cf_agree(a->comm, st);
   if (st != CF_OK) {
     cf_free((void **)s);
     *n = 0;
@@ -885,7 +885,7 @@ cf_status cf_h5ad_read_numbers(struct cf_h5ad *a, const char *frame, const char 
     *n = col.n;
     column_free(&col);
   }
-  st = cf_io_agree(a->comm, st);
+  st = cf_agree(a->comm, st);
   if (st != CF_OK) {
     cf_free((void **)v);
     *n = 0;
@@ -922,7 +922,7 @@ cf_status cf_h5ad_read_categorical(struct cf_h5ad *a, const char *frame, const c
     *n = col.n;
     column_free(&col);
   }
-  st = cf_io_agree(a->comm, st);
+  st = cf_agree(a->comm, st);
   if (st != CF_OK) {
     cf_free((void **)codes);
     cf_free((void **)categories);
@@ -987,7 +987,7 @@ cf_status cf_h5ad_columns(struct cf_h5ad *a, const char *frame, char ***names, i
   *names = NULL;
   *n = 0;
   cf_io_h5_quiet();
-  cf_status st = cf_io_agree(a->comm, columns_body(a, frame, names, n));
+  cf_status st = cf_agree(a->comm, columns_body(a, frame, names, n));
   if (st != CF_OK) {
     cf_free((void **)names);
     *n = 0;
@@ -1225,12 +1225,12 @@ cf_status cf_h5ad_open(struct cf_h5ad *a, MPI_Comm comm, const char *path) {
   cf_status st = CF_OK;
   if (path != NULL && strlen(path) >= sizeof a->path)
     st = cf_err(CF_EINVAL, "h5ad file name '%.64s...' is too long", path);
-  CF_TRY(cf_io_agree(comm, st));
+  CF_TRY(cf_agree(comm, st));
   snprintf(a->path, sizeof a->path, "%s", path ? path : "");
   hid_t fid;
   CF_TRY(cf_io_open_read(comm, path, &fid));
   a->file = fid;
-  st = cf_io_agree(comm, open_body(a));
+  st = cf_agree(comm, open_body(a));
   if (st != CF_OK) release(a);
   return st;
 }
@@ -1499,8 +1499,8 @@ cf_status cf_h5ad_read_x(struct cf_h5ad *a, int64_t lo, int64_t hi, const int64_
   if (st == CF_OK)
     st = cf_io_check_alloc(total ? total : 1, sizeof(float), a->path, "/X rows", &total);
   if (st == CF_OK) st = cf_alloc((void **)x, total, "X rows");
-  st = cf_io_agree(a->comm, st);
-  if (st == CF_OK) st = cf_io_agree(a->comm, x_block(a, &s, lo, hi, *x));
+  st = cf_agree(a->comm, st);
+  if (st == CF_OK) st = cf_agree(a->comm, x_block(a, &s, lo, hi, *x));
   cf_free((void **)&s.pos);
   if (st != CF_OK) cf_free((void **)x);
   if (st == CF_OK && ncols_out) *ncols_out = s.ncols;
@@ -1523,7 +1523,7 @@ cf_status cf_h5ad_scan(struct cf_h5ad *a, int64_t lo, int64_t hi, int64_t block_
   size_t total = 0;
   if (st == CF_OK) st = cf_mul_size(&total, (size_t)(rows ? rows : 1), (size_t)s.ncols, "block");
   if (st == CF_OK) st = cf_alloc((void **)&blk, (total ? total : 1) * sizeof(float), "X block");
-  st = cf_io_agree(a->comm, st);
+  st = cf_agree(a->comm, st);
   int64_t blocks = 0;
   if (st == CF_OK) st = max_count(a->comm, n > 0 ? (n + block_rows - 1) / block_rows : 0, &blocks);
   for (int64_t b = 0; st == CF_OK && b < blocks; b++) {
@@ -1532,7 +1532,7 @@ cf_status cf_h5ad_scan(struct cf_h5ad *a, int64_t lo, int64_t hi, int64_t block_
     int64_t b1 = b0 + block_rows < hi ? b0 + block_rows : hi;
     cf_status e = x_block(a, &s, b0, b1, blk);
     if (e == CF_OK && b1 > b0) e = fn(ctx, b0, b1 - b0, s.ncols, blk);
-    st = cf_io_agree(a->comm, e);
+    st = cf_agree(a->comm, e);
   }
   cf_free((void **)&blk);
   cf_free((void **)&s.pos);

@@ -81,7 +81,7 @@ cf_status cf_h5_writer_open(struct cf_h5_writer *w, MPI_Comm comm, const char *p
       if (st == CF_OK) st = probe_room(w);
     }
   }
-  CF_TRY(cf_io_agree(comm, st));
+  CF_TRY(cf_agree(comm, st));
 
   char why[256];
   hid_t fapl = cf_io_fapl(comm);
@@ -95,7 +95,7 @@ cf_status cf_h5_writer_open(struct cf_h5_writer *w, MPI_Comm comm, const char *p
       st = cf_err(CF_EIO, "cannot create '%s': %s", w->tmp, cf_io_h5_reason(why, sizeof why));
     H5Pclose(fapl);
   }
-  st = cf_io_agree(comm, st);
+  st = cf_agree(comm, st);
   if (st != CF_OK) {
     if (fid >= 0) H5Fclose(fid);
     if (w->rank == 0) unlink(w->tmp);
@@ -125,7 +125,7 @@ static cf_status writer_room(struct cf_h5_writer *w, double total) {
     st = cf_io_reserve(w->tmp, -1, w->reserved, total, what);
   }
   w->reserved = total;
-  return cf_io_agree(w->comm, st);
+  return cf_agree(w->comm, st);
 }
 
 /* Collective. Count `bytes` about to be added, growing the reservation when needed. */
@@ -198,8 +198,8 @@ cf_status cf_io_writer_put_sum(struct cf_h5_writer *w, const char *dset, const f
     values *= shape[i] > 0 ? (double)shape[i] : 0.0;
   CF_TRY(writer_use(w, bytes + values));
   /* fault site h5_write (fault.h), agreed first: every rank stops before the collective create */
-  cf_status st = cf_io_agree(w->comm, cf_fault_point("h5_write"));
-  if (st == CF_OK) st = cf_io_agree(w->comm, put_body(w, dset, x, ndim, shape, checksum));
+  cf_status st = cf_agree(w->comm, cf_fault_point("h5_write"));
+  if (st == CF_OK) st = cf_agree(w->comm, put_body(w, dset, x, ndim, shape, checksum));
   if (st != CF_OK) w->failed = 1;
   return st;
 }
@@ -211,7 +211,7 @@ cf_status cf_h5_writer_put(struct cf_h5_writer *w, const char *dset, const float
 }
 
 static cf_status writer_finish_attr(struct cf_h5_writer *w, cf_status st) {
-  st = cf_io_agree(w->comm, st);
+  st = cf_agree(w->comm, st);
   if (st != CF_OK) w->failed = 1;
   return st;
 }
@@ -259,12 +259,12 @@ cf_status cf_h5_writer_commit(struct cf_h5_writer *w) {
   if (H5Fclose((hid_t)w->file) < 0)
     st = cf_err(CF_EIO, "cannot close '%s': %s", w->tmp, cf_io_h5_reason(why, sizeof why));
   w->file = -1;
-  st = cf_io_agree(w->comm, st);
+  st = cf_agree(w->comm, st);
   if (w->rank == 0) {
     if (st == CF_OK) st = publish_local(w);
     if (st != CF_OK) unlink(w->tmp);
   }
-  st = cf_io_agree(w->comm, st);
+  st = cf_agree(w->comm, st);
   w->failed = 1; /* committed or not, the writer is done */
   return st;
 }
@@ -348,8 +348,8 @@ static cf_status check_values(const float *x, const double *xd, int64_t lo, int6
 /* Collective. Validate the dataset (identical on all ranks) and report its shape and
  * whether it is stored with more than 4 bytes per value. */
 static cf_status inspect_points(hid_t fid, hid_t did, const char *path, const char *dset,
-                                int64_t expect_d, hsize_t *dims, int *wide) {
-  const char *want = "expected an n x D float array";
+                                int64_t expect_d, int vec, hsize_t *dims, int *wide) {
+  const char *want = vec ? "expected a 1-D float array" : "expected an n x D float array";
   hid_t ty = H5Dget_type(did), sp = H5Dget_space(did), dcpl = H5Dget_create_plist(did);
   cf_status st = CF_OK;
   if (ty < 0 || sp < 0 || dcpl < 0) {
@@ -365,17 +365,23 @@ static cf_status inspect_points(hid_t fid, hid_t did, const char *path, const ch
   }
   *wide = H5Tget_size(ty) > 4;
   int nd = H5Sget_simple_extent_ndims(sp);
-  if (nd != 2) {
+  if (nd != (vec ? 1 : 2)) {
     st = cf_err(CF_ECORRUPT, "'%s' %s is %d-D, %s", path, dset, nd, want);
     goto done;
   }
   H5Sget_simple_extent_dims(sp, dims, NULL);
+  if (vec) dims[1] = 1; /* a vector reads as one column */
   if (dims[0] == 0 || dims[1] == 0) {
     st = cf_err(CF_ECORRUPT, "'%s' %s is empty (%llu x %llu), %s with n, D > 0", path, dset,
                 (unsigned long long)dims[0], (unsigned long long)dims[1], want);
     goto done;
   }
-  if (expect_d > 0 && (int64_t)dims[1] != expect_d) {
+  if (vec && expect_d > 0 && (int64_t)dims[0] != expect_d) {
+    st = cf_err(CF_ECORRUPT, "'%s' %s has %llu values, expected %lld", path, dset,
+                (unsigned long long)dims[0], (long long)expect_d);
+    goto done;
+  }
+  if (!vec && expect_d > 0 && (int64_t)dims[1] != expect_d) {
     st = cf_err(CF_ECORRUPT, "'%s' %s has %llu columns, expected %lld", path, dset,
                 (unsigned long long)dims[1], (long long)expect_d);
     goto done;
@@ -399,7 +405,7 @@ done:
 }
 
 static cf_status read_points_open(MPI_Comm comm, hid_t fid, const char *path, const char *dset,
-                                  int64_t expect_d, float **x, int64_t *n, int64_t *d) {
+                                  int64_t expect_d, int vec, float **x, int64_t *n, int64_t *d) {
   int rank, size;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
@@ -407,24 +413,23 @@ static cf_status read_points_open(MPI_Comm comm, hid_t fid, const char *path, co
   hid_t did = -1;
   double *xd = NULL;
   int64_t rows = 0, cols = 0, lo = 0, hi = 0;
+  const char *want = vec ? "a 1-D float array" : "an n x D float array";
   if (H5Lexists(fid, dset, H5P_DEFAULT) <= 0) {
-    st =
-        cf_err(CF_ECORRUPT, "'%s' has no dataset '%s' (expected an n x D float array)", path, dset);
+    st = cf_err(CF_ECORRUPT, "'%s' has no dataset '%s' (expected %s)", path, dset, want);
   } else {
     did = H5Dopen2(fid, dset, H5P_DEFAULT);
     if (did < 0)
-      st = cf_err(CF_ECORRUPT, "'%s' %s is not a dataset (expected an n x D float array)", path,
-                  dset);
+      st = cf_err(CF_ECORRUPT, "'%s' %s is not a dataset (expected %s)", path, dset, want);
   }
   hsize_t dims[2] = {0, 0};
   int wide = 0;
-  if (st == CF_OK) st = inspect_points(fid, did, path, dset, expect_d, dims, &wide);
+  if (st == CF_OK) st = inspect_points(fid, did, path, dset, expect_d, vec, dims, &wide);
   if (st == CF_OK) {
     size_t bytes;
     st = cf_io_check_alloc((uint64_t)dims[0] * dims[1], sizeof(float), path, dset, &bytes);
     if (st == CF_OK) st = cf_alloc((void **)x, bytes, "point set");
   }
-  st = cf_io_agree(comm, st);
+  st = cf_agree(comm, st);
   if (st != CF_OK) goto done;
 
   rows = (int64_t)dims[0];
@@ -432,19 +437,20 @@ static cf_status read_points_open(MPI_Comm comm, hid_t fid, const char *path, co
   cf_io_row_range(rows, rank, size, &lo, &hi);
   if (wide)
     st = cf_alloc((void **)&xd, (size_t)((hi - lo) * cols + 1) * sizeof(double), "float64 rows");
-  st = cf_io_agree(comm, st);
+  st = cf_agree(comm, st);
   if (st != CF_OK) goto done;
   if (wide) {
-    st = cf_io_read_rows(did, 2, dims, lo, hi, H5T_NATIVE_DOUBLE, xd, path, dset);
+    st = cf_io_read_rows(did, vec ? 1 : 2, dims, lo, hi, H5T_NATIVE_DOUBLE, xd, path, dset);
     if (st == CF_OK) st = check_values(NULL, xd, lo, hi, cols, path, dset);
     for (int64_t i = 0; st == CF_OK && i < (hi - lo) * cols; i++)
       (*x)[lo * cols + i] = (float)xd[i];
   } else {
-    st = cf_io_read_rows(did, 2, dims, lo, hi, H5T_NATIVE_FLOAT, *x + lo * cols, path, dset);
+    st = cf_io_read_rows(did, vec ? 1 : 2, dims, lo, hi, H5T_NATIVE_FLOAT, *x + lo * cols, path,
+                         dset);
     if (st == CF_OK) st = check_values(*x + lo * cols, NULL, lo, hi, cols, path, dset);
   }
-  st = cf_io_agree(comm, st);
-  if (st == CF_OK) st = cf_io_agree(comm, cf_io_allgather_rows(comm, *x, rows, cols, dset));
+  st = cf_agree(comm, st);
+  if (st == CF_OK) st = cf_agree(comm, cf_io_allgather_rows(comm, *x, rows, cols, dset));
   if (st == CF_OK) {
     *n = rows;
     *d = cols;
@@ -464,7 +470,7 @@ cf_status cf_h5_read_points(MPI_Comm comm, const char *path, const char *dset, i
            path ? path : "");
   hid_t fid;
   CF_TRY(cf_io_open_read(comm, path, &fid));
-  cf_status st = read_points_open(comm, fid, path, dset, expect_d, x, n, d);
+  cf_status st = read_points_open(comm, fid, path, dset, expect_d, 0, x, n, d);
   H5Fclose(fid);
   if (st != CF_OK) {
     cf_free((void **)x);
@@ -472,4 +478,23 @@ cf_status cf_h5_read_points(MPI_Comm comm, const char *path, const char *dset, i
   }
   CF_TRY(st);
   return CF_OK;
+}
+
+cf_status cf_h5_read_vector(MPI_Comm comm, const char *path, const char *dset, int64_t expect_n,
+                            float **v, int64_t *n) {
+  cf_io_h5_quiet();
+  *v = NULL;
+  *n = 0;
+  CF_CHECK(dset != NULL && dset[0] != '\0', CF_EINVAL, "empty dataset name for '%s'",
+           path ? path : "");
+  hid_t fid;
+  CF_TRY(cf_io_open_read(comm, path, &fid));
+  int64_t one = 0;
+  cf_status st = read_points_open(comm, fid, path, dset, expect_n, 1, v, n, &one);
+  H5Fclose(fid);
+  if (st != CF_OK) {
+    cf_free((void **)v);
+    *n = 0;
+  }
+  return st;
 }

@@ -43,29 +43,6 @@ const char *cf_io_h5_reason(char *buf, size_t cap) {
   return buf;
 }
 
-cf_status cf_io_agree(MPI_Comm comm, cf_status st) {
-  int rank, size;
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &size);
-  int mine = st != CF_OK ? rank : size, first = size;
-  CF_MPI(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm));
-  if (first == size) return CF_OK;
-  struct {
-    int st;
-    char msg[1000];
-  } m;
-  memset(&m, 0, sizeof m);
-  if (rank == first) {
-    m.st = (int)st;
-    snprintf(m.msg, sizeof m.msg, "%s", cf_errmsg()[0] ? cf_errmsg() : "(no message)");
-  }
-  CF_MPI(MPI_Bcast(&m, (int)sizeof m, MPI_BYTE, first, comm));
-  if (st != CF_OK) return st;
-  if (m.msg[0] == '\0' || m.st <= CF_OK || m.st >= CF_NSTATUS)
-    return cf_err(CF_EREMOTE, "rank %d failed", first);
-  return cf_err((cf_status)m.st, "%s", m.msg);
-}
-
 /* Local (rank 0): is `path` a readable regular HDF5 file? */
 static cf_status check_input_local(const char *path) {
   struct stat sb;
@@ -97,7 +74,7 @@ cf_status cf_io_check_input(MPI_Comm comm, const char *path) {
     st = cf_err(CF_EINVAL, "input file name is empty");
   else if (rank == 0)
     st = check_input_local(path);
-  return cf_io_agree(comm, st);
+  return cf_agree(comm, st);
 }
 
 hid_t cf_io_fapl(MPI_Comm comm) {
@@ -123,6 +100,37 @@ hid_t cf_io_fapl(MPI_Comm comm) {
   return fapl;
 }
 
+/* The superblock version of an HDF5 file (the byte after the signature, which sits at byte 0,
+ * 512, 1024, 2048, ...), or -1 when no signature is found in the first 64 KiB. */
+static int superblock_version(const char *path) {
+  static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return -1;
+  int version = -1;
+  for (long off = 0; off <= 65536 && version < 0; off = off == 0 ? 512 : 2 * off) {
+    unsigned char b[9];
+    if (fseek(f, off, SEEK_SET) != 0 || fread(b, 1, sizeof b, f) != sizeof b) break;
+    if (memcmp(b, sig, sizeof sig) == 0) version = b[8];
+  }
+  fclose(f);
+  return version;
+}
+
+/* The error for a file HDF5 would not open under the 1.8 format bounds: a clear word when it is
+ * in a newer format (superblock version 3: libver "v110" or "latest", or a SWMR writer). */
+static cf_status open_error(const char *path, const char *why) {
+  int v = superblock_version(path);
+  if (v >= 3)
+    return cf_err(CF_ECORRUPT,
+                  "cannot read '%s': it is in a newer HDF5 file format (superblock version %d: "
+                  "written with libver 'v110' or 'latest', or by a SWMR writer, perhaps one that "
+                  "did not close it) and calmflow reads the 1.8 format; write it again with "
+                  "h5py's default libver ('earliest') or libver=('earliest', 'v108') (HDF5: %s)",
+                  path, v, why);
+  return cf_err(CF_ECORRUPT, "cannot read '%s': HDF5 cannot open it (%s); %s", path, why,
+                v < 0 ? "not an HDF5 file (no HDF5 signature)" : "truncated or corrupt?");
+}
+
 cf_status cf_io_open_read(MPI_Comm comm, const char *path, hid_t *fid) {
   *fid = -1;
   CF_TRY(cf_io_check_input(comm, path));
@@ -134,12 +142,10 @@ cf_status cf_io_open_read(MPI_Comm comm, const char *path, hid_t *fid) {
                 cf_io_h5_reason(why, sizeof why));
   } else {
     *fid = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-    if (*fid < 0)
-      st = cf_err(CF_ECORRUPT, "cannot read '%s': HDF5 cannot open it (%s); truncated or corrupt?",
-                  path, cf_io_h5_reason(why, sizeof why));
+    if (*fid < 0) st = open_error(path, cf_io_h5_reason(why, sizeof why));
     H5Pclose(fapl);
   }
-  st = cf_io_agree(comm, st);
+  st = cf_agree(comm, st);
   if (st != CF_OK && *fid >= 0) {
     H5Fclose(*fid);
     *fid = -1;

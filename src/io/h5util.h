@@ -20,11 +20,6 @@ void cf_io_h5_quiet(void);
 /* Local. The innermost description on the HDF5 error stack, into buf; returns buf. */
 const char *cf_io_h5_reason(char *buf, size_t cap);
 
-/* Collective on comm. Returns CF_OK when st == CF_OK on every rank. Otherwise every rank
- * returns non-OK: the ranks that succeeded adopt the status and message of the lowest
- * failing rank, the failing ranks keep their own. */
-cf_status cf_io_agree(MPI_Comm comm, cf_status st);
-
 /* Collective on comm. Rank 0 checks that `path` is an existing, readable regular HDF5 file
  * ("cannot open 'f': no such file", "'f' is not an HDF5 file"); agreed. */
 cf_status cf_io_check_input(MPI_Comm comm, const char *path);

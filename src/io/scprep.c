@@ -15,10 +15,6 @@
 #include "calmflow/mem.h"
 #include "io/h5util.h"
 
-cf_status cf_scprep_agree(MPI_Comm comm, cf_status st) {
-  return cf_io_agree(comm, st);
-}
-
 /* ---- the transform (steps 1 and 3 share it) ---- */
 
 /* The factor a row's values are multiplied by: normalize / total, 1 when off, 0 for an empty
@@ -184,7 +180,7 @@ static cf_status reduce_and_choose(MPI_Comm comm, int rank, const struct cf_scpr
   CF_MPI(e1);
   CF_MPI(e2);
   cf_status st = rank == 0 ? choose_genes(o, p, c->count, c->sums) : CF_OK;
-  CF_TRY(cf_io_agree(comm, st));
+  CF_TRY(cf_agree(comm, st));
   int64_t hdr[2] = {p->n_expressed, p->n_genes};
   CF_MPI(MPI_Bcast(hdr, 2, MPI_INT64_T, 0, comm));
   p->n_expressed = hdr[0];
@@ -196,7 +192,7 @@ static cf_status reduce_and_choose(MPI_Comm comm, int rank, const struct cf_scpr
     if (st == CF_OK) st = cf_alloc((void **)&p->gene_mean, k1 * sizeof(double), "gene means");
     if (st == CF_OK) st = cf_alloc((void **)&p->gene_var, k1 * sizeof(double), "gene variances");
   }
-  CF_TRY(cf_io_agree(comm, st));
+  CF_TRY(cf_agree(comm, st));
   CF_MPI(MPI_Bcast(p->genes, (int)p->n_genes, MPI_INT64_T, 0, comm));
   CF_MPI(MPI_Bcast(p->gene_mean, (int)p->n_genes, MPI_DOUBLE, 0, comm));
   CF_MPI(MPI_Bcast(p->gene_var, (int)p->n_genes, MPI_DOUBLE, 0, comm));
@@ -210,7 +206,7 @@ static cf_status share_cells(struct cf_h5ad *a, struct cf_scprep *p, const uint8
   cf_status st = cf_alloc((void **)&counts, (size_t)a->size * sizeof(int), "row counts");
   if (st == CF_OK) st = cf_alloc((void **)&displs, (size_t)a->size * sizeof(int), "row offsets");
   if (st == CF_OK) st = cf_alloc((void **)&p->keep, (size_t)(p->n_obs + 1), "kept cells");
-  st = cf_io_agree(a->comm, st);
+  st = cf_agree(a->comm, st);
   if (st == CF_OK) {
     for (int r = 0; r < a->size; r++) {
       int64_t lo, hi;
@@ -234,7 +230,7 @@ static cf_status share_cells(struct cf_h5ad *a, struct cf_scprep *p, const uint8
   }
   st = cf_alloc((void **)&p->cells, (size_t)(p->n_cells > 0 ? p->n_cells : 1) * sizeof(int64_t),
                 "kept cells");
-  CF_TRY(cf_io_agree(a->comm, st));
+  CF_TRY(cf_agree(a->comm, st));
   for (int64_t i = 0, k = 0; i < p->n_obs; i++)
     if (p->keep[i]) p->cells[k++] = i;
   return CF_OK;
@@ -261,7 +257,7 @@ static cf_status scan_body(struct cf_h5ad *a, const struct cf_scprep_opts *o, st
   if (st == CF_OK) st = cf_alloc((void **)&c->keep_local, nl, "kept cells");
   if (st == CF_OK) st = cf_alloc((void **)&c->count, (size_t)nv * sizeof(int64_t), "gene counts");
   if (st == CF_OK) st = cf_alloc((void **)&c->sums, (size_t)nv * 4 * sizeof(double), "gene sums");
-  CF_TRY(cf_io_agree(a->comm, st));
+  CF_TRY(cf_agree(a->comm, st));
   c->o = o;
   c->p = p;
   c->path = a->path;
@@ -384,7 +380,7 @@ cf_status cf_scprep_obs_columns(struct cf_h5ad *a, const char *spec, const char 
   if (spec[0] == '\0') {
     /* every categorical and string column: the kinds are collective reads, so the ranks
      * agree first and then stop together */
-    st = cf_io_agree(a->comm, st);
+    st = cf_agree(a->comm, st);
     for (int64_t i = 0; i < nall && st == CF_OK; i++) {
       enum cf_h5ad_kind kind;
       st = cf_h5ad_column_kind(a, "obs", all[i], &kind);
@@ -442,7 +438,7 @@ cf_status cf_scprep_obs_columns(struct cf_h5ad *a, const char *spec, const char 
   cf_free((void **)&list);
   cf_free((void **)&want);
   cf_free((void **)&all);
-  st = cf_io_agree(a->comm, st);
+  st = cf_agree(a->comm, st);
   if (st != CF_OK) {
     cf_free((void **)names);
     *n = 0;
@@ -459,17 +455,17 @@ cf_status cf_scprep_labels_read(struct cf_h5ad *a, char **columns, int64_t n_col
   cf_status st = cf_h5ad_read_index(a, "var", &l->var_index, &n);
   if (st == CF_OK) st = cf_h5ad_read_index(a, "obs", &l->obs_index, &n);
   if (st == CF_OK)
-    st = cf_io_agree(a->comm, cf_alloc((void **)&l->values,
-                                       (size_t)(n_columns + 1) * sizeof(char **), "obs columns"));
+    st = cf_agree(a->comm, cf_alloc((void **)&l->values, (size_t)(n_columns + 1) * sizeof(char **),
+                                    "obs columns"));
   size_t nc = (size_t)(n_columns + 1);
   if (st == CF_OK)
-    st = cf_io_agree(a->comm, cf_alloc((void **)&l->kinds, nc * sizeof *l->kinds, "obs kinds"));
+    st = cf_agree(a->comm, cf_alloc((void **)&l->kinds, nc * sizeof *l->kinds, "obs kinds"));
   if (st == CF_OK)
-    st = cf_io_agree(a->comm,
-                     cf_alloc((void **)&l->n_categories, nc * sizeof(int64_t), "obs categories"));
+    st = cf_agree(a->comm,
+                  cf_alloc((void **)&l->n_categories, nc * sizeof(int64_t), "obs categories"));
   if (st == CF_OK)
-    st = cf_io_agree(a->comm,
-                     cf_alloc((void **)&l->categories, nc * sizeof(char **), "obs categories"));
+    st = cf_agree(a->comm,
+                  cf_alloc((void **)&l->categories, nc * sizeof(char **), "obs categories"));
   if (st == CF_OK) {
     l->columns = columns;
     l->n_columns = n_columns;
@@ -524,7 +520,7 @@ static cf_status put_rows(struct cf_h5_writer *w, const char *dset, const float 
     st = cf_io_write_rows(did, 2, dims, offset, offset + rows, x, w->tmp, dset);
   }
   if (did >= 0) H5Dclose(did);
-  st = cf_io_agree(w->comm, st);
+  st = cf_agree(w->comm, st);
   if (st != CF_OK) w->failed = 1;
   return st;
 }
@@ -539,7 +535,7 @@ static cf_status put_f64(struct cf_h5_writer *w, const char *dset, const double 
     st = cf_mul_size(&total, total, (size_t)shape[i], dset);
   float *f = NULL;
   if (st == CF_OK) st = cf_alloc((void **)&f, (total ? total : 1) * sizeof(float), dset);
-  st = cf_io_agree(w->comm, st);
+  st = cf_agree(w->comm, st);
   if (st != CF_OK) {
     w->failed = 1;
     return st;
@@ -565,7 +561,7 @@ static cf_status put_strings(struct cf_h5_writer *w, const char *dset, char *con
   size_t bytes = 0;
   cf_status st = cf_mul_size(&bytes, (size_t)n, width, dset);
   if (st == CF_OK && w->rank == 0) st = cf_alloc((void **)&buf, bytes ? bytes : 1, dset);
-  st = cf_io_agree(w->comm, st);
+  st = cf_agree(w->comm, st);
   if (st != CF_OK) {
     w->failed = 1;
     cf_free((void **)&buf);
@@ -621,7 +617,7 @@ static cf_status put_strings(struct cf_h5_writer *w, const char *dset, char *con
   if (lcpl >= 0) H5Pclose(lcpl);
   if (t >= 0) H5Tclose(t);
   cf_free((void **)&buf);
-  st = cf_io_agree(w->comm, st);
+  st = cf_agree(w->comm, st);
   if (st != CF_OK) w->failed = 1;
   return st;
 }
@@ -665,7 +661,7 @@ static cf_status put_column_attrs(struct cf_h5_writer *w, const char *dset, enum
   }
   if (did >= 0) H5Dclose(did);
   cf_free((void **)&buf);
-  st = cf_io_agree(w->comm, st);
+  st = cf_agree(w->comm, st);
   if (st != CF_OK) w->failed = 1;
   return st;
 }
@@ -682,7 +678,7 @@ static cf_status attr_f64(struct cf_h5_writer *w, const char *key, double v) {
                 cf_io_h5_reason(why, sizeof why));
   if (at >= 0) H5Aclose(at);
   if (sp >= 0) H5Sclose(sp);
-  st = cf_io_agree(w->comm, st);
+  st = cf_agree(w->comm, st);
   if (st != CF_OK) w->failed = 1;
   return st;
 }
@@ -715,7 +711,7 @@ static cf_status write_body(struct cf_h5_writer *w, const struct cf_scprep *p,
   for (int64_t c = 0; c < l->n_columns; c++)
     len += strlen(l->columns[c]) + 1;
   char *names = NULL;
-  cf_status st = cf_io_agree(w->comm, cf_alloc((void **)&names, len, "obs column names"));
+  cf_status st = cf_agree(w->comm, cf_alloc((void **)&names, len, "obs column names"));
   if (st != CF_OK) {
     w->failed = 1;
     return st;

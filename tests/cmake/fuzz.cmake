@@ -14,9 +14,6 @@ target_link_libraries(cf_fuzz_common PUBLIC cf_io)
 # target -> the smallest layer library it needs
 set(CF_FUZZ_TARGETS options:calmflow_lib h5io:calmflow_lib h5ad:cf_io ckpt:calmflow_lib
                     bpe_json:cf_io bpe_gpt2:cf_io)
-# libyaml (PETSc's YAML parser) lets fuzz_options skip texts it rejects (fuzz_options.c)
-find_path(CF_YAML_INCLUDE yaml.h)
-find_library(CF_YAML_LIB yaml)
 foreach(pair ${CF_FUZZ_TARGETS})
   string(REPLACE ":" ";" pair "${pair}")
   list(GET pair 0 name)
@@ -26,11 +23,6 @@ foreach(pair ${CF_FUZZ_TARGETS})
   target_link_options(fuzz_${name} PRIVATE ${CF_FUZZ_FLAGS})
   target_include_directories(fuzz_${name} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/fuzz)
   target_link_libraries(fuzz_${name} PRIVATE cf_fuzz_common ${lib})
-  if(name STREQUAL "options" AND CF_YAML_INCLUDE AND CF_YAML_LIB)
-    target_compile_definitions(fuzz_${name} PRIVATE CF_FUZZ_YAML)
-    target_include_directories(fuzz_${name} PRIVATE ${CF_YAML_INCLUDE})
-    target_link_libraries(fuzz_${name} PRIVATE ${CF_YAML_LIB})
-  endif()
   file(MAKE_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/regress/${name})
   add_test(NAME fuzz_${name}_corpus
            COMMAND $<TARGET_FILE:fuzz_${name}> -runs=0 -rss_limit_mb=2048
@@ -38,17 +30,4 @@ foreach(pair ${CF_FUZZ_TARGETS})
                    ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/regress/${name})
   set_tests_properties(fuzz_${name}_corpus PROPERTIES LABELS fuzz TIMEOUT 600
                        ENVIRONMENT "${CF_TEST_ENV};ASAN_OPTIONS=detect_leaks=1")
-endforeach()
-# Files HDF5 wrote with libver "latest" (a newer superblock) once failed to open: the readers
-# must accept them (tests/fuzz/regress/*/latest-format, printed by CF_FUZZ_VERBOSE).
-foreach(pair "h5io|cf_h5_read_points: ok" "ckpt|cf_ckpt_read_tensors: ok")
-  string(REPLACE "|" ";" pair "${pair}")
-  list(GET pair 0 name)
-  list(GET pair 1 want)
-  add_test(NAME fuzz_${name}_latest_format
-           COMMAND $<TARGET_FILE:fuzz_${name}>
-                   ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/regress/${name}/latest-format)
-  set_tests_properties(fuzz_${name}_latest_format PROPERTIES LABELS fuzz TIMEOUT 120
-                       ENVIRONMENT "${CF_TEST_ENV};CF_FUZZ_VERBOSE=1"
-                       PASS_REGULAR_EXPRESSION "${want}")
 endforeach()

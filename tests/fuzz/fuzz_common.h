@@ -19,7 +19,8 @@ void cf_fuzz_init(int *argc, char ***argv);
 MPI_Comm cf_fuzz_comm(void);
 
 /* "/dev/shm/cf-fuzz-<pid>-<name>" (or $TMPDIR when /dev/shm is missing); the same buffer on
- * every call with the same name. The files are removed at exit (kept with CF_FUZZ_VERBOSE). */
+ * every call with the same name. The files are removed after each input (cf_fuzz_after) and at
+ * exit; CF_FUZZ_VERBOSE keeps them. */
 const char *cf_fuzz_path(const char *name);
 
 /* Write n bytes to path (replacing it). Aborts on failure: the harness is broken, not the

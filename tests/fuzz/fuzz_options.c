@@ -4,17 +4,13 @@
  * option table (src/app/options.c) and the validation of train and sample: model, flow, CFM,
  * optimizer and layout configuration, and sample's own options. Oracles besides ASan/UBSan:
  * the resolved options written as YAML (cf_opts_yaml, what config.yaml and every checkpoint
- * store) must load back to the same values. Texts PETSc would refuse are not passed to it
- * (yaml_loads below: PETSc leaks, or crashes, on them). */
+ * store) must load back to the same values. Texts calmflow's own YAML check refuses are not
+ * passed to PETSc (yaml_loads below), as in calmflow. */
 #include <petscsys.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#ifdef CF_FUZZ_YAML
-#include <yaml.h>
-#endif
 
 #include "app/app.h"
 #include "calmflow/mem.h"
@@ -28,100 +24,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   return 0;
 }
 
-#ifdef CF_FUZZ_YAML
-/* Would PETSc 3.18's PetscParseLayerYAML take this node without an error (its rules: a mapping
- * of scalar keys; values scalars, sequences of scalars or one-pair mappings, or mappings; "<<"
- * merges mappings; "$$" keys are skipped)? Stricter where PETSc's own checks are uncertain: keys
- * start with a letter and are short, nesting is at most 20 deep (PETSc's prefix stack holds 25;
- * a merge cycle, `&a {<<: *a}`, recurses without end), "!include" is not followed. */
-static int petsc_layer_ok(yaml_document_t *doc, yaml_node_t *node, int depth) {
-  if (node == NULL || depth > 20) return 0;
-  if (node->type == YAML_SCALAR_NODE && node->data.scalar.value[0] == '\0') return 1;
-  if (node->type != YAML_MAPPING_NODE) return 0;
-  for (yaml_node_pair_t *pr = node->data.mapping.pairs.start; pr < node->data.mapping.pairs.top;
-       pr++) {
-    yaml_node_t *k = yaml_document_get_node(doc, pr->key),
-                *v = yaml_document_get_node(doc, pr->value);
-    if (k == NULL || v == NULL || k->type != YAML_SCALAR_NODE) return 0;
-    const char *key = (const char *)k->data.scalar.value;
-    if (strcmp(key, "<<") == 0) {
-      if (v->type == YAML_MAPPING_NODE) {
-        if (!petsc_layer_ok(doc, v, depth + 1)) return 0;
-      } else if (v->type == YAML_SEQUENCE_NODE) {
-        for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top;
-             it++) {
-          yaml_node_t *m = yaml_document_get_node(doc, *it);
-          if (m == NULL || m->type != YAML_MAPPING_NODE || !petsc_layer_ok(doc, m, depth + 1))
-            return 0;
-        }
-      } else {
-        return 0;
-      }
-      continue;
-    }
-    if (strncmp(key, "$$", 2) == 0) {
-      if (v->tag && strstr((const char *)v->tag, "!include")) return 0;
-      continue;
-    }
-    if (!((key[0] >= 'a' && key[0] <= 'z') || (key[0] >= 'A' && key[0] <= 'Z')) ||
-        strlen(key) > 100)
-      return 0;
-    if (v->type == YAML_MAPPING_NODE) {
-      if (!petsc_layer_ok(doc, v, depth + 1)) return 0;
-    } else if (v->type == YAML_SEQUENCE_NODE) {
-      for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top;
-           it++) {
-        yaml_node_t *m = yaml_document_get_node(doc, *it);
-        if (m == NULL) return 0;
-        if (m->type == YAML_SCALAR_NODE) continue;
-        if (m->type != YAML_MAPPING_NODE) return 0;
-        yaml_node_pair_t *p0 = m->data.mapping.pairs.start, *p1 = m->data.mapping.pairs.top;
-        if (p1 - p0 > 1) return 0;
-        if (p1 - p0 == 1) {
-          yaml_node_t *mk = yaml_document_get_node(doc, p0->key);
-          if (mk == NULL || mk->type != YAML_SCALAR_NODE ||
-              strcmp((const char *)mk->data.scalar.value, "<<") == 0)
-            return 0;
-          if (strncmp((const char *)mk->data.scalar.value, "$$", 2) == 0) continue;
-        }
-        if (!petsc_layer_ok(doc, m, depth + 1)) return 0;
-      }
-    } else if (v->type != YAML_SCALAR_NODE) {
-      return 0;
-    }
-  }
-  return 1;
-}
-#endif
-
-/* Would PETSc take the text without an error? PETSc 3.18's PetscOptionsInsertStringYAML leaks
- * libyaml's parser and document on every error (fuzz_common.c), which slows the target about
- * thirty times (a leak check after each such input) and grows its memory; and it overflows the
- * stack on a merge cycle. Those texts are not passed to PETSc: calmflow's own handling of
- * PETSc's refusal is one branch (main.c; checkpoints no longer go through PETSc's YAML). */
+/* Texts PETSc would refuse, or crash on, are not passed to it: calmflow checks every options
+ * text with cf_opts_yaml_check first (src/app/yamlcheck.c), and PETSc 3.18's
+ * PetscOptionsInsertStringYAML leaks libyaml's parser and document on every error (a leak
+ * report, and a thirty times slower target). */
 static int yaml_loads(const char *text) {
-#ifdef CF_FUZZ_YAML
-  yaml_parser_t p;
-  if (!yaml_parser_initialize(&p)) return 0;
-  yaml_parser_set_input_string(&p, (const unsigned char *)text, strlen(text));
-  int ok = 1;
-  for (int docs = 0; ok; docs++) { /* every document of the stream, as PETSc reads them */
-    yaml_document_t doc;
-    if (!yaml_parser_load(&p, &doc)) {
-      ok = 0;
-      break;
-    }
-    yaml_node_t *root = yaml_document_get_root_node(&doc);
-    ok = root == NULL || (docs < 16 && petsc_layer_ok(&doc, root, 0));
-    yaml_document_delete(&doc);
-    if (root == NULL) break;
-  }
-  yaml_parser_delete(&p);
+  int ok = cf_opts_yaml_check(text, strlen(text), "fuzz") == CF_OK;
+  cf_err_clear();
   return ok;
-#else
-  (void)text;
-  return 1;
-#endif
 }
 
 /* YAML text into a fresh database; 0 on success. */

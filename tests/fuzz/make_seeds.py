@@ -266,7 +266,7 @@ def h5ad_frames(r, legacy=False):
 def h5ad_seeds():
     # X (3 x 4): [[1 0 2 0] [0 0 0 3] [4 5 0 0]]
     for kind in ("csr", "csc", "dense", "legacy"):
-        r = Recipe("h5ad", latest=kind == "csc")
+        r = Recipe("h5ad")
         r.str_attr("/", "encoding-type", "anndata").str_attr("/", "encoding-version", "0.1.0")
         if kind == "dense":
             r.dataset("X", T_F64, [3, 4], [1, 0, 2, 0, 0, 0, 0, 3, 4, 5, 0, 0])
@@ -314,7 +314,7 @@ def ckpt_seeds():
     w = [i / 7 for i in range(12)]
     b = [1, -2, 3.5, 0, 1e-3]
     for version in (2, 1):
-        r = Recipe("ckpt", latest=version == 2)
+        r = Recipe("ckpt")
         a = T_VSTR_ASCII  # what cf_ckpt_write stores
         r.attr("/", "format", T_FSTR, ["calmflow-ckpt"], dims=[], width=16)
         r.attr("/", "format_version", T_I64, [version], dims=[])
