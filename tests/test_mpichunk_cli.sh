@@ -5,7 +5,8 @@
 # (ring attention) and ZeRO-1 (parameter all-gathers) — the loss of every step and the final
 # parameters and moments; sampling at dp2, tp2, pp2 and cp2 (coordinator messages, KV
 # all-gathers, pipeline sends) and the CFM baseline (sample gather, OT batch all-gather); and
-# calmflow eval (the point sets' row gathers, the Frechet and Sinkhorn all-reduces).
+# calmflow eval (the point sets' row gathers, the Frechet and Sinkhorn all-reduces); `calmflow
+# data -data_h5ad` (gene statistics, kept cells, PCA) and training with text prompts.
 set -u
 CF=${CF_BINARY:?set by ctest}
 T=$(mktemp -d)
@@ -67,6 +68,21 @@ twice cfm-train train -model cfm -train_steps 3 -train_batch 64 -net_hidden 16 -
 "$CF" data -data_name moons -data_n 500 -data_out "$T/d.h5" >/dev/null
 twice eval eval -eval_a "$T/s-dp2.1.h5" -eval_b "$T/d.h5" -eval_out "$T/e.{}.json" &&
   cmp -s "$T/e.1.json" "$T/e.2.json" && echo "ok   eval: metrics.json identical" || bad "eval differs"
+
+# single-cell data: the gene statistics' reduce and broadcasts, the kept-cell all-gather and
+# the PCA's Gram panel all-gathers; then prompt training on it (the token broadcasts)
+SRC=${CF_SOURCE_DIR:?set by ctest}
+twice h5ad data -data_h5ad "$SRC/tests/data/h5ad/scprep_60x200.h5ad" -data_min_genes 20 \
+  -data_hvg 50 -data_pca 6 -data_obs condition,hours -data_out "$T/h.{}.h5" &&
+  same_h5 "$T/h.1.h5" "$T/h.2.h5" x pca obs && echo "ok   data -data_h5ad: /x, /pca, /obs bit-identical" ||
+  bad "data -data_h5ad differs"
+twice prompt train -train_steps 2 -train_batch 16 -net_hidden 16 -train_quiet 1 \
+  -flow_time_points 4 -flow_trajectories 2 -data_train "$T/h.1.h5" -data_dim 6 \
+  -data_prompt "a cell at {hours} hours, {condition}" \
+  -tok_encoder "$SRC/tests/data/bpe/encoder.json" -tok_vocab "$SRC/tests/data/bpe/vocab.bpe" \
+  -run_dir "$T/p.{}" &&
+  same_h5 "$T/p.1/ckpt/step-0000002.h5" "$T/p.2/ckpt/step-0000002.h5" params adam_m adam_v &&
+  echo "ok   prompt training: final state bit-identical" || bad "prompt training differs"
 
 if [ $fails -ne 0 ]; then echo "test_mpichunk_cli: $fails failures"; exit 1; fi
 echo "test_mpichunk_cli: ok"

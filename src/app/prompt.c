@@ -12,6 +12,7 @@
 #include "calmflow/conds.h"
 #include "calmflow/h5io.h"
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
 
 #define CF_PROMPT_MAX 4096 /* bytes of one rendered prompt, NUL included */
 
@@ -178,8 +179,9 @@ static cf_status tokenize(MPI_Comm comm, const struct cf_opts *o, const char *wh
       st = cf_alloc((void **)&t->ids, (size_t)(head[3] ? head[3] : 1) * sizeof(int32_t), "ids");
   }
   st = cf_agree(comm, st);
-  if (st == CF_OK) CF_MPI(MPI_Bcast(t->off, (int)(n + 1), MPI_INT64_T, 0, comm));
-  if (st == CF_OK && head[3] > 0) CF_MPI(MPI_Bcast(t->ids, (int)head[3], MPI_INT32_T, 0, comm));
+  if (st == CF_OK) CF_MPI(cf_mpi_bcast(t->off, (size_t)(n + 1), MPI_INT64_T, 0, comm));
+  if (st == CF_OK && head[3] > 0)
+    CF_MPI(cf_mpi_bcast(t->ids, (size_t)head[3], MPI_INT32_T, 0, comm));
   if (st != CF_OK) toks_release(t);
   return st;
 }

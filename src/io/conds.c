@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
 #include "io/h5util.h"
 
 /* ---- packed string lists: one cf_alloc block, the pointers followed by the bytes ---- */
@@ -266,11 +267,7 @@ cf_status cf_obs_column_read(MPI_Comm comm, const char *path, const char *name, 
     if (cb) memcpy(buf + vb, cbytes, cb);
   }
   CF_TRY(cf_agree(comm, st));
-  for (size_t at = 0; at < nb;) { /* MPI counts are int */
-    int part = nb - at > (1u << 30) ? 1 << 30 : (int)(nb - at);
-    CF_MPI(MPI_Bcast(buf + at, part, MPI_CHAR, 0, comm));
-    at += (size_t)part;
-  }
+  CF_MPI(cf_mpi_bcast(buf, nb, MPI_CHAR, 0, comm));
   if (rank != 0) {
     c->n = head[0];
     c->ncat = head[1];

@@ -13,6 +13,7 @@
 
 #include "calmflow/h5io.h"
 #include "calmflow/mem.h"
+#include "calmflow/mpichunk.h"
 #include "io/h5util.h"
 
 /* ---- the transform (steps 1 and 3 share it) ---- */
@@ -171,10 +172,10 @@ static cf_status reduce_and_choose(MPI_Comm comm, int rank, const struct cf_scpr
   CF_MPI(MPI_Type_contiguous(2, MPI_DOUBLE, &pair));
   CF_MPI(MPI_Type_commit(&pair));
   CF_MPI(MPI_Op_create(dd_reduce, 1, &op));
-  int e1 = MPI_Reduce(rank == 0 ? MPI_IN_PLACE : c->count, c->count, (int)nv, MPI_INT64_T, MPI_SUM,
-                      0, comm);
-  int e2 =
-      MPI_Reduce(rank == 0 ? MPI_IN_PLACE : c->sums, c->sums, (int)(2 * nv), pair, op, 0, comm);
+  int e1 = cf_mpi_reduce(rank == 0 ? MPI_IN_PLACE : c->count, c->count, (size_t)nv, MPI_INT64_T,
+                         MPI_SUM, 0, comm);
+  int e2 = cf_mpi_reduce(rank == 0 ? MPI_IN_PLACE : c->sums, c->sums, (size_t)(2 * nv), pair, op, 0,
+                         comm);
   MPI_Op_free(&op);
   MPI_Type_free(&pair);
   CF_MPI(e1);
@@ -193,29 +194,30 @@ static cf_status reduce_and_choose(MPI_Comm comm, int rank, const struct cf_scpr
     if (st == CF_OK) st = cf_alloc((void **)&p->gene_var, k1 * sizeof(double), "gene variances");
   }
   CF_TRY(cf_agree(comm, st));
-  CF_MPI(MPI_Bcast(p->genes, (int)p->n_genes, MPI_INT64_T, 0, comm));
-  CF_MPI(MPI_Bcast(p->gene_mean, (int)p->n_genes, MPI_DOUBLE, 0, comm));
-  CF_MPI(MPI_Bcast(p->gene_var, (int)p->n_genes, MPI_DOUBLE, 0, comm));
+  CF_MPI(cf_mpi_bcast(p->genes, (size_t)p->n_genes, MPI_INT64_T, 0, comm));
+  CF_MPI(cf_mpi_bcast(p->gene_mean, (size_t)p->n_genes, MPI_DOUBLE, 0, comm));
+  CF_MPI(cf_mpi_bcast(p->gene_var, (size_t)p->n_genes, MPI_DOUBLE, 0, comm));
   CF_MPI(MPI_Bcast(&p->hvg_min_var, 1, MPI_DOUBLE, 0, comm));
   return CF_OK;
 }
 
 /* The kept-cell flags of every rank to every rank, and the counts derived from them. */
 static cf_status share_cells(struct cf_h5ad *a, struct cf_scprep *p, const uint8_t *keep_local) {
-  int *counts = NULL, *displs = NULL;
-  cf_status st = cf_alloc((void **)&counts, (size_t)a->size * sizeof(int), "row counts");
-  if (st == CF_OK) st = cf_alloc((void **)&displs, (size_t)a->size * sizeof(int), "row offsets");
+  int64_t *counts = NULL, *displs = NULL;
+  cf_status st = cf_alloc((void **)&counts, (size_t)a->size * sizeof(int64_t), "row counts");
+  if (st == CF_OK)
+    st = cf_alloc((void **)&displs, (size_t)a->size * sizeof(int64_t), "row offsets");
   if (st == CF_OK) st = cf_alloc((void **)&p->keep, (size_t)(p->n_obs + 1), "kept cells");
   st = cf_agree(a->comm, st);
   if (st == CF_OK) {
     for (int r = 0; r < a->size; r++) {
       int64_t lo, hi;
       cf_io_row_range(p->n_obs, r, a->size, &lo, &hi);
-      counts[r] = (int)(hi - lo);
-      displs[r] = (int)lo;
+      counts[r] = hi - lo;
+      displs[r] = lo;
     }
-    int e = MPI_Allgatherv(keep_local, (int)(p->hi - p->lo), MPI_UINT8_T, p->keep, counts, displs,
-                           MPI_UINT8_T, a->comm);
+    int e = cf_mpi_allgatherv(keep_local, (size_t)(p->hi - p->lo), p->keep, counts, displs,
+                              MPI_UINT8_T, a->comm);
     if (e != 0) st = cf_mpi_fail(e, __FILE__, __LINE__, "MPI_Allgatherv(keep)");
   }
   cf_free((void **)&counts);

@@ -82,10 +82,10 @@ static cf_status assemble_cov(MPI_Comm comm, const struct cf_sl_grid *g, const d
 
 /* Collective. G = Xc Xc^T / (n - 1) (n, n), lower triangle, into A; xc (nl, d) row-major is
  * this rank's centred rows, global rows off..off+nl; offs (R + 1) the row offsets of all
- * ranks. rows: nb d doubles; panel: n nb doubles; cnt, dsp: R ints. */
+ * ranks. rows: nb d doubles; panel: n nb doubles; cnt, dsp: R int64s. */
 static cf_status assemble_gram(MPI_Comm comm, const struct cf_sl_grid *g, const double *xc,
                                int64_t nl, int64_t off, int64_t d, const int64_t *offs, int R,
-                               int rank, double *rows, int *cnt, int *dsp, double *panel,
+                               int rank, double *rows, int64_t *cnt, int64_t *dsp, double *panel,
                                double *A) {
   const int64_t n = g->n, nb = g->nb;
   for (int64_t bj = 0; bj * nb < n; bj++) {
@@ -93,11 +93,11 @@ static cf_status assemble_gram(MPI_Comm comm, const struct cf_sl_grid *g, const 
     /* The centred rows of cells c0..c0+w, (w, d), on every rank. */
     for (int r = 0; r < R; r++) {
       int64_t lo = max64(offs[r], c0), hi = min64(offs[r + 1], c0 + w);
-      cnt[r] = hi > lo ? (int)((hi - lo) * d) : 0;
-      dsp[r] = hi > lo ? (int)((lo - c0) * d) : 0;
+      cnt[r] = hi > lo ? (hi - lo) * d : 0;
+      dsp[r] = hi > lo ? (lo - c0) * d : 0;
     }
     const double *send = cnt[rank] > 0 ? xc + (max64(off, c0) - off) * d : rows;
-    CF_MPI(MPI_Allgatherv(send, cnt[rank], MPI_DOUBLE, rows, cnt, dsp, MPI_DOUBLE, comm));
+    CF_MPI(cf_mpi_allgatherv(send, (size_t)cnt[rank], rows, cnt, dsp, MPI_DOUBLE, comm));
     /* Panel rows of this rank's cells at or below c0: Xc_loc[i0:] rows . gathered rows. */
     memset(panel, 0, (size_t)(m * w) * sizeof(double));
     int64_t i0 = max64(0, c0 - off), mi = nl - i0;
@@ -185,7 +185,7 @@ static void project(const double *xc, int64_t nl, int64_t d, const double *V, in
 /* The distributed stage's buffers. */
 struct pca_work {
   double *A, *Z, *ev, *panel, *rows, *U;
-  int *cnt;
+  int64_t *cnt;
 };
 
 static void work_free(struct pca_work *w) {
@@ -218,7 +218,7 @@ static cf_status fit_grid(MPI_Comm comm, const struct cf_sl_grid *g, int gram, c
   if (st == CF_OK) st = cf_alloc((void **)&wk.panel, (size_t)(N * w) * sizeof(double), "pca panel");
   if (st == CF_OK && gram)
     st = cf_alloc((void **)&wk.rows, (size_t)(w * d) * sizeof(double), "pca gathered rows");
-  if (st == CF_OK) st = cf_alloc((void **)&wk.cnt, (size_t)(2 * R) * sizeof(int), "pca counts");
+  if (st == CF_OK) st = cf_alloc((void **)&wk.cnt, (size_t)(2 * R) * sizeof(int64_t), "pca counts");
   if (st == CF_OK) st = cf_alloc((void **)&wk.U, (size_t)(N * k) * sizeof(double), "pca vectors");
   st = cf_metrics_agree(comm, st, "pca");
   if (st == CF_OK) {
@@ -238,7 +238,7 @@ static cf_status fit_grid(MPI_Comm comm, const struct cf_sl_grid *g, int gram, c
     /* Decreasing variances, clamped at 0, rank 0's values everywhere. */
     for (int64_t t = 0; t < k; t++)
       pca->variance[t] = wk.ev[m - 1 - t] > 0 ? wk.ev[m - 1 - t] : 0.0;
-    int e = MPI_Bcast(pca->variance, (int)k, MPI_DOUBLE, 0, comm);
+    int e = cf_mpi_bcast(pca->variance, (size_t)k, MPI_DOUBLE, 0, comm);
     if (e != MPI_SUCCESS) st = cf_mpi_fail(e, __FILE__, __LINE__, "MPI_Bcast");
   }
   if (st == CF_OK && !gram) {
