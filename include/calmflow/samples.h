@@ -129,6 +129,11 @@ cf_status cf_samples_append(struct cf_samples *s, int64_t count, const float *x,
  * complete, or finished before: CF_OK. */
 cf_status cf_samples_finish(struct cf_samples *s);
 
+/* Local. 1 when `path` is a calmflow samples file that is not complete (a sampling run that
+ * failed or was killed, also one whose writer still holds it), with its counts; 0 for any
+ * other file, also one that does not open or is not HDF5 (its reader reports that). */
+int cf_samples_unfinished(const char *path, int64_t *n_done, int64_t *n_total);
+
 /* Local. Close without completing (error paths): the file is closed cleanly (in the live form),
  * keeps its n_done, and can be resumed. Harmless on a closed or zero-initialised s, and after
  * finish. Records no error of its own over one already recorded. */

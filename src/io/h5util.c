@@ -100,26 +100,27 @@ hid_t cf_io_fapl(MPI_Comm comm) {
   return fapl;
 }
 
-/* The superblock version of an HDF5 file (the byte after the signature, which sits at byte 0,
- * 512, 1024, 2048, ...), or -1 when no signature is found in the first 64 KiB. */
-static int superblock_version(const char *path) {
+void cf_io_superblock(const char *path, int *version, int *flags) {
   static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-  FILE *f = fopen(path, "rb");
-  if (f == NULL) return -1;
-  int version = -1;
-  for (long off = 0; off <= 65536 && version < 0; off = off == 0 ? 512 : 2 * off) {
-    unsigned char b[9];
-    if (fseek(f, off, SEEK_SET) != 0 || fread(b, 1, sizeof b, f) != sizeof b) break;
-    if (memcmp(b, sig, sizeof sig) == 0) version = b[8];
+  *version = *flags = -1;
+  int fd = open(path, O_RDONLY);
+  if (fd < 0) return;
+  for (off_t off = 0; off <= 65536; off = off == 0 ? 512 : 2 * off) {
+    unsigned char b[12];
+    if (pread(fd, b, sizeof b, off) != (ssize_t)sizeof b) break;
+    if (memcmp(b, sig, sizeof sig) != 0) continue;
+    *version = b[8];
+    if (b[8] >= 2) *flags = b[11];
+    break;
   }
-  fclose(f);
-  return version;
+  close(fd);
 }
 
 /* The error for a file HDF5 would not open under the 1.8 format bounds: a clear word when it is
  * in a newer format (superblock version 3: libver "v110" or "latest", or a SWMR writer). */
 static cf_status open_error(const char *path, const char *why) {
-  int v = superblock_version(path);
+  int v, flags;
+  cf_io_superblock(path, &v, &flags);
   if (v >= 3)
     return cf_err(CF_ECORRUPT,
                   "cannot read '%s': it is in a newer HDF5 file format (superblock version %d: "

@@ -19,6 +19,10 @@
 void cf_io_h5_quiet(void);
 /* Local. The innermost description on the HDF5 error stack, into buf; returns buf. */
 const char *cf_io_h5_reason(char *buf, size_t cap);
+/* Local. The superblock version of HDF5 file `path` (the byte after the signature, found at
+ * byte 0, 512, 1024, ... up to 64 KiB) and, for versions 2 and 3, its file consistency flags
+ * (HDF5 file format specification); both -1 when no signature is found. */
+void cf_io_superblock(const char *path, int *version, int *flags);
 
 /* Collective on comm. Rank 0 checks that `path` is an existing, readable regular HDF5 file
  * ("cannot open 'f': no such file", "'f' is not an HDF5 file"); agreed. */

@@ -112,22 +112,6 @@ static void unlock_file(int *fd) {
   *fd = -1;
 }
 
-/* The superblock's version (byte 8) and, for versions 2 and 3, its file consistency flags
- * (byte 11; HDF5 file format specification), when the file starts with a superblock; else
- * both -1. */
-static void superblock_info(const char *path, int *version, int *flags) {
-  static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-  unsigned char b[12];
-  *version = *flags = -1;
-  int fd = open(path, O_RDONLY);
-  if (fd < 0) return;
-  ssize_t got = pread(fd, b, sizeof b, 0);
-  close(fd);
-  if (got != (ssize_t)sizeof b || memcmp(b, sig, 8) != 0) return;
-  *version = b[8];
-  if (b[8] >= 2) *flags = b[11];
-}
-
 /* ---- HDF5 pieces ---- */
 
 /* The two physical forms of a samples file: LIVE while it is written (HDF5 1.10 format, which
@@ -637,11 +621,43 @@ static cf_status committed_open(struct committed *c, const struct cf_samples *s,
   return CF_OK;
 }
 
+/* Local. Integer attribute `name` of the root group of fid into *v; 0 if it cannot. */
+static int attr_i64(hid_t fid, const char *name, int64_t *v) {
+  if (H5Aexists(fid, name) <= 0) return 0;
+  hid_t a = H5Aopen(fid, name, H5P_DEFAULT);
+  int ok = a >= 0 && H5Aread(a, H5T_NATIVE_INT64, v) >= 0;
+  if (a >= 0) H5Aclose(a);
+  return ok;
+}
+
+int cf_samples_unfinished(const char *path, int64_t *n_done, int64_t *n_total) {
+  struct stat sb;
+  *n_done = *n_total = 0;
+  if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return 0;
+  H5E_auto2_t fn = NULL;
+  void *data = NULL;
+  H5Eget_auto2(H5E_DEFAULT, &fn, &data);
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  /* a killed writer's file opens in SWMR read mode only; HDF5's own locks are not ours */
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  if (fapl >= 0) H5Pset_file_locking(fapl, 0, 1);
+  hid_t fid = H5Fopen(path, H5F_ACC_RDONLY | H5F_ACC_SWMR_READ, fapl >= 0 ? fapl : H5P_DEFAULT);
+  if (fid < 0) fid = H5Fopen(path, H5F_ACC_RDONLY, fapl >= 0 ? fapl : H5P_DEFAULT);
+  int64_t c = 1;
+  int unfinished = fid >= 0 && H5Aexists(fid, "format") > 0 && attr_i64(fid, "complete", &c) &&
+                   c == 0 && attr_i64(fid, "n_done", n_done) && attr_i64(fid, "n_total", n_total);
+  if (fid >= 0) H5Fclose(fid);
+  if (fapl >= 0) H5Pclose(fapl);
+  H5Eclear2(H5E_DEFAULT);
+  H5Eset_auto2(H5E_DEFAULT, fn, data);
+  return unfinished;
+}
+
 /* Resume with the file locked (LOCK_EX): check it, then publish its committed part, in the
  * live form to go on appending, or in the final form if it is complete (and not already). */
 static cf_status resume_locked(struct cf_samples *s, const struct cf_samples_spec *spec) {
   int version, flags;
-  superblock_info(s->path, &version, &flags);
+  cf_io_superblock(s->path, &version, &flags);
   s->was_open = flags > 0 && (flags & (SB_WRITE_ACCESS | SB_SWMR_WRITE_ACCESS)) != 0;
   struct committed c;
   cf_status st = committed_open(&c, s, spec);
