@@ -87,9 +87,16 @@ double cf_clip_grad(float *g, size_t n, double maxnorm);
 /* Local. The scaling step of cf_clip_grad for a norm computed elsewhere (model parallel: the
  * norm of the whole model's gradient). */
 void cf_clip_apply(float *g, size_t n, double norm, double maxnorm);
+/* Local. The factor cf_clip_apply multiplies the gradient by: 1 when norm <= maxnorm or
+ * maxnorm <= 0. */
+float cf_clip_scale(double norm, double maxnorm);
 /* Local. One AdamW / Adam-L2 update of p (n) with gradient g at learning rate lr. */
 void cf_optim_step(struct cf_optim *o, const struct cf_train_cfg *c, float *p, const float *g,
                    double lr);
+/* Local. cf_optim_step with the gradient g * gscale (gscale = cf_clip_scale: clipping fused
+ * into the update, one pass over memory less; bit-identical to clipping first). */
+void cf_optim_step_scaled(struct cf_optim *o, const struct cf_train_cfg *c, float *p,
+                          const float *g, double lr, float gscale);
 
 /* Local. Parse -train_optimizer / -train_decay words. */
 cf_status cf_optimizer_parse(const char *s, enum cf_optimizer *o);

@@ -366,8 +366,8 @@ cf_status cf_train_loop(const struct cf_grid *g, const struct cf_train_cfg *tc,
       cf_watchdog_leave();
       CF_MPI(e_norm);
       gnorm = sqrt(sq);
-      cf_clip_apply(L->grads, L->n_params, gnorm, tc->clip);
-      cf_optim_step(&opt, tc, L->params + z.lo, L->grads + z.lo, lr);
+      cf_optim_step_scaled(&opt, tc, L->params + z.lo, L->grads + z.lo, lr,
+                           cf_clip_scale(gnorm, tc->clip)); /* clipping fused */
       if (tc->zero)
         CF_MPI(cf_mpi_allgatherv(MPI_IN_PLACE, (size_t)(z.hi - z.lo), L->params, z.counts, z.displs,
                                  MPI_FLOAT, L->grad_comm));
