@@ -553,7 +553,7 @@ static void test_block(void) {
   c.a.u1 = cf_test_floats(nh);
   c.a.qkv = cf_test_floats(3 * nh), c.a.probs = cf_test_floats((size_t)(c.B * heads * c.T * c.T)),
   c.a.ao = cf_test_floats(nh);
-  c.a.xh2 = cf_test_floats(nh), c.a.rs2 = cf_test_floats((size_t)R), c.a.u2 = cf_test_floats(nh);
+  c.a.u2 = cf_test_floats(nh);
   c.a.f = cf_test_floats((size_t)(R * ffn)), c.a.g = cf_test_floats((size_t)(R * ffn));
   c.a.cdf = cf_test_floats((size_t)(R * ffn));
   c.x = cf_test_floats(nh), c.xn = cf_test_floats(nh), c.w = cf_test_floats(nh);
@@ -576,7 +576,7 @@ static void test_block(void) {
   for (int i = 0; i < 12; i++)
     free(*t[i].w), free(*t[i].g);
   free(c.a.x), free(c.a.xh1), free(c.a.rs1), free(c.a.u1), free(c.a.qkv), free(c.a.probs);
-  free(c.a.ao), free(c.a.xh2), free(c.a.rs2), free(c.a.u2), free(c.a.f), free(c.a.g);
+  free(c.a.ao), free(c.a.u2), free(c.a.f), free(c.a.g);
   free(c.a.cdf);
   free(c.x), free(c.xn), free(c.w), free(gx), free(ws.gt), free(ws.gao), free(ws.gqkv);
   free(ws.gf), free(ws.gs), free(cs), free(sn);

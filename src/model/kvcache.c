@@ -341,14 +341,9 @@ static void attend(const struct cf_kv_impl *kv, const float *q, int64_t ldq, con
     int64_t j0 = local_count(kv, cf_attn_first(len + t, kv->win)),
             nv = local_count(kv, len + t + 1);
     float mx = -INFINITY;
-    double s = 0;
     for (int64_t j = j0; j < nv; j++)
       mx = r[j] > mx ? r[j] : mx;
-    for (int64_t j = j0; j < nv; j++) {
-      float e = expf(r[j] - mx);
-      r[j] = e;
-      s += e;
-    }
+    double s = cf_exp_sum(r + j0, nv - j0, mx); /* softmax's exp and summation order */
     for (int64_t j = 0; j < j0; j++)
       r[j] = 0.0f;
     for (int64_t j = nv; j < lc; j++)
@@ -455,7 +450,7 @@ static cf_status run_layers(const struct cf_model *m, struct cf_kv_impl *kv, int
       }
     }
     if (split_cp) CF_TRY(cp_merge(kv, M));
-    cf_layernorm_fwd(x, M, H, p->ln2.w, p->ln2.b, kv->xh, kv->rs, kv->u);
+    cf_layernorm_affine(kv->xh, M, H, p->ln2.w, p->ln2.b, kv->u); /* ln2 normalizes x too */
     cf_linear_rows(kv->u, M, p->fc1.w, p->fc1.b, kv->ffn, H, 0, kv->f);
     cf_gelu_fwd(kv->f, kv->f, NULL, (size_t)(M * kv->ffn));
     if (kv->n_tp == 1) {

@@ -47,13 +47,21 @@ void cf_linear_bwd(const float *x, const float *dy, int64_t M, const float *W, i
  * (xhat may alias x); y = xhat*g + b when g != NULL, else y = xhat (y may be NULL). */
 void cf_layernorm_fwd(const float *x, int64_t M, int64_t n, const float *g, const float *b,
                       float *xhat, float *rstd, float *y);
+/* y (M, n) = xhat * g + b: the affine part of cf_layernorm_fwd alone, from a kept xhat (the
+ * same bits as the y of cf_layernorm_fwd that made xhat). */
+void cf_layernorm_affine(const float *xhat, int64_t M, int64_t n, const float *g, const float *b,
+                         float *y);
+/* y (n) = a * b elementwise (y may alias a or b). */
+void cf_mul(const float *a, const float *b, float *y, size_t n);
 /* dx (M, n) = d LN / d x applied to dy (or += when accumulate; dx may alias dy when not
  * accumulating); gg, gb (n) += affine gradients when g != NULL. */
 void cf_layernorm_bwd(const float *dy, const float *xhat, const float *rstd, int64_t M, int64_t n,
                       const float *g, float *gg, float *gb, float *dx, int accumulate);
 
 /* Exact GELU y = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2)), over n values (y may alias x);
- * Phi is kept in cdf for backward unless cdf is NULL. */
+ * Phi is kept in cdf for backward unless cdf is NULL. Phi has an absolute error below 1e-7
+ * (vectorized erfc, layers.c); each element's bits depend only on its own x, not on n, its
+ * position or the copy the CPU runs (cf_vmath_path). */
 void cf_gelu_fwd(const float *x, float *y, float *cdf, size_t n);
 /* dx = dy * (Phi(x) + x phi(x)) (dx may alias dy); cdf from forward, or NULL to recompute. */
 void cf_gelu_bwd(const float *x, const float *cdf, const float *dy, float *dx, size_t n);
@@ -84,6 +92,18 @@ void cf_rotary_tables(float *cs, float *sn, int64_t npos, int64_t rot, double ba
  * position pos0 + t. */
 void cf_rotary_apply(float *qkv, int64_t n, int64_t ld, int64_t heads, int64_t dh, int64_t rot,
                      const float *cs, const float *sn, int64_t pos0, int inverse);
+
+/* Test hook: which copy of the vector math (GELU, softmax, cf_exp_sum, cf_vmath_map) runs:
+ * 0 portable, 1 AVX2, 2 AVX-512F/VL (x86-64; no FMA, so all give the same bits). force -1
+ * lets the CPU decide (the default), 0..2 forces that copy (or the best the CPU has below it),
+ * anything below -1 only asks. Returns the copy now in use. */
+int cf_vmath_path(int force);
+/* Test hook: y[i] = f(x[i]) for n values with the kernels' vector math: which 0 exp, 1 erf,
+ * 2 Phi (the normal CDF). */
+void cf_vmath_map(const float *x, float *y, size_t n, int which);
+/* r[j] = exp(r[j] - mx) for j < n (vectorized exp, a few float ulps); returns the sum of the
+ * new values in double, added in a fixed order that depends only on n. */
+double cf_exp_sum(float *r, int64_t n, float mx);
 
 /* Softmax of score row r over columns [0, last] in place (sum in double); columns
  * (last, ncol) are set to 0. */
@@ -133,14 +153,17 @@ struct cf_block_p {
 };
 /* Saved activations of one transformer block for R = B*T rows. */
 struct cf_block_a {
-  float *x;              /* (R, H) block input */
-  float *xh1, *rs1;      /* (R, H), (R) ln1 */
-  float *u1;             /* (R, H) ln1 output */
-  float *qkv;            /* (R, 3H) after rotary */
-  float *probs;          /* (B, heads, T, T) */
-  float *ao;             /* (R, H) attention output before the out projection */
-  float *xh2, *rs2, *u2; /* ln2 */
-  float *f, *g, *cdf;    /* (R, ffn) fc1 output, gelu(f), Phi(f) */
+  float *x;         /* (R, H) block input */
+  float *xh1, *rs1; /* (R, H), (R) the normalized block input and 1/std, shared by ln1
+                       and ln2 (both normalize x) */
+  float *u1;        /* (R, H) ln1 output */
+  float *qkv;       /* (R, 3H) after rotary */
+  float *probs;     /* (B, heads, T, T) */
+  float *ao;        /* (R, H) attention output before the out projection */
+  float *u2;        /* (R, H) ln2 output */
+  float *f, *cdf;   /* (R, ffn) fc1 output, Phi(f) (kept for backward) */
+  float *g;         /* (R, ffn) gelu(f): forward scratch shared by all layers (backward
+                       recomputes f * Phi(f) bit for bit) */
 };
 /* One LN+ReLU+dropout unit's saved state. */
 struct cf_unit_a {

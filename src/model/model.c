@@ -280,11 +280,8 @@ static void act_layout(struct cf_model_impl *im, const struct cf_model_cfg *c, i
     ba->qkv = seq_buf(&k, Tx * 3 * Hl);
     ba->probs = seq_buf(&k, (size_t)im->heads_l * Tx * Tt);
     ba->ao = seq_buf(&k, Tx * Hl);
-    ba->xh2 = seq_buf(&k, Tx * H);
-    ba->rs2 = seq_buf(&k, Tx);
     ba->u2 = seq_buf(&k, Tx * H);
     ba->f = seq_buf(&k, Tx * ffn);
-    ba->g = seq_buf(&k, Tx * ffn);
     ba->cdf = seq_buf(&k, Tx * ffn);
   }
   im->xL = seq_buf(&k, Tx * H);
@@ -347,6 +344,8 @@ static void act_layout(struct cf_model_impl *im, const struct cf_model_cfg *c, i
   im->gh = seq_buf(&k, Tl * H);
   im->gqkv = seq_buf(&k, Tx * 3 * Hl);
   im->gf = seq_buf(&k, Tx * ffn);
+  for (int64_t l = im->l0; l < im->l1; l++)
+    im->ba[l].g = im->gf; /* the GELU output is forward scratch (cf_block_a) */
   im->gs = cf_arena_floats(a, (size_t)CF_ATTN_CHUNK * Tt);
   if (im->first) im->genc = seq_buf(&k, Jl * SH);
 }
@@ -821,7 +820,7 @@ cf_status cf_block_fwd(const struct cf_block_p *p, const struct cf_block_a *a, i
     CF_TRY(cf_ring_attn_fwd(d->ring, B, a->qkv, a->probs, a->ao));
   else
     cf_attn_fwd(a->qkv, B, T, d->heads, d->dh, d->win, a->probs, a->ao);
-  cf_layernorm_fwd(a->x, R, H, p->ln2.w, p->ln2.b, a->xh2, a->rs2, a->u2);
+  cf_layernorm_affine(a->xh1, R, H, p->ln2.w, p->ln2.b, a->u2); /* ln2 normalizes x too */
   cf_linear_fwd(a->u2, R, p->fc1.w, p->fc1.b, d->ffn, H, 0, a->f);
   cf_gelu_fwd(a->f, a->g, a->cdf, (size_t)(R * d->ffn));
   if (d->tp == MPI_COMM_NULL) {
@@ -850,7 +849,11 @@ cf_status cf_block_bwd(const struct cf_block_p *p, const struct cf_block_a *a, i
   float *gt1 = w->gt, *gt2 = w->gt + R * H; /* d ln1 output, d ln2 output */
   /* both branches read d loss / d xn before their LayerNorm gradients are added to gx */
   cf_linear_bwd(a->ao, gx, R, p->out.w, H, Hl, p->out.gw, p->out.gb, w->gao, 0);
-  cf_linear_bwd(a->g, gx, R, p->fc2.w, H, ffn, p->fc2.gw, p->fc2.gb, w->gf, 0);
+  /* gelu(f) again (the forward's bits: f * Phi(f)) for fc2's weight gradient, then its
+   * input gradient over it */
+  cf_mul(a->f, a->cdf, w->gf, (size_t)(R * ffn));
+  cf_linear_bwd(w->gf, gx, R, p->fc2.w, H, ffn, p->fc2.gw, p->fc2.gb, NULL, 0);
+  cf_linear_bwd(NULL, gx, R, p->fc2.w, H, ffn, NULL, NULL, w->gf, 0);
   cf_gelu_bwd(a->f, a->cdf, w->gf, w->gf, (size_t)(R * ffn));
   cf_linear_bwd(a->u2, w->gf, R, p->fc1.w, ffn, H, p->fc1.gw, p->fc1.gb, gt2, 0);
   if (d->ring != NULL)
@@ -860,7 +863,7 @@ cf_status cf_block_bwd(const struct cf_block_p *p, const struct cf_block_a *a, i
   rotary_rows(w->gqkv, B, T, d, 1);
   cf_linear_bwd(a->u1, w->gqkv, R, p->qkv.w, H3, H, p->qkv.gw, p->qkv.gb, gt1, 0);
   if (d->tp != MPI_COMM_NULL) CF_TRY(tp_sum(d->tp, w->gt, 2 * R * H));
-  cf_layernorm_bwd(gt2, a->xh2, a->rs2, R, H, p->ln2.w, p->ln2.gw, p->ln2.gb, gx, 1);
+  cf_layernorm_bwd(gt2, a->xh1, a->rs1, R, H, p->ln2.w, p->ln2.gw, p->ln2.gb, gx, 1);
   cf_layernorm_bwd(gt1, a->xh1, a->rs1, R, H, p->ln1.w, p->ln1.gw, p->ln1.gb, gx, 1);
   return CF_OK;
 }

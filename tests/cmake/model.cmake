@@ -3,6 +3,7 @@
 set(CF_TEST_LIBS cf_model)
 cf_test(model_grad test_model_grad fast)
 cf_test(model_kvcache test_kvcache fast)
+cf_test(model_vmath test_vmath fast)
 cf_test(model_diag test_model_diag fast)
 unset(CF_TEST_LIBS)
 # the KV-cached forward on model parts (tensor, pipeline, context parallel) vs the whole model
