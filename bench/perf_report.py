@@ -272,12 +272,12 @@ def group(sym):
     s, d = sym["symbol"], sym["dso"]
     if "openblas" in d:
         return "OpenBLAS sgemm (kernels and packing)"
-    if "gelu" in s or "erff" in s:
-        return "exact GELU (cf_gelu_fwd / bwd, erff)"
+    if "gelu" in s or "erff" in s or s.startswith("cf_mul"):
+        return "exact GELU (gelu_* copies, cf_mul: the output again in backward; erff before)"
     if "expf" in s:
         return "expf (softmax, GELU derivative)"
-    if "softmax" in s:
-        return "softmax (cf_span_softmax_row)"
+    if "softmax" in s or "exp_sum" in s:
+        return "softmax (cf_span_softmax_row, softmax_* copies)"
     if "rd_linear" in s or "linear_rows" in s:
         return "row-deterministic linear (sampling)"
     if "layernorm" in s or "lnrelu" in s or s in ("row_dot", "row_sqdev"):
@@ -567,9 +567,12 @@ def cmd_report(a):
           "J(2SH + 1) (encoder) + L T (7H + 2ffn + heads T + 1) (per layer: normalized input "
           "and 1/std, ln1 and ln2 outputs, qkv, attention output, fc1 and GELU outputs, "
           "attention probabilities) + T(2H + 1) (final LN) + J(4I + 2 + Dout) (decoder) + T(H + "
-          "max(ffn, 3H)) + T^2 (the backward's working set)]. calmflow itself keeps 20H + "
-          "heads T + 2 floats per token and layer (model.c act_layout: both LayerNorms' "
-          "normalized inputs, the block input and the GELU derivative are stored as well).", ""]
+          "max(ffn, 3H)) + T^2 (the backward's working set)]. calmflow itself keeps 16H + "
+          "heads T + 1 floats per token and layer (model.c act_layout: the block input is "
+          "stored as well; ln1 and ln2 share the normalized input, and it keeps fc1's output and "
+          "Phi, the GELU output being recomputed in backward). Runs of an earlier binary kept "
+          "21H + heads T + 2 (both LayerNorms' normalized inputs, the GELU output and its "
+          "derivative).", ""]
     return write(a.md, L)
 
 
@@ -658,9 +661,9 @@ def targets(ids, rids, get, first, R):
         out.append(f"- memory within 1.2x of the analytic size (peak RSS less the baseline), "
                    f"one rank: {'met' if ok else 'NOT met'}; {min(mm)[0]:.2f}x ({min(mm)[1]}) "
                    f"to {max(mm)[0]:.2f}x ({max(mm)[1]}). The activations dominate these "
-                   "configurations, and calmflow keeps 20H + heads T + 2 floats per token and "
-                   "layer where the minimal set is 15H + heads T + 1 (Formulas): 1.15-1.32x "
-                   "at these sizes.")
+                   "configurations, and calmflow keeps 16H + heads T + 1 floats per token and "
+                   "layer where the minimal set is 15H + heads T + 1 (Formulas; binaries built "
+                   "before the GELU-output recomputation kept 21H + heads T + 2).")
     ms = next((r["memory_sh"] for r in R if r.get("memory_sh")), None)
     if ms:
         b = first["baseline"]["calmflow"]
