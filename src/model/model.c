@@ -725,15 +725,28 @@ int64_t cf_model_local_tokens(const struct cf_model *m) {
   return ((const struct cf_model_impl *)m->impl)->Tx;
 }
 
+/* Local. The sum of squares of g (n) in double, kept in 8 interleaved partial sums so that the
+ * loop vectorizes without reassociation (memory bound: the whole gradient is read once). */
+static double sqsum(const float *g, size_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; j++)
+      acc[j] += (double)g[i + j] * (double)g[i + j];
+  for (; i < n; i++)
+    s += (double)g[i] * (double)g[i];
+  for (int j = 0; j < 8; j++)
+    s += acc[j];
+  return s;
+}
+
 double cf_model_grad_sqnorm(const struct cf_model *m) {
   const struct cf_model_impl *im = m->impl;
   double s = 0;
   for (int t = 0; t < m->n_tensors; t++) {
     const struct cf_tensor_info *ti = &m->tensors[t];
     if (!ti->held || (ti->split == CF_SPLIT_NONE && im->tp_rank != 0)) continue;
-    const float *g = m->grads + ti->offset;
-    for (size_t i = 0; i < ti->numel; i++)
-      s += (double)g[i] * (double)g[i];
+    s += sqsum(m->grads + ti->offset, ti->numel);
   }
   return s;
 }
