@@ -79,4 +79,8 @@ cf_status cf_bpe_encode(struct cf_bpe *bpe, const char *text, size_t len, int32_
 cf_status cf_bpe_decode(const struct cf_bpe *bpe, const int32_t *ids, size_t n, char *text,
                         size_t cap, size_t *len);
 
+/* Local. The offset of the first invalid byte of s[0 .. n) as strict UTF-8 (no overlong forms,
+ * no surrogates, nothing past U+10FFFF, no cut sequence at the end), or n when all is valid. */
+size_t cf_utf8_check(const unsigned char *s, size_t n);
+
 #endif

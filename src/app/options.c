@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "app.h"
+#include "calmflow/bpe.h"
 #include "calmflow/cfpetsc.h"
 
 #define TR CMD_TRAIN
@@ -238,31 +239,6 @@ static int find(const char *name) {
   return -1;
 }
 
-/* The byte offset of the first invalid UTF-8 sequence in s, or -1 when s is valid UTF-8 (no
- * overlong forms, surrogates or code points above U+10FFFF). */
-static long utf8_bad(const char *s) {
-  const unsigned char *p = (const unsigned char *)s;
-  for (long i = 0; p[i];) {
-    unsigned c = p[i];
-    int k = c < 0x80             ? 0
-            : (c & 0xe0) == 0xc0 ? 1
-            : (c & 0xf0) == 0xe0 ? 2
-            : (c & 0xf8) == 0xf0 ? 3
-                                 : -1;
-    if (k < 0 || (k == 1 && c < 0xc2) || (k == 3 && c > 0xf4)) return i;
-    unsigned cp = k == 0 ? c : c & (0x3f >> k);
-    for (int j = 1; j <= k; j++) {
-      if ((p[i + j] & 0xc0) != 0x80) return i;
-      cp = cp << 6 | (p[i + j] & 0x3f);
-    }
-    if ((k == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (k == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-      return i;
-    i += k + 1;
-  }
-  return -1;
-}
-
 cf_status cf_opts_load(struct cf_opts *o, PetscOptions db, unsigned cmds) {
   memset(o, 0, sizeof *o);
   o->cmds = cmds;
@@ -277,9 +253,9 @@ cf_status cf_opts_load(struct cf_opts *o, PetscOptions db, unsigned cmds) {
       size_t len = strlen(v);
       CF_CHECK(len < CF_OPT_LEN, CF_EINVAL,
                "option %s: its value is %zu bytes, expected at most %d", key, len, CF_OPT_LEN - 1);
-      long bad = utf8_bad(v);
-      CF_CHECK(bad < 0, CF_EINVAL, "option %s: its value is not valid UTF-8 text (byte %ld)", key,
-               bad + 1);
+      size_t bad = cf_utf8_check((const unsigned char *)v, len);
+      CF_CHECK(bad == len, CF_EINVAL, "option %s: its value is not valid UTF-8 text (byte %zu)",
+               key, bad + 1);
     }
     CF_PETSC(PetscOptionsGetString(db, NULL, key, o->val[i], CF_OPT_LEN, &set));
     o->set[i] = set == PETSC_TRUE;

@@ -156,9 +156,7 @@ static size_t u8put(uint32_t c, char *o) {
   return 4;
 }
 
-/* Offset of the first invalid byte of s[0 .. n) (strict UTF-8: no overlong forms, no
- * surrogates, nothing past U+10FFFF), or n when all is valid. */
-static size_t u8check(const unsigned char *s, size_t n) {
+size_t cf_utf8_check(const unsigned char *s, size_t n) {
   size_t i = 0;
   while (i < n) {
     unsigned char c = s[i];
@@ -502,8 +500,8 @@ static cf_status finish(struct cf_bpe *b) {
     if (b->dlen[id] != UINT32_MAX) continue;
     const unsigned char *s = (const unsigned char *)b->pool + b->voff[e];
     size_t n = b->vlen[e], i = 0, o = used, adv;
-    CF_CHECK(u8check(s, n) == n, CF_ECORRUPT, "%s: vocabulary entry %d is not valid UTF-8", b->src,
-             id);
+    CF_CHECK(cf_utf8_check(s, n) == n, CF_ECORRUPT, "%s: vocabulary entry %d is not valid UTF-8",
+             b->src, id);
     while (i < n) {
       uint32_t c = u8get(s + i, &adv);
       int byte = symbol_byte(c);
@@ -1164,7 +1162,7 @@ cf_status cf_bpe_encode(struct cf_bpe *bpe, const char *text, size_t len, int32_
                         size_t *n) {
   *n = 0;
   const unsigned char *s = (const unsigned char *)text;
-  size_t bad = u8check(s, len);
+  size_t bad = cf_utf8_check(s, len);
   CF_CHECK(bad == len, CF_EINVAL,
            "bpe encode: the text is not valid UTF-8 (byte 0x%02x at offset %zu)", s[bad], bad);
   if (bpe->nfc) {
