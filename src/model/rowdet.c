@@ -15,12 +15,21 @@
  *
  * Speed: tiles of R rows x O outputs share each loaded vector (x loaded once per O outputs, W
  * once per R rows) and keep R*O accumulators in registers; outputs are taken in blocks whose
- * weights fit in L2. Remainder rows and outputs run the same tile code with R or O = 1, so
- * full tiles and remainders perform identical per-element operations; the final lane sums of
- * four outputs are done together by vector shuffles that add the same operands in the same
- * tree. The tile code is rowdet_tile.h, compiled here for 4-float vectors (the portable copy)
- * and, on x86-64, for 8-float vectors as an AVX2 and an AVX-512VL copy (32 vector registers,
- * larger tiles) chosen at run time; test_kvcache checks that all copies agree bit for bit. */
+ * weights fit in L2. Remainder rows run the same tile code with R = 2 or 1 (4, 2, 1 when R >
+ * 4), remainder outputs with O = 1, so full tiles and remainders perform identical per-element
+ * operations; the final lane sums of four outputs are done together by vector shuffles that
+ * add the same operands in the same tree, and their bias and store are 4-float vectors. In a
+ * rollout the weights come from L3 or memory at each call, so the first row tile over a block
+ * prefetches the weights of the tiles ahead of it; rows of x whose stride is a multiple of 4
+ * KiB (all in one L1 set) are copied with a padded stride (a 33 KiB stack buffer). Neither
+ * changes an operation. The tile code is rowdet_tile.h, compiled here for 4-float vectors (the
+ * portable copy) and, on x86-64, for 8-float vectors as an AVX2 and an AVX-512VL copy (32
+ * vector registers, larger tiles) chosen at run time; test_kvcache checks that all copies
+ * agree bit for bit. On Zen 4 the 4 x 4 tile of the AVX-512VL copy runs near the multiply +
+ * add throughput of the core with warm weights (bench/rowdet_rate.c: 85-95 GFLOP/s beside
+ * cblas_sgemm's 95-100 at 512 rows); 5 x 5, 6 x 4, 4 x 6, 8 x 3 and 3 x 8 tiles, 512-bit
+ * vectors holding two outputs' lanes, and chunks of in (accumulators saved between them)
+ * were slower. */
 #include <float.h>
 #include <string.h>
 
@@ -42,6 +51,19 @@
 /* Weights per output block: 128 KiB, so a block stays in L2 while every row tile of x passes
  * over it. */
 #define RD_WBLOCK_FLOATS (32 * 1024)
+/* x rows of in = a multiple of RD_PAD_EVERY floats, up to RD_PAD_MAX, are copied with RD_PAD
+ * floats of padding per row when x has at least RD_PAD_ROWS rows (rowdet_tile.h; on Zen 4,
+ * (256, 1024) weights: +10-15% at 16 and 64 rows, -3% at 8, slower at in 3072) */
+#define RD_PAD_EVERY 1024
+#define RD_PAD_MAX 2048
+#define RD_PAD 16
+#define RD_PAD_ROWS 16
+/* The first row tile over a block of weights prefetches the weights RD_PF_TILES tiles ahead
+ * into L2 (locality 2: prefetcht1; rowdet_tile.h). On Zen 4 with weights from memory: 1.3-2.5x
+ * at 8-16 rows, 1.1-1.3x at 64; into L1 (locality 3), 1, 3 or 4 tiles ahead, or prefetching
+ * in every row tile were no better. */
+#define RD_PF_TILES 2
+#define RD_PF_LOC 2
 #define RD_INLINE static inline __attribute__((always_inline))
 #define RD_UNROLL _Pragma("GCC unroll 8")
 #if defined(__clang__) || __GNUC__ >= 12
@@ -56,6 +78,8 @@
 #endif
 
 typedef float rd_vec4 __attribute__((vector_size(4 * sizeof(float))));
+/* the same, readable and writable at any float's address */
+typedef float rd_uvec4 __attribute__((vector_size(4 * sizeof(float)), aligned(4), may_alias));
 
 /* The fixed combination of the eight lanes of one accumulator. */
 RD_INLINE float rd_sum(const float l[RD_LANES]) {
