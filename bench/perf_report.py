@@ -551,6 +551,9 @@ def cmd_report(a):
     # ---- targets
     L += ["## Against the targets", ""]
     L += targets(ids, rids, get, first, R)
+    L += ["", "Beside this page: docs/bench/gemm-floor.md (the sgemm floor of a training step on "
+          "its exact shapes) and docs/bench/rowdet-rate.md (the sampling linear layer against "
+          "sgemm)."]
     L += [""] + coverage(R)
     L += ["", "## Formulas", "",
           "Per sequence, with J = N P points, T = J S tokens, SH = S H, I = max(SH, D), "
