@@ -99,7 +99,9 @@ static const struct optdef {
     {"flow_trajectories", "8", TR, "P, trajectories per sequence"},
     {"flow_kl_weight", "0.1", TR, "beta, KL weight of the vae and cvae heads"},
     {"flow_path", "bridge", TR, "conditional paths: straight (paper), bridge, noisy, ve"},
-    {"flow_sigma", "1", TR, "noise scale of bridge / noisy paths; sigma_max of ve paths"},
+    {"flow_sigma", "auto", TR,
+     "noise scale of bridge / noisy paths; sigma_max of ve paths; auto = min(1, 2 sqrt(2 / D)) "
+     "for bridge paths (1 up to D = 8, 0.28 at D = 100: docs/results.md), 1 for the others"},
     {"flow_sigma_min", "1e-4", TR, "noisy: noise at t = 1; ve: sigma_min"},
     {"flow_head", "gauss", TR,
      "output head: gauss (default), gmm (Gaussian mixture), fm (flow-matching velocity MLP), "
@@ -483,7 +485,10 @@ cf_status cf_app_model_cfg(const struct cf_opts *o, struct cf_model_cfg *mc,
   fc->P = mc->P;
   fc->S = mc->S;
   CF_TRY(cf_path_parse(cf_opt_str(o, "flow_path"), &fc->path));
-  CF_TRY(cf_opt_real(o, "flow_sigma", 0, 1e6, &fc->sigma));
+  if (strcmp(cf_opt_str(o, "flow_sigma"), "auto") == 0) /* bridge noise shrinks with D */
+    fc->sigma = fc->path == CF_PATH_BRIDGE ? fmin(1.0, 2.0 * sqrt(2.0 / (double)fc->D)) : 1.0;
+  else
+    CF_TRY(cf_opt_real(o, "flow_sigma", 0, 1e6, &fc->sigma));
   CF_TRY(cf_opt_real(o, "flow_sigma_min", 0, 1e6, &fc->sigma_min));
   const char *pred = cf_opt_str(o, "flow_predict");
   if (strcmp(pred, "auto") == 0)

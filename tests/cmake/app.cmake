@@ -46,3 +46,5 @@ set_tests_properties(app_run_overwrite PROPERTIES PROCESSORS 2)
 # the documented exit status, one line naming the file or option, the workspace unchanged
 cf_script_test(app_errors test_errors.sh "fast;mpi")
 set_tests_properties(app_errors PROPERTIES PROCESSORS 2)
+# -flow_sigma auto: the bridge noise scales with the dimension (tests/test_sigma_auto.sh)
+cf_script_test(app_sigma_auto test_sigma_auto.sh fast)
