@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """experiments.py: the comparison of calmflow 5 (docs/results.md), end to end.
 
-Usage: analysis/experiments.py [--size ci|small|full] [--groups toy2d,highdim,trajtok]
+Usage: analysis/experiments.py [--size ci|small|medium|full] [--groups toy2d,highdim,budget,budgethd,trajtok]
                                [--methods m1,m2] [--ranks R] [--merge DIR1,DIR2] [--binary build/calmflow] [--out DIR]
                                [--results docs/results.md] [--config configs/experiments.json]
 
@@ -100,7 +100,8 @@ def fmt(mean, std, digits=3):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="ci")
-    ap.add_argument("--groups", default="toy2d,highdim,trajtok")
+    ap.add_argument("--groups", default="",
+                    help="comma-separated (default: every group of the config)")
     ap.add_argument("--methods", default="", help="only these methods (comma-separated)")
     ap.add_argument("--ranks", type=int, default=1)
     ap.add_argument("--binary", default="build/calmflow")
@@ -135,7 +136,7 @@ def main():
               file=sys.stderr)
         return 1
     size = cfg["sizes"][a.size]
-    groups = [g for g in a.groups.split(",") if g]
+    groups = [g for g in a.groups.split(",") if g] or list(cfg["groups"])
     for g in groups:
         if g not in cfg["groups"]:
             print(f"experiments: error: --groups: unknown group '{g}'", file=sys.stderr)
