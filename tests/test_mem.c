@@ -26,6 +26,20 @@ int main(void) {
   EXPECT(cf_alloc(&q, 10, "q") == CF_OK && cf_alloc_bytes() == 10, "bytes");
   cf_free(&q);
   EXPECT(q == NULL && cf_alloc_bytes() == 0, "free");
+  /* the peak: the most held at once, not the sum and not the current */
+  size_t pk = cf_alloc_peak();
+  void *r = NULL;
+  EXPECT(cf_alloc(&q, 100000, "q") == CF_OK && cf_alloc(&r, 50000, "r") == CF_OK, "two blocks");
+  EXPECT(cf_alloc_peak() == (pk > 150000 ? pk : 150000), "peak %zu with 150000 held",
+         cf_alloc_peak());
+  cf_free(&q);
+  cf_free(&r);
+  EXPECT(cf_alloc(&q, 120000, "q") == CF_OK, "third block");
+  EXPECT(cf_alloc_peak() == (pk > 150000 ? pk : 150000),
+         "peak %zu after a free and a smaller "
+         "block (want 150000)",
+         cf_alloc_peak());
+  cf_free(&q);
   /* sizes near SIZE_MAX: no wrap-around to a small block, and arenas saturate */
   cf_err_clear();
   EXPECT(cf_alloc(&q, SIZE_MAX - 8, "huge") == CF_ENOMEM && q == NULL && cf_alloc_bytes() == 0,

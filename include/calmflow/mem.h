@@ -23,6 +23,8 @@ void cf_free(void **p);
 /* Local. Number of successful cf_alloc calls so far, and bytes currently held. */
 uint64_t cf_alloc_count(void);
 size_t cf_alloc_bytes(void);
+/* Local. The most bytes held at once so far (the heap calmflow itself asked for). */
+size_t cf_alloc_peak(void);
 
 /* Local. Multiply sizes with an overflow check; CF_EINVAL naming `what` on overflow. */
 cf_status cf_mul_size(size_t *out, size_t a, size_t b, const char *what);

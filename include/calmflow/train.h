@@ -144,6 +144,7 @@ struct cf_train_result {
   int64_t stopped_at;         /* CF_STOPPED: the step whose checkpoint was written */
   int stop_signal;            /* the signal that stopped it (SIGUSR1 or SIGTERM) */
   double peak_rss;            /* largest peak resident set over the ranks, bytes */
+  double heap_peak;           /* largest cf_alloc peak over the ranks (mem.h), bytes */
   double state_bytes;         /* this rank's parameters, gradients and AdamW moments, bytes */
   double grad_bytes_per_step; /* gradient bytes this rank all-reduced per step */
   double final_loss;          /* mean of the last min(50, steps) logged losses */

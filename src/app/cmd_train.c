@@ -661,10 +661,11 @@ cf_status cf_cmd_train(MPI_Comm comm) {
   CF_TRY(st_run);
   if (rank == 0 && !tc.quiet)
     printf("trained %lld steps in %.1f s (%.0f tokens/s), final loss %.5f, checkpoint %s\n"
-           "memory: peak RSS %.1f MiB on the largest rank; parameters + gradients + AdamW state "
-           "%.2f MiB per rank; gradient all-reduce %.2f MiB per step and rank\n",
+           "memory: peak RSS %.1f MiB on the largest rank (calmflow's own heap at most %.1f MiB); "
+           "parameters + gradients + AdamW state %.2f MiB per rank; gradient all-reduce %.2f MiB "
+           "per step and rank\n",
            (long long)tc.steps, res.seconds, res.tokens_per_s, res.final_loss, res.last_ckpt,
-           res.peak_rss / 1048576.0, res.state_bytes / 1048576.0,
+           res.peak_rss / 1048576.0, res.heap_peak / 1048576.0, res.state_bytes / 1048576.0,
            res.grad_bytes_per_step / 1048576.0);
   if (rank == 0) {
     /* machine-readable figures of the run, for benchmarks (bench/) */
@@ -677,14 +678,14 @@ cf_status cf_cmd_train(MPI_Comm comm) {
         "{\"ranks\": %d, \"dp\": %d, \"tp\": %d, \"pp\": %d, \"cp\": %d, "
         "\"steps\": %lld, \"seconds\": %.6g, \"tokens_per_s\": %.6g, "
         "\"steady_tokens_per_s\": %.6g, \"flops_per_step\": %.6g, \"peak_rss\": %.6g, "
-        "\"state_bytes_max\": %.6g, \"final_loss\": %.8g, \"ckpt_seconds\": %.6g, "
-        "\"ckpts\": %lld, "
+        "\"heap_peak\": %.6g, \"state_bytes_max\": %.6g, \"final_loss\": %.8g, "
+        "\"ckpt_seconds\": %.6g, \"ckpts\": %lld, "
         "\"comm_bytes_per_step\": {\"dp\": %.6g, \"tp\": %.6g, \"pp\": %.6g, "
         "\"cp\": %.6g}, \"comm_seconds_per_step\": {\"dp\": %.6g, \"tp\": %.6g, "
         "\"pp\": %.6g, \"cp\": %.6g}",
         world, world / (par[0] * par[1] * par[2]), par[0], par[1], par[2], (long long)tc.steps,
         res.seconds, res.tokens_per_s, res.steady_tokens_per_s, res.flops_per_step, res.peak_rss,
-        res.state_bytes_max, res.final_loss, res.ckpt_seconds, (long long)res.ckpts,
+        res.heap_peak, res.state_bytes_max, res.final_loss, res.ckpt_seconds, (long long)res.ckpts,
         res.comm_bytes[0], res.comm_bytes[1], res.comm_bytes[2], res.comm_bytes[3],
         res.comm_seconds[0], res.comm_seconds[1], res.comm_seconds[2], res.comm_seconds[3]);
     len += (int)append_nan(text + len, cap - (size_t)len, &res);

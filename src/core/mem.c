@@ -7,7 +7,7 @@
 #define CF_ALIGN 64
 
 static uint64_t g_count;
-static size_t g_bytes;
+static size_t g_bytes, g_peak;
 
 struct cf_block_head {
   size_t bytes;
@@ -28,6 +28,7 @@ cf_status cf_alloc(void **p, size_t bytes, const char *what) {
   h->bytes = bytes;
   g_count++;
   g_bytes += bytes;
+  if (g_bytes > g_peak) g_peak = g_bytes;
   *p = h + 1;
   return CF_OK;
 }
@@ -45,6 +46,9 @@ uint64_t cf_alloc_count(void) {
 }
 size_t cf_alloc_bytes(void) {
   return g_bytes;
+}
+size_t cf_alloc_peak(void) {
+  return g_peak;
 }
 
 cf_status cf_mul_size(size_t *out, size_t a, size_t b, const char *what) {

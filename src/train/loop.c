@@ -469,9 +469,13 @@ cf_status cf_train_loop(const struct cf_grid *g, const struct cf_train_cfg *tc,
   }
   {
     struct rusage ru;
-    double mine = getrusage(RUSAGE_SELF, &ru) == 0 ? (double)ru.ru_maxrss * 1024.0 : 0;
-    if (MPI_Allreduce(&mine, &res->peak_rss, 1, MPI_DOUBLE, MPI_MAX, comm) != MPI_SUCCESS)
-      res->peak_rss = mine;
+    double mine[2] = {getrusage(RUSAGE_SELF, &ru) == 0 ? (double)ru.ru_maxrss * 1024.0 : 0,
+                      (double)cf_alloc_peak()},
+           most[2];
+    if (MPI_Allreduce(mine, most, 2, MPI_DOUBLE, MPI_MAX, comm) != MPI_SUCCESS)
+      memcpy(most, mine, sizeof most); /* this rank's figures */
+    res->peak_rss = most[0];
+    res->heap_peak = most[1];
   }
   if (log) fclose(log);
   cf_ckpt_table_release(&ct);
