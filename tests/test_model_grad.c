@@ -964,9 +964,18 @@ static void test_model(enum cf_head head, int dropout, float lsmin, float lsmax,
            "vae loss fields %g %g %g %g", l.loss, l.nll, l.recon, l.kl);
   printf("  loss %.6f recon %.6f kl %.6f nll %.6f\n", l.loss, l.recon, l.kl, l.nll);
   head_formulas(&m, &c, &l, label);
-  /* Backward adds: a second backward doubles the gradients. */
+  /* A backward consumes its forward: a second one is refused. Backward adds: a second
+   * forward and backward doubles the gradients. */
   float *g1 = cf_test_floats(m.n_params);
   memcpy(g1, m.grads, m.n_params * sizeof(float));
+  EXPECT_FAIL(cf_model_backward(&m), "without a forward since its last backward",
+              "a second backward after one forward");
+  EXPECT(memcmp(g1, m.grads, m.n_params * sizeof(float)) == 0,
+         "%s: a refused backward changed the gradients", label);
+  struct cf_loss l2;
+  EXPECT_OK(cf_model_forward(&m, B, c.z, c.y, c.eps, c.dk, c.n_pts, c.beta, &l2), "second forward");
+  EXPECT(l2.loss == l.loss, "%s: the second forward's loss differs (%g, %g)", label, l2.loss,
+         l.loss);
   cf_model_backward(&m);
   double derr = 0, gmax = 0;
   for (size_t i = 0; i < m.n_params; i++) {

@@ -344,7 +344,9 @@ cf_status cf_model_forward(struct cf_model *m, int64_t B, const float *z, const 
                            const float *eps, const struct cf_dropkey *dk, double n_pts, float beta,
                            struct cf_loss *out);
 
-/* Local. Backward of the last cf_model_forward; adds into m->grads. */
+/* Local. Backward of the last cf_model_forward; adds into m->grads. It consumes what the
+ * forward left (its output gradient shares a scratch with the backward's): a second backward
+ * needs a second forward, else CF_EINVAL. */
 cf_status cf_model_backward(struct cf_model *m);
 
 /* ---- pipeline stages ----

@@ -245,9 +245,13 @@ struct cf_model_impl {
   float *gs;            /* (CF_ATTN_CHUNK, T) */
   float *gd1, *gd2;     /* (B*J, I) */
   float *genc;          /* (B*J, SH) */
-  float *gmu, *gv;      /* (R, H) */
-  int64_t last_B;       /* sequences in the last forward (0: none) */
-  int last_drop;        /* dropout masks valid for the last forward */
+  /* scratch sharing (act_layout says when each is live): gf, gqkv, gd1, dout (not fm), genc;
+   * gt, gd2 and the block inputs x_l after the stage's first (with xL); gao, gh. With one
+   * pipeline stage xL is gx. */
+  float *gmu, *gv;       /* (R, H) */
+  int64_t last_B;        /* sequences in the last forward (0: none) */
+  int last_drop;         /* dropout masks valid for the last forward */
+  unsigned char *fwd_ok; /* (max_batch) 1: the sequence's forward ran, its backward not yet */
 };
 
 /* Sizes and rotary tables a transformer block needs. */

@@ -273,7 +273,7 @@ static void act_layout(struct cf_model_impl *im, const struct cf_model_cfg *c, i
   }
   for (int64_t l = im->l0; l < im->l1; l++) {
     struct cf_block_a *ba = &im->ba[l];
-    ba->x = seq_buf(&k, Tx * H);
+    if (l == im->l0) ba->x = seq_buf(&k, Tx * H); /* the stage input; later ones: below */
     ba->xh1 = seq_buf(&k, Tx * H);
     ba->rs1 = seq_buf(&k, Tx);
     ba->u1 = seq_buf(&k, Tx * H);
@@ -284,7 +284,8 @@ static void act_layout(struct cf_model_impl *im, const struct cf_model_cfg *c, i
     ba->f = seq_buf(&k, Tx * ffn);
     ba->cdf = seq_buf(&k, Tx * ffn);
   }
-  im->xL = seq_buf(&k, Tx * H);
+  const int alone = im->first && im->last;  /* one stage: no activation or gradient is sent */
+  if (!alone) im->xL = seq_buf(&k, Tx * H); /* the stage output (sent on by all but the last) */
   if (im->last) {
     im->xhf = seq_buf(&k, Tl * H);
     im->rsf = seq_buf(&k, Tl);
@@ -333,21 +334,44 @@ static void act_layout(struct cf_model_impl *im, const struct cf_model_cfg *c, i
       unit_layout(&k, &im->ud1, Jl, Id, drop);
       unit_layout(&k, &im->ud2, Jl, Id, drop);
       im->out = seq_buf(&k, Jl * (size_t)im->Dout);
-      im->dout = seq_buf(&k, Jl * (size_t)im->Dout);
-      im->gd1 = seq_buf(&k, Jl * Id);
-      im->gd2 = seq_buf(&k, Jl * Id);
     }
   }
   im->gx = seq_buf(&k, Tx * H);
-  im->gt = seq_buf(&k, 2 * Tx * H);
-  im->gao = seq_buf(&k, Tx * Hl);
-  im->gh = seq_buf(&k, Tl * H);
-  im->gqkv = seq_buf(&k, Tx * 3 * Hl);
-  im->gf = seq_buf(&k, Tx * ffn);
+  if (alone) im->xL = im->gx; /* read by the final LayerNorm only, before gx is written */
+  /* Three scratches, each shared by buffers never live at once and each as large (per
+   * sequence) as its largest use:
+   *   s1: the blocks' GELU outputs (forward, each within its block); the loss's output
+   *       gradient dout, written in forward, read by the decoder's last layer, whose
+   *       first-layer gradient gd1 then overwrites it (so a backward consumes its forward:
+   *       cf_model_backward_at refuses a second one); in a block's backward fc1's input
+   *       gradient, after it qkv's; the encoder's gradient genc after the blocks
+   *   s2: in forward the residual stream between blocks (with xL, below); a block's
+   *       LayerNorm output gradients gt; the decoder's gd2
+   *   s3: a block's attention output gradient gao; gh, from the head to the final LayerNorm
+   *       (and the prompt's split after the blocks) */
+  const int dec = im->last && c->head != CF_HEAD_FM;
+  const size_t Do = (size_t)im->Dout, DI = Do > Id ? Do : Id;
+  size_t s1 = Tx * (ffn > 3 * Hl ? ffn : 3 * Hl), s2 = 2 * Tx * H, s3 = Tx * Hl;
+  if (dec && Jl * DI > s1) s1 = Jl * DI;
+  if (im->first && Jl * SH > s1) s1 = Jl * SH;
+  if (dec && Jl * Id > s2) s2 = Jl * Id;
+  if (Tl * H > s3) s3 = Tl * H;
+  im->gqkv = im->gf = seq_buf(&k, s1);
+  im->gt = seq_buf(&k, s2);
+  im->gao = im->gh = seq_buf(&k, s3);
+  if (dec) {
+    im->dout = im->gd1 = im->gf;
+    im->gd2 = im->gt;
+  }
+  if (im->first) im->genc = im->gf;
   for (int64_t l = im->l0; l < im->l1; l++)
     im->ba[l].g = im->gf; /* the GELU output is forward scratch (cf_block_a) */
+  /* Block l reads x_l and writes x_{l+1}; only the forward reads them (a block's backward
+   * works from xh1 and rs1). Counting back from xL, they alternate between gt and xL: xL is
+   * free again before each forward (its send is waited for), gt is backward-only. */
+  for (int64_t l = im->l1 - 1; l > im->l0; l--)
+    im->ba[l].x = (im->l1 - l) % 2 ? im->gt : im->xL;
   im->gs = cf_arena_floats(a, (size_t)CF_ATTN_CHUNK * Tt);
-  if (im->first) im->genc = seq_buf(&k, Jl * SH);
 }
 
 /* Point the activation views at sequences [b0, ...) of the storage. */
@@ -534,6 +558,8 @@ cf_status cf_model_init_part(struct cf_model *m, const struct cf_model_cfg *cfg,
   act_layout(im, c, max_batch, &im->arena, 0);
   st = cf_arena_commit(&im->arena, 0, "model activations");
   if (st != CF_OK) goto fail;
+  st = cf_alloc((void **)&im->fwd_ok, (size_t)max_batch, "model activations");
+  if (st != CF_OK) goto fail;
   act_layout(im, c, max_batch, &im->arena, 0);
   cf_rotary_tables(im->cs, im->sn, im->Tt, im->rot, c->rotary_base);
   return CF_OK;
@@ -549,7 +575,8 @@ void cf_model_release(struct cf_model *m) {
   if (im != NULL) {
     if (im->has_ring) cf_ring_release(&im->ring);
     cf_arena_release(&im->arena);
-    void *p;
+    void *p = im->fwd_ok;
+    cf_free(&p);
     p = im->names;
     cf_free(&p);
     p = im->init_kind;
@@ -1235,6 +1262,12 @@ cf_status cf_model_forward(struct cf_model *m, int64_t B, const float *z, const 
   return cf_model_forward_at(m, 0, B, z, y, eps, dk, n_pts, beta, out);
 }
 
+/* A successful forward of sequences [b0, b0 + B): they may now run their backward, once. */
+static void fwd_done(struct cf_model_impl *im, int64_t b0, int64_t B) {
+  im->last_B = B;
+  memset(im->fwd_ok + b0, 1, (size_t)B);
+}
+
 cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const float *z,
                               const float *y, const float *eps, const struct cf_dropkey *dk,
                               double n_pts, float beta, struct cf_loss *out) {
@@ -1295,7 +1328,7 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
     CF_TRY(cf_block_fwd(&im->blk[l], &im->ba[l], B, im->Tx, &bd, xn));
   }
   if (!im->last) {
-    im->last_B = B;
+    fwd_done(im, b0, B);
     return CF_OK;
   }
   if (im->Lp == 0)
@@ -1310,7 +1343,7 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
   if (c->head == CF_HEAD_FM) {
     memset(im->dout, 0, (size_t)(Rp * im->R * D) * sizeof(float));
     fm_forward(im, c, B, y, n_pts, out);
-    im->last_B = B;
+    fwd_done(im, b0, B);
     return CF_OK;
   }
   struct cf_unit_a u1 = unit_masked(&im->ud1, drop), u2 = unit_masked(&im->ud2, drop);
@@ -1411,7 +1444,7 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
     out->kl = kl / (n_pts * (double)S);
     out->loss = out->recon + (double)beta * out->kl;
   }
-  im->last_B = B;
+  fwd_done(im, b0, B);
   return CF_OK;
 }
 
@@ -1438,6 +1471,11 @@ cf_status cf_model_backward_at(struct cf_model *m, int64_t b0, int64_t B) {
   CF_CHECK(B >= 1 && b0 >= 0 && b0 + B <= m->max_batch, CF_EINVAL,
            "model: backward with %lld sequences at %lld, expected 1..%lld (max_batch) in all",
            (long long)B, (long long)b0, (long long)m->max_batch);
+  for (int64_t b = b0; b < b0 + B; b++) /* the forward's output gradient is consumed */
+    CF_CHECK(im->fwd_ok[b], CF_EINVAL,
+             "model: backward of sequence %lld without a forward since its last backward",
+             (long long)b);
+  memset(im->fwd_ok + b0, 0, (size_t)B);
   const struct cf_model_cfg *c = &m->cfg;
   const int64_t H = c->H, Tl = im->Tl, Id = im->Idec, SH = im->SH;
   const int64_t R = B * Tl, Rp = B * im->Jl;
