@@ -779,6 +779,68 @@ static void test_dist_errors(void) {
   EXPECT(d.dim == 50, "4blobs dim %lld", (long long)d.dim);
 }
 
+/* ---- 4b. context noise: noisy inputs at t >= 1, targets lead back to the clean path ---- */
+static void test_context_noise(void) {
+  const int64_t N = 5, P = 2, D = 2, J = N * P, B = 400;
+  const double s = 0.3;
+  struct cf_flow_cfg f = {.D = D,
+                          .N = N,
+                          .P = P,
+                          .S = 1,
+                          .path = CF_PATH_BRIDGE,
+                          .sigma = 0.7,
+                          .predict = CF_PREDICT_VELOCITY};
+  struct cf_dist src, tgt;
+  EXPECT_OK(cf_dist_by_name(&src, "8gaussians", 2, "-flow_source"), "8gaussians");
+  EXPECT_OK(cf_dist_by_name(&tgt, "moons", 2, "-data_name"), "moons");
+  size_t nz = (size_t)(B * J * D);
+  float *z = xalloc(nz), *y = xalloc(nz), *zn = xalloc(nz), *yn = xalloc(nz);
+  float *work = xalloc((size_t)((N + 2) * D));
+  cf_flow_batch(&f, &src, &tgt, 5, 2, 0, B, z, y, work); /* clean */
+  f.context_noise = s;
+  cf_flow_batch(&f, &src, &tgt, 5, 2, 0, B, zn, yn, work);
+  double sum = 0, sum2 = 0, worst = 0;
+  int64_t n = 0, bad_x0 = 0;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0; t < N; t++)
+      for (int64_t p = 0; p < P; p++) {
+        const int64_t j = b * J + t * P + p;
+        for (int64_t d = 0; d < D; d++) {
+          double e = (double)zn[j * D + d] - z[j * D + d];
+          if (t == 0) {
+            bad_x0 += e != 0;
+            continue;
+          }
+          sum += e, sum2 += e * e, n++;
+        }
+        if (t + 1 == N) continue;
+        float nxt[2]; /* the noisy point advanced by its target is the clean next point */
+        cf_flow_advance(&f, zn + j * D, yn + j * D, nxt);
+        for (int64_t d = 0; d < D; d++)
+          worst = fmax(worst, fabs((double)nxt[d] - z[(j + P) * D + d]));
+      }
+  double mean = sum / (double)n, sd = sqrt(sum2 / (double)n - mean * mean);
+  EXPECT(bad_x0 == 0, "context noise: %lld source values changed (x0 must stay exact)",
+         (long long)bad_x0);
+  EXPECT(fabs(mean) < 4 * s / sqrt((double)n), "context noise: mean %g, want 0 (n %lld)", mean,
+         (long long)n);
+  EXPECT(fabs(sd - s) < 0.05 * s, "context noise: std %g, want %g", sd, s);
+  EXPECT(worst < 1e-5,
+         "context noise: noisy point + velocity target misses the clean next "
+         "point by %g",
+         worst);
+  f.predict = CF_PREDICT_NEXT; /* absolute targets stay the clean next points */
+  cf_flow_batch(&f, &src, &tgt, 5, 2, 0, B, zn, yn, work);
+  f.context_noise = 0;
+  cf_flow_batch(&f, &src, &tgt, 5, 2, 0, B, z, y, work);
+  EXPECT(memcmp(y, yn, nz * sizeof(float)) == 0, "context noise changed next-point targets");
+  free(z);
+  free(y);
+  free(zn);
+  free(yn);
+  free(work);
+}
+
 /* ---- 6. configuration and parsing ---- */
 static void test_cfg(void) {
   struct cf_flow_cfg good = {.D = 2,
@@ -820,6 +882,11 @@ static void test_cfg(void) {
   f.sigma_min = NAN;
   EXPECT_FAIL(cf_flow_cfg_check(&f), "-flow_sigma_min", "sigma_min NaN");
   f = good;
+  f.context_noise = -0.1;
+  EXPECT_FAIL(cf_flow_cfg_check(&f), "-flow_context_noise", "context noise < 0");
+  f.context_noise = NAN;
+  EXPECT_FAIL(cf_flow_cfg_check(&f), "-flow_context_noise", "context noise NaN");
+  f = good;
   f.path = CF_PATH_VE;
   EXPECT_OK(cf_flow_cfg_check(&f), "ve 1e-4 .. 1");
   f.sigma_min = 0;
@@ -856,6 +923,7 @@ int main(void) {
   test_bridge();
   test_noisy_ve();
   test_batch();
+  test_context_noise();
   test_8gaussians();
   test_moons();
   test_checkerboard();

@@ -71,6 +71,7 @@ struct cf_flow_cfg {
   double sigma;     /* bridge / noisy / ve scale */
   double sigma_min; /* noisy: value at t = 1; ve: the floor (1e-4) */
   enum cf_predict predict;
+  double context_noise; /* training only: N(0, s^2) added to the inputs of points t >= 1 */
 };
 
 /* Local. Validate (messages name -flow_... options). */
@@ -89,6 +90,9 @@ void cf_flow_path(const struct cf_flow_cfg *f, const float *x0, const float *x1,
  *   z (B, J, D) the teacher-forced inputs, point j = t*P + p
  *   y (B, J, D) targets: row j holds what the output at j must predict (row j + P's point,
  *               or its velocity); rows j >= (N-1)*P are zero
+ * With context_noise s > 0 the inputs of points t >= 1 carry N(0, s^2) noise (stream
+ * CF_RNG_CONTEXT) and velocity targets lead from the noisy point to the clean next one, so the
+ * model learns to pull a drifted history back (against the exposure bias of the rollout).
  *   work ((N + 2) * D floats) scratch */
 void cf_flow_batch(const struct cf_flow_cfg *f, const struct cf_dist *src,
                    const struct cf_dist *tgt, uint64_t seed, uint32_t step, uint64_t seq0,

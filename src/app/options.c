@@ -103,6 +103,9 @@ static const struct optdef {
      "noise scale of bridge / noisy paths; sigma_max of ve paths; auto = min(1, 2 sqrt(2 / D)) "
      "for bridge paths (1 up to D = 8, 0.28 at D = 100: docs/results.md), 1 for the others"},
     {"flow_sigma_min", "1e-4", TR, "noisy: noise at t = 1; ve: sigma_min"},
+    {"flow_context_noise", "0", TR,
+     "training: N(0, s^2) added to the model's inputs at t > 0 (the history), velocity targets "
+     "from the noisy point to the clean next one; against the rollout's exposure bias"},
     {"flow_head", "gauss", TR,
      "output head: gauss (default), gmm (Gaussian mixture), fm (flow-matching velocity MLP), "
      "cvae (conditional VAE) or vae (the authors')"},
@@ -490,6 +493,7 @@ cf_status cf_app_model_cfg(const struct cf_opts *o, struct cf_model_cfg *mc,
   else
     CF_TRY(cf_opt_real(o, "flow_sigma", 0, 1e6, &fc->sigma));
   CF_TRY(cf_opt_real(o, "flow_sigma_min", 0, 1e6, &fc->sigma_min));
+  CF_TRY(cf_opt_real(o, "flow_context_noise", 0, 1e6, &fc->context_noise));
   const char *pred = cf_opt_str(o, "flow_predict");
   if (strcmp(pred, "auto") == 0)
     fc->predict = mc->head == CF_HEAD_VAE ? CF_PREDICT_NEXT : CF_PREDICT_VELOCITY;

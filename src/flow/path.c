@@ -47,6 +47,8 @@ cf_status cf_flow_cfg_check(const struct cf_flow_cfg *f) {
            "option -flow_sigma: expected a finite value >= 0, got %g", f->sigma);
   CF_CHECK(f->sigma_min >= 0 && isfinite(f->sigma_min), CF_EINVAL,
            "option -flow_sigma_min: expected a finite value >= 0, got %g", f->sigma_min);
+  CF_CHECK(f->context_noise >= 0 && isfinite(f->context_noise), CF_EINVAL,
+           "option -flow_context_noise: expected a finite value >= 0, got %g", f->context_noise);
   CF_CHECK(f->path != CF_PATH_VE || (f->sigma_min > 0 && f->sigma >= f->sigma_min), CF_EINVAL,
            "option -flow_sigma_min: ve paths need 0 < -flow_sigma_min <= -flow_sigma (got %g, %g)",
            f->sigma_min, f->sigma);
@@ -100,15 +102,20 @@ void cf_flow_batch(const struct cf_flow_cfg *f, const struct cf_dist *src,
     for (int64_t p = 0; p < P; p++) {
       uint64_t g = (seq0 + (uint64_t)b) * (uint64_t)P + (uint64_t)p;
       struct cf_rng r0 = {seed, CF_RNG_X0, step, g}, r1 = {seed, CF_RNG_X1, step, g},
-                    rp = {seed, CF_RNG_PATH, step, g};
+                    rp = {seed, CF_RNG_PATH, step, g}, rc = {seed, CF_RNG_CONTEXT, step, g};
       cf_dist_draw(src, &r0, x0p);
       cf_dist_draw(tgt, &r1, x1p);
       cf_flow_path(f, x0p, x1p, &rp, path);
-      for (int64_t t = 0; t < N; t++)
-        memcpy(zb + (t * P + p) * D, path + t * D, (size_t)D * sizeof(float));
+      for (int64_t t = 0; t < N; t++) {
+        float *zr = zb + (t * P + p) * D;
+        memcpy(zr, path + t * D, (size_t)D * sizeof(float));
+        if (f->context_noise > 0 && t > 0) /* x0 is exact in the rollout too */
+          for (int64_t d = 0; d < D; d++)
+            zr[d] += (float)(f->context_noise * cf_rng_normal1(&rc, (uint64_t)(t * D + d)));
+      }
       for (int64_t t = 0; t + 1 < N; t++) {
         float *yr = yb + (t * P + p) * D;
-        const float *cur = path + t * D, *nxt = path + (t + 1) * D;
+        const float *cur = zb + (t * P + p) * D, *nxt = path + (t + 1) * D;
         for (int64_t d = 0; d < D; d++)
           yr[d] = f->predict == CF_PREDICT_NEXT ? nxt[d] : (nxt[d] - cur[d]) * (float)(N - 1);
       }
