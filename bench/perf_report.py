@@ -71,13 +71,15 @@ def analytic_floats(d, B):
                   probabilities (heads x T per token)
       final LN    T (2H + 1)
       decoder     J (4I + 2 + Dout): fc1 and fc2 normalized outputs and ReLU outputs, output
-    plus the backward's working set, once: T (H + max(ffn, 3H)) + T^2 per sequence (the
-    residual gradient, the widest intermediate's gradient, one head's score gradient)."""
+    plus the backward's working set, once per sequence: the larger of the blocks' T (H +
+    max(ffn, 3H)) (the residual gradient and the widest intermediate's gradient) and the
+    decoder's J (max(Dout, I) + I) (a layer's output gradient and its input gradient: dout,
+    then the hidden layers'), plus T^2 (one head's score gradient)."""
     J, T, H, D, SH, I, ffn = d["J"], d["T"], d["H"], d["D"], d["SH"], d["I"], d["ffn"]
     per = 2 * J * D + J * (2 * SH + 1)
     per += d["L"] * T * (7 * H + 2 * ffn + d["NH"] * T + 1)
     per += T * (2 * H + 1) + J * (4 * I + 2 + d["Dout"])
-    per += T * (H + max(ffn, 3 * H)) + T * T
+    per += max(T * (H + max(ffn, 3 * H)), J * (max(d["Dout"], I) + I)) + T * T
     return 4.0 * n_params(d), float(per) * B
 
 
@@ -218,6 +220,7 @@ def cmd_collect(a):
                     print(f"perf_report.py: warning: {cid}: calmflow counts {cf_fl:.6g} FLOPs per "
                           f"step, the formula {g['flops_per_step']:.6g}", file=sys.stderr)
                 g["state_bytes_max"] = ok[0]["result"].get("state_bytes_max")
+                g["heap_peak"] = max(r["result"].get("heap_peak", 0) for r in use) or None
                 base = baseline["calmflow_dp2" if var == "cfdp2" else "calmflow"]
             else:
                 base = baseline["torch"]
@@ -504,11 +507,15 @@ def cmd_report(a):
           "AdamW m and v) plus the activations a backward pass needs (formula below) for the "
           "rank's sequences. model RSS = peak RSS - the baseline RSS of a tiny model run the "
           "same way (calmflow: MPI, PETSc, HDF5, OpenBLAS; torch: the interpreter and torch): "
-          + ", ".join(f"{k} {v / mib:.0f} MiB" for k, v in first["baseline"].items()) + ".", "",
+          + ", ".join(f"{k} {v / mib:.0f} MiB" for k, v in first["baseline"].items()) + ". "
+          "calmflow heap = the most bytes calmflow's own allocations held at once (summary.json "
+          "heap_peak; blank for runs of binaries that did not report it): the model RSS less "
+          "what the libraries touch (OpenBLAS's packing buffers, malloc's arenas) and less the "
+          "run-to-run noise of RSS, about 1 MiB.", "",
           "| size | D | S | P | paths (1 rank) | state MiB | activations MiB | analytic MiB | "
-          "calmflow RSS | calmflow model RSS / analytic | dp2 RSS per rank | dp2 model RSS / "
-          "analytic | torch RSS | torch model RSS / analytic |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "calmflow RSS | calmflow model RSS / analytic | calmflow heap / analytic | dp2 RSS per "
+          "rank | dp2 model RSS / analytic | torch RSS | torch model RSS / analytic |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cid in ids:
         c, t, p = (get("train", cid, v) for v in ("cf1", "torch1", "cfdp2"))
         if c is None or "error" in c or "peak_rss" not in c:
@@ -517,7 +524,8 @@ def cmd_report(a):
         cells = [f"L{c['L']} H{c['H']}", c["D"], c["S"], c["P"], c["batch"],
                  f"{c['analytic_state_bytes'] / mib:.1f}", f"{c['analytic_act_bytes'] / mib:.1f}",
                  f"{an / mib:.1f}", f"{c['peak_rss'] / mib:.0f}",
-                 f"{(c['peak_rss'] - c['baseline_rss']) / an:.2f}"]
+                 f"{(c['peak_rss'] - c['baseline_rss']) / an:.2f}",
+                 f"{c['heap_peak'] / an:.2f}" if c.get("heap_peak") else ""]
         if p and "error" not in p and "peak_rss" in p:
             anp = p["analytic_state_bytes"] + p["analytic_act_bytes"]
             cells += [f"{p['peak_rss'] / mib:.0f}",
@@ -569,13 +577,18 @@ def cmd_report(a):
           "- analytic memory = 16 x parameters + 4 bytes x sequences per rank x [2JD (z, y) + "
           "J(2SH + 1) (encoder) + L T (7H + 2ffn + heads T + 1) (per layer: normalized input "
           "and 1/std, ln1 and ln2 outputs, qkv, attention output, fc1 and GELU outputs, "
-          "attention probabilities) + T(2H + 1) (final LN) + J(4I + 2 + Dout) (decoder) + T(H + "
-          "max(ffn, 3H)) + T^2 (the backward's working set)]. calmflow itself keeps 16H + "
-          "heads T + 1 floats per token and layer (model.c act_layout: the block input is "
-          "stored as well; ln1 and ln2 share the normalized input, and it keeps fc1's output and "
-          "Phi, the GELU output being recomputed in backward). Runs of an earlier binary kept "
-          "21H + heads T + 2 (both LayerNorms' normalized inputs, the GELU output and its "
-          "derivative).", ""]
+          "attention probabilities) + T(2H + 1) (final LN) + J(4I + 2 + Dout) (decoder) + "
+          "max(T(H + "
+          "max(ffn, 3H)), J(max(Dout, I) + I)) + T^2 (the backward's working set: the larger of "
+          "the blocks' residual gradient and widest intermediate gradient and the decoder's "
+          "output gradient and hidden gradient; the decoder term, missing before 2026-11-30, "
+          "decides at D = 1000)]. calmflow keeps the minimal 15H + heads T + 1 floats per token "
+          "and layer plus the stage's input (model.c act_layout: ln1 and ln2 share the "
+          "normalized input, fc1's output and Phi are kept and the GELU output recomputed in "
+          "backward, the later blocks' inputs live in backward scratch), and its backward "
+          "scratch is three buffers shared by gradients never live at once. Binaries before "
+          "2026-11-30 kept 16H + heads T + 1 per layer and a separate buffer per gradient; "
+          "earlier ones 21H + heads T + 2.", ""]
     return write(a.md, L)
 
 
@@ -663,10 +676,29 @@ def targets(ids, rids, get, first, R):
         ok = all(x <= 1.2 for x, _ in mm)
         out.append(f"- memory within 1.2x of the analytic size (peak RSS less the baseline), "
                    f"one rank: {'met' if ok else 'NOT met'}; {min(mm)[0]:.2f}x ({min(mm)[1]}) "
-                   f"to {max(mm)[0]:.2f}x ({max(mm)[1]}). The activations dominate these "
-                   "configurations, and calmflow keeps 16H + heads T + 1 floats per token and "
-                   "layer where the minimal set is 15H + heads T + 1 (Formulas; binaries built "
-                   "before the GELU-output recomputation kept 21H + heads T + 2).")
+                   f"to {max(mm)[0]:.2f}x ({max(mm)[1]}).")
+        hh = [(g["heap_peak"] / (g["analytic_state_bytes"] + g["analytic_act_bytes"]), c)
+              for c in ids for g in [get("train", c, "cf1")] if g and g.get("heap_peak")]
+        if hh:
+            out.append(f"- calmflow's own heap against the analytic size: {min(hh)[0]:.2f}x "
+                       f"({min(hh)[1]}) to {max(hh)[0]:.2f}x ({max(hh)[1]}).")
+        dp = []
+        for c in ids:
+            g = get("train", c, "cfdp2")
+            if g and "peak_rss" in g:
+                an = g["analytic_state_bytes"] + g["analytic_act_bytes"]
+                dp.append(((g["peak_rss"] - g["baseline_rss"]) / an, c,
+                           g["heap_peak"] / an if g.get("heap_peak") else None))
+        if dp:
+            ok = all(x <= 1.2 for x, _, _ in dp)
+            hp = [h for _, _, h in dp if h is not None]
+            out.append(f"- the same per rank with 2 ranks data parallel (cfdp2): "
+                       f"{'met' if ok else 'NOT met'}; {min(dp)[0]:.2f}x ({min(dp)[1]}) to "
+                       f"{max(dp)[0]:.2f}x ({max(dp)[1]})"
+                       + (f"; calmflow's heap {min(hp):.2f}x to {max(hp):.2f}x, the rest is "
+                          "MPI's (the non-blocking gradient all-reduce's temporaries and "
+                          "shared-memory segments, which grow with -par_bucket_mb)" if hp else "")
+                       + ".")
     ms = next((r["memory_sh"] for r in R if r.get("memory_sh")), None)
     if ms:
         b = first["baseline"]["calmflow"]
