@@ -666,39 +666,36 @@ def targets(ids, rids, get, first, R):
         out.append(f"- rollout >= 10x the torch recompute rollout at N 16: "
                    f"{'met' if ok else 'NOT met'}; {min(ro)[0]:.1f}x ({min(ro)[1]}) to "
                    f"{max(ro)[0]:.1f}x ({max(ro)[1]}).")
-    mm = []
-    for c in ids:
-        g = get("train", c, "cf1")
-        if g and "peak_rss" in g:
-            an = g["analytic_state_bytes"] + g["analytic_act_bytes"]
-            mm.append(((g["peak_rss"] - g["baseline_rss"]) / an, c))
+    def mem(variant):  # (model RSS / analytic, configuration, heap / analytic or None)
+        out = []
+        for c in ids:
+            g = get("train", c, variant)
+            if g and "peak_rss" in g:
+                an = g["analytic_state_bytes"] + g["analytic_act_bytes"]
+                out.append(((g["peak_rss"] - g["baseline_rss"]) / an, c,
+                            g["heap_peak"] / an if g.get("heap_peak") else None))
+        return out
+
+    mm, dp = mem("cf1"), mem("cfdp2")
     if mm:
-        ok = all(x <= 1.2 for x, _ in mm)
+        ok = all(x <= 1.2 for x, _, _ in mm)
         out.append(f"- memory within 1.2x of the analytic size (peak RSS less the baseline), "
                    f"one rank: {'met' if ok else 'NOT met'}; {min(mm)[0]:.2f}x ({min(mm)[1]}) "
                    f"to {max(mm)[0]:.2f}x ({max(mm)[1]}).")
-        hh = [(g["heap_peak"] / (g["analytic_state_bytes"] + g["analytic_act_bytes"]), c)
-              for c in ids for g in [get("train", c, "cf1")] if g and g.get("heap_peak")]
+        hh = [(h, c) for _, c, h in mm if h is not None]
         if hh:
             out.append(f"- calmflow's own heap against the analytic size: {min(hh)[0]:.2f}x "
                        f"({min(hh)[1]}) to {max(hh)[0]:.2f}x ({max(hh)[1]}).")
-        dp = []
-        for c in ids:
-            g = get("train", c, "cfdp2")
-            if g and "peak_rss" in g:
-                an = g["analytic_state_bytes"] + g["analytic_act_bytes"]
-                dp.append(((g["peak_rss"] - g["baseline_rss"]) / an, c,
-                           g["heap_peak"] / an if g.get("heap_peak") else None))
-        if dp:
-            ok = all(x <= 1.2 for x, _, _ in dp)
-            hp = [h for _, _, h in dp if h is not None]
-            out.append(f"- the same per rank with 2 ranks data parallel (cfdp2): "
-                       f"{'met' if ok else 'NOT met'}; {min(dp)[0]:.2f}x ({min(dp)[1]}) to "
-                       f"{max(dp)[0]:.2f}x ({max(dp)[1]})"
-                       + (f"; calmflow's heap {min(hp):.2f}x to {max(hp):.2f}x, the rest is "
-                          "MPI's (the non-blocking gradient all-reduce's temporaries and "
-                          "shared-memory segments, which grow with -par_bucket_mb)" if hp else "")
-                       + ".")
+    if dp:
+        ok = all(x <= 1.2 for x, _, _ in dp)
+        hp = [h for _, _, h in dp if h is not None]
+        out.append(f"- the same per rank with 2 ranks data parallel (cfdp2): "
+                   f"{'met' if ok else 'NOT met'}; {min(dp)[0]:.2f}x ({min(dp)[1]}) to "
+                   f"{max(dp)[0]:.2f}x ({max(dp)[1]})"
+                   + (f"; calmflow's heap {min(hp):.2f}x to {max(hp):.2f}x, the rest is "
+                      "MPI's (the non-blocking gradient all-reduce's temporaries and "
+                      "shared-memory segments, which grow with -par_bucket_mb)" if hp else "")
+                   + ".")
     ms = next((r["memory_sh"] for r in R if r.get("memory_sh")), None)
     if ms:
         b = first["baseline"]["calmflow"]

@@ -783,13 +783,9 @@ static void test_dist_errors(void) {
 static void test_context_noise(void) {
   const int64_t N = 5, P = 2, D = 2, J = N * P, B = 400;
   const double s = 0.3;
-  struct cf_flow_cfg f = {.D = D,
-                          .N = N,
-                          .P = P,
-                          .S = 1,
-                          .path = CF_PATH_BRIDGE,
-                          .sigma = 0.7,
-                          .predict = CF_PREDICT_VELOCITY};
+  struct cf_flow_cfg f = mkcfg(CF_PATH_BRIDGE, N, D, 0.7, 0);
+  f.P = P;
+  f.predict = CF_PREDICT_VELOCITY;
   struct cf_dist src, tgt;
   EXPECT_OK(cf_dist_by_name(&src, "8gaussians", 2, "-flow_source"), "8gaussians");
   EXPECT_OK(cf_dist_by_name(&tgt, "moons", 2, "-data_name"), "moons");
