@@ -62,26 +62,43 @@ double cf_rng_uniform1(const struct cf_rng *r, uint64_t e) {
   return (double)(bits & ((1ull << 53) - 1)) * (1.0 / 9007199254740992.0);
 }
 
-/* Box-Muller on lanes (0,1) and (2,3): element 4k+{0,1} from the first pair, +{2,3} the second. */
-static float normal_of(const uint32_t b[4], unsigned lane) {
-  unsigned pair = lane / 2 * 2;
+/* Box-Muller on lanes (0,1) and (2,3): element 4k+{0,1} from the first pair, +{2,3} the second.
+ * The polar radius and angle of the pair starting at lane `pair`. */
+static void polar_of(const uint32_t b[4], unsigned pair, double *rad, double *ang) {
   double u1 = ((double)(b[pair] >> 8) + 1.0) * (1.0 / 16777216.0); /* (0, 1] */
   double u2 = (double)(b[pair + 1] >> 8) * (1.0 / 16777216.0);
-  double rad = sqrt(-2.0 * log(u1));
-  double ang = 6.283185307179586 * u2;
+  *rad = sqrt(-2.0 * log(u1));
+  *ang = 6.283185307179586 * u2;
+}
+
+static float normal_of(const uint32_t b[4], unsigned lane) {
+  double rad, ang;
+  polar_of(b, lane / 2 * 2, &rad, &ang);
   return (float)(lane % 2 == 0 ? rad * cos(ang) : rad * sin(ang));
+}
+
+/* The four normals of a block, as normal_of gives them, each pair's radius computed once. */
+static void normals_of(const uint32_t b[4], float out[4]) {
+  for (unsigned pair = 0; pair < 4; pair += 2) {
+    double rad, ang;
+    polar_of(b, pair, &rad, &ang);
+    out[pair] = (float)(rad * cos(ang));
+    out[pair + 1] = (float)(rad * sin(ang));
+  }
 }
 
 void cf_rng_normal(const struct cf_rng *r, uint64_t elem0, float *out, size_t n) {
   uint32_t b[4];
+  float v[4];
   uint64_t cur = UINT64_MAX;
   for (size_t i = 0; i < n; i++) {
     uint64_t e = elem0 + i;
     if (e / 4 != cur) {
       cur = e / 4;
       block(r, cur, b);
+      normals_of(b, v);
     }
-    out[i] = normal_of(b, (unsigned)(e % 4));
+    out[i] = v[e % 4];
   }
 }
 

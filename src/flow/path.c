@@ -55,39 +55,62 @@ cf_status cf_flow_cfg_check(const struct cf_flow_cfg *f) {
   return CF_OK;
 }
 
+/* Point i of the straight path from x0 to x1, coordinate d. */
+static float straight_at(const float *x0, const float *x1, int64_t i, int64_t N, int64_t d) {
+  double t = (double)i / (double)(N - 1);
+  return (float)((1.0 - t) * x0[d] + t * x1[d]);
+}
+
+/* z[k] += s * (standard normal of element e0 + k), k < n; the normals drawn in blocks (the same
+ * values as cf_rng_normal1 gives one by one). */
+static void add_normals(const struct cf_rng *r, uint64_t e0, double s, float *z, int64_t n) {
+  float buf[64];
+  for (int64_t k0 = 0; k0 < n; k0 += 64) {
+    int64_t m = n - k0 < 64 ? n - k0 : 64;
+    cf_rng_normal(r, e0 + (uint64_t)k0, buf, (size_t)m);
+    for (int64_t k = 0; k < m; k++)
+      z[k0 + k] += (float)(s * buf[k]);
+  }
+}
+
 void cf_flow_path(const struct cf_flow_cfg *f, const float *x0, const float *x1,
                   const struct cf_rng *r, float *z) {
   int64_t N = f->N, D = f->D;
-  for (int64_t i = 0; i < N; i++) {
-    double t = (double)i / (double)(N - 1);
-    for (int64_t d = 0; d < D; d++)
-      z[i * D + d] = (float)((1.0 - t) * x0[d] + t * x1[d]);
-  }
-  if (f->path == CF_PATH_STRAIGHT) return;
-  if (f->sigma == 0 && (f->path == CF_PATH_BRIDGE || f->sigma_min == 0)) return; /* no noise */
-  if (f->path == CF_PATH_BRIDGE) {
-    /* W_i = sum_{k<=i} sqrt(dt) xi_k (W_0 = 0); bridge B_i = W_i - t_i W_{N-1}. */
+  if (f->path == CF_PATH_BRIDGE && f->sigma != 0) {
+    /* W_i = sum_{k<=i} sqrt(dt) xi_k (W_0 = 0); bridge B_i = W_i - t_i W_{N-1}; xi_i of
+     * coordinate d is element i*D + d. Each xi is drawn once, row by row into z's row i, which
+     * is overwritten with the path point once its column has been summed. */
     double dt = 1.0 / (double)(N - 1), sq = sqrt(dt);
+    for (int64_t i = 1; i < N; i++)
+      cf_rng_normal(r, (uint64_t)(i * D), z + i * D, (size_t)D);
     for (int64_t d = 0; d < D; d++) {
       double w = 0, wend = 0;
       for (int64_t i = 1; i < N; i++)
-        wend += sq * cf_rng_normal1(r, (uint64_t)(i * D + d));
+        wend += sq * z[i * D + d];
       for (int64_t i = 1; i < N - 1; i++) {
-        double t = (double)i * dt;
-        w += sq * cf_rng_normal1(r, (uint64_t)(i * D + d));
-        z[i * D + d] += (float)(f->sigma * (w - t * wend));
+        w += sq * z[i * D + d];
+        z[i * D + d] =
+            straight_at(x0, x1, i, N, d) + (float)(f->sigma * (w - (double)i * dt * wend));
       }
+    }
+    for (int64_t d = 0; d < D; d++) { /* the endpoints are exact */
+      z[d] = straight_at(x0, x1, 0, N, d);
+      z[(N - 1) * D + d] = straight_at(x0, x1, N - 1, N, d);
     }
     return;
   }
+  for (int64_t i = 0; i < N; i++)
+    for (int64_t d = 0; d < D; d++)
+      z[i * D + d] = straight_at(x0, x1, i, N, d);
+  if (f->path == CF_PATH_STRAIGHT || f->path == CF_PATH_BRIDGE) return;
+  if (f->sigma == 0 && f->sigma_min == 0) return; /* no noise */
   for (int64_t i = 0; i < N; i++) {
     double t = (double)i / (double)(N - 1), s;
     if (f->path == CF_PATH_NOISY)
       s = f->sigma + (f->sigma_min - f->sigma) * t;
     else
       s = f->sigma_min * pow(f->sigma / f->sigma_min, 1.0 - t);
-    for (int64_t d = 0; d < D; d++)
-      z[i * D + d] += (float)(s * cf_rng_normal1(r, (uint64_t)(i * D + d)));
+    add_normals(r, (uint64_t)(i * D), s, z + i * D, D);
   }
 }
 
@@ -110,8 +133,7 @@ void cf_flow_batch(const struct cf_flow_cfg *f, const struct cf_dist *src,
         float *zr = zb + (t * P + p) * D;
         memcpy(zr, path + t * D, (size_t)D * sizeof(float));
         if (f->context_noise > 0 && t > 0) /* x0 is exact in the rollout too */
-          for (int64_t d = 0; d < D; d++)
-            zr[d] += (float)(f->context_noise * cf_rng_normal1(&rc, (uint64_t)(t * D + d)));
+          add_normals(&rc, (uint64_t)(t * D), f->context_noise, zr, D);
       }
       for (int64_t t = 0; t + 1 < N; t++) {
         float *yr = yb + (t * P + p) * D;
