@@ -983,6 +983,20 @@ static void test_model(enum cf_head head, int dropout, float lsmin, float lsmax,
     gmax = fmax(gmax, fabs(g1[i]));
   }
   EXPECT(derr <= 1e-6 * gmax, "a second backward does not add the same gradients (%g)", derr);
+  /* A failed forward leaves its sequences without one, even after a later forward of others:
+   * sequence 0 forward, a failed forward of sequence 0, sequence 1 forward; the backward of
+   * sequence 0 is refused, that of sequence 1 runs. */
+  const size_t zs = nz / (size_t)B, es = ne / (size_t)B;
+  const float *e1 = c.eps != NULL ? c.eps + es : NULL;
+  EXPECT_OK(cf_model_forward_at(&m, 0, 1, c.z, c.y, c.eps, c.dk, c.n_pts, c.beta, &l2),
+            "forward of sequence 0");
+  EXPECT_FAIL(cf_model_forward_at(&m, 0, 1, c.z, c.y, c.eps, c.dk, 0.0, c.beta, &l2),
+              "positive point count", "a forward with no points");
+  EXPECT_OK(cf_model_forward_at(&m, 1, 1, c.z + zs, c.y + zs, e1, c.dk, c.n_pts, c.beta, &l2),
+            "forward of sequence 1");
+  EXPECT_FAIL(cf_model_backward_at(&m, 0, 1), "without a forward since its last backward",
+              "the backward of a sequence whose last forward failed");
+  EXPECT_OK(cf_model_backward_at(&m, 1, 1), "backward of sequence 1");
 
   struct fdopt o = {.ncoord = 6, .h = 1e-3, .tol = 3e-2, .kinks = 1};
   for (int t = 0; t < m.n_tensors; t++) {

@@ -1277,6 +1277,9 @@ cf_status cf_model_forward_at(struct cf_model *m, int64_t b0, int64_t B, const f
            (long long)B, (long long)b0, (long long)m->max_batch);
   const struct cf_model_cfg *c = &m->cfg;
   struct cf_model_impl *im = m->impl;
+  /* from here until it succeeds, the sequences' stored activations may be partly overwritten:
+   * no backward of them (fwd_done marks them again) */
+  memset(im->fwd_ok + b0, 0, (size_t)B);
   CF_CHECK(out != NULL && (!im->first || z != NULL) && (!im->last || y != NULL), CF_EINVAL,
            "model: forward needs z, y and out");
   CF_CHECK(n_pts > 0.0, CF_EINVAL, "model: forward needs a positive point count (got %g)", n_pts);
