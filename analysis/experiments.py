@@ -103,6 +103,9 @@ def main():
     ap.add_argument("--groups", default="",
                     help="comma-separated (default: every group of the config)")
     ap.add_argument("--methods", default="", help="only these methods (comma-separated)")
+    ap.add_argument("--seeds", type=int, default=0,
+                    help="run seeds 0 .. K-1 instead of the size's count (a pilot; the table "
+                         "says how many)")
     ap.add_argument("--ranks", type=int, default=1)
     ap.add_argument("--binary", default="build/calmflow")
     ap.add_argument("--out")
@@ -136,6 +139,11 @@ def main():
               file=sys.stderr)
         return 1
     size = cfg["sizes"][a.size]
+    if a.seeds < 0:
+        print(f"experiments: error: --seeds {a.seeds}: expected >= 1", file=sys.stderr)
+        return 1
+    if a.seeds:
+        size = dict(size, seeds=a.seeds)
     groups = [g for g in a.groups.split(",") if g] or list(cfg["groups"])
     for g in groups:
         if g not in cfg["groups"]:
@@ -346,7 +354,8 @@ def agg(rs, key):
 
 
 def make_table(rows, size, a):
-    lines = [f"Size `{a.size}`: {size['seeds']} seeds, {size['steps']} CaLMFlow steps of "
+    ns = size["seeds"]
+    lines = [f"Size `{a.size}`: {ns} seed{'s' if ns != 1 else ''}, {size['steps']} CaLMFlow steps of "
              f"{size['batch']} paths, {size['samples']} samples per set, "
              f"{a.ranks} rank(s). Mean ± std over seeds (sample std). W2: exact, samples vs a "
              "fresh target set; floor: W2 between two fresh target sets; ratio = W2 / floor "

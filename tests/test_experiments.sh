@@ -37,7 +37,8 @@ for gname, g in cfg["groups"].items():
 bycfm = [r for r in rows if r["model"] == "cfm" and r["status"] == "ok"]
 assert bycfm, "no CFM rows"
 for r in bycfm:
-    base = [b for b in rows if b["method"] == "calmflow-gauss" and b["seed"] == r["seed"]
+    base = [b for b in rows if b["method"] == cfg["methods"][r["method"]]["match"]
+            and b["seed"] == r["seed"]
             and b["group"] == r["group"] and b["source"] == r["source"] and b["dim"] == r["dim"]
             and b["status"] == "ok"][0]
     assert abs(r["params"] - base["params"]) <= 0.02 * base["params"], (r["params"], base["params"])
@@ -100,4 +101,8 @@ PYEOF
   >"$T/pw2.log" 2>&1 && fail "path_w2.py took a data set without /traj or config"
 [ "$(wc -l <"$T/pw2.log")" = 1 ] && grep -q '^path_w2: error: ' "$T/pw2.log" ||
   { cat "$T/pw2.log"; fail "path_w2.py: no one-line error for a set it cannot score"; }
+/usr/bin/python3 "$src/analysis/experiments.py" --size ci --seeds -1 --binary "$CF" \
+  --out "$T/s" >"$T/s.log" 2>&1 && fail "experiments.py took --seeds -1"
+[ "$(wc -l <"$T/s.log")" = 1 ] && grep -q '^experiments: error: --seeds' "$T/s.log" ||
+  { cat "$T/s.log"; fail "experiments.py: no one-line error for --seeds -1"; }
 echo "test_experiments: ok"
