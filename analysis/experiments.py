@@ -57,6 +57,16 @@ class Runner:
         raise RuntimeError(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-2000:]}")
 
 
+def data_file(R, name, dim, seed, n):
+    """The synthetic set `name` (n points of dimension dim, drawn with seed) as an .h5 file under
+    R.out/data, made by `calmflow data` on first use and reused after."""
+    p = os.path.join(R.out, "data", f"{name}-d{dim}-s{seed}-n{n}.h5")
+    if not os.path.exists(p):
+        R.calmflow(["data", "-data_name", name, "-data_dim", dim, "-data_n", n, "-seed", seed,
+                    "-data_out", p], ranks=1)
+    return p
+
+
 def opts_list(d):
     out = []
     for k, v in d.items():
@@ -200,21 +210,14 @@ def main():
     def resolve(v):
         return size[v] if isinstance(v, str) and v in size else v
 
-    def data_file(name, dim, seed, n):
-        p = os.path.join(out, "data", f"{name}-d{dim}-s{seed}-n{n}.h5")
-        if not os.path.exists(p):
-            R.calmflow(["data", "-data_name", name, "-data_dim", dim, "-data_n", n, "-seed", seed,
-                        "-data_out", p], ranks=1)
-        return p
-
     def emit(row):
         rows.append(row)
         rows_f.write(json.dumps(row) + "\n")
         rows_f.flush()
 
     def evaluate(samples, target, dim, seed, n):
-        ref = data_file(target, dim, 900000 + seed, n)
-        ref2 = data_file(target, dim, 800000 + seed, n)
+        ref = data_file(R, target, dim, 900000 + seed, n)
+        ref2 = data_file(R, target, dim, 800000 + seed, n)
         mj = samples + ".metrics.json"
         if a.resume and os.path.exists(mj):
             return json.load(open(mj))

@@ -27,8 +27,14 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:
+    import experiments  # its Runner and data sets
+except ImportError as e:
+    print(f"path_w2: error: needs numpy and h5py ({e})", file=sys.stderr)
+    sys.exit(1)
 
 
 def fail(msg):
@@ -68,25 +74,22 @@ def noise_std(cfg, t, D):
     fail(f"-flow_path '{path}': expected straight, bridge, noisy or ve")
 
 
-class Runner:
-    def __init__(self, binary, out):
-        self.binary, self.out = binary, out
-        self.env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+class Runner(experiments.Runner):
+    """experiments.py's runner on one rank, with a failure as path_w2's one error line."""
 
-    def calmflow(self, args):
-        p = subprocess.run([self.binary] + [str(x) for x in args], env=self.env,
-                           capture_output=True, text=True)
-        if p.returncode != 0:
-            fail(f"calmflow {args[0]} failed (exit {p.returncode}): "
-                 f"{(p.stderr or p.stdout).strip().splitlines()[-1:]}")
+    def __init__(self, binary, out):
+        super().__init__(binary, 1, out)
+
+    def calmflow(self, args, ranks=None, allow=()):
+        try:
+            return super().calmflow(args, ranks, allow)
+        except RuntimeError as e:
+            lines = str(e).strip().splitlines()
+            fail(f"calmflow {args[0]} failed: {lines[-1] if lines else e}")
 
     def data(self, name, D, n, seed):
         import h5py
-        f = os.path.join(self.out, "data", f"{name}-d{D}-s{seed}-n{n}.h5")
-        if not os.path.exists(f):
-            self.calmflow(["data", "-data_name", name, "-data_dim", D, "-data_n", n, "-seed", seed,
-                           "-data_out", f])
-        with h5py.File(f, "r") as h:
+        with h5py.File(experiments.data_file(self, name, D, seed, n), "r") as h:
             return h["x"][...]
 
     def put(self, name, x):

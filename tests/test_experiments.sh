@@ -101,6 +101,10 @@ PYEOF
   >"$T/pw2.log" 2>&1 && fail "path_w2.py took a data set without /traj or config"
 [ "$(wc -l <"$T/pw2.log")" = 1 ] && grep -q '^path_w2: error: ' "$T/pw2.log" ||
   { cat "$T/pw2.log"; fail "path_w2.py: no one-line error for a set it cannot score"; }
+/usr/bin/python3 "$src/analysis/path_w2.py" --binary /bin/false --out "$T/pw3" \
+  "$T/true/samples.h5" >"$T/pw3.log" 2>&1 && fail "path_w2.py went on after calmflow failed"
+[ "$(wc -l <"$T/pw3.log")" = 1 ] && grep -q '^path_w2: error: calmflow data failed' "$T/pw3.log" ||
+  { cat "$T/pw3.log"; fail "path_w2.py: no one-line error for a failed calmflow"; }
 /usr/bin/python3 "$src/analysis/experiments.py" --size ci --seeds -1 --binary "$CF" \
   --out "$T/s" >"$T/s.log" 2>&1 && fail "experiments.py took --seeds -1"
 [ "$(wc -l <"$T/s.log")" = 1 ] && grep -q '^experiments: error: --seeds' "$T/s.log" ||
