@@ -3,7 +3,8 @@
 #  1. training: OT-CFM at 1 and 2 ranks gives the same loss every step (the exact OT coupling
 #     is over the global batch, so both see the same pairs) to 1e-5 and the same parameters to
 #     1e-4; a run stopped at step 3 and resumed to 6 equals the uninterrupted one bit for bit;
-#     the checkpoint says model_kind cfm; I-CFM ends with a higher loss than OT-CFM;
+#     the checkpoint says model_kind cfm; I-CFM ends with a higher loss than OT-CFM; no step
+#     after the first allocates (the coupling solves in its own workspace);
 #  2. sampling: /x is bit-identical at 1, 2 and 3 ranks (chunks of -sample_batch), the
 #     figures record the function evaluations, -cfm_ts_* options reach PETSc TS (fixed-step
 #     Euler: the evaluations it must take), -sample_traj gives every time point and its last
@@ -45,6 +46,10 @@ d = np.abs(a1 - a2).max() / np.abs(a1).max()
 print(f"OT-CFM 1 vs 2 ranks: loss per step within {d:.1e}; loss {a1[:20].mean():.3f} -> {a1[-50:].mean():.3f}")
 assert len(a1) == 300 and d < 1e-5, d
 assert a1[-50:].mean() < 0.5 * a1[:20].mean(), "OT-CFM did not learn"
+# the exact OT coupling solves in its own workspace: no allocation inside a step
+for r in ("a1", "a2", "ind"):
+    allocs = [json.loads(l)["step_allocs"] for l in open(f"{t}/{r}/log.jsonl")]
+    assert max(allocs) == 0, (r, max(allocs))
 def params(r, step):
     with h5py.File(f"{t}/{r}/ckpt/step-{step:07d}.h5", "r") as f:
         assert f.attrs["model_kind"] in (b"cfm", "cfm"), f.attrs["model_kind"]

@@ -298,8 +298,12 @@ static void check_brute_force(void) {
       checked++;
     }
   }
-  /* Integer cost matrices in {0..3} (heavy ties), n = 1..7, via cf_lsa_dense. */
+  /* Integer cost matrices in {0..3} (heavy ties), n = 1..7, via cf_lsa_dense; and through
+   * one reused workspace (cf_lsa_solve_dense), left dirty by problems of other sizes, which
+   * must find the same assignment. */
   struct cf_rng r = {.seed = 7, .domain = CF_RNG_EVAL, .step = 1, .index = 0};
+  struct cf_lsa ws;
+  EXPECT_OK(cf_lsa_init(&ws, 7), "lsa workspace");
   for (int trial = 0; trial < 400; trial++) {
     int n = 1 + trial % 7;
     double cost[49];
@@ -323,8 +327,22 @@ static void check_brute_force(void) {
     EXPECT(perm_ok && s == total && total == best,
            "lsa trial %d (n = %d): total %g, sum %g, brute force %g, permutation %d", trial, n,
            total, s, best, perm_ok);
+    int64_t xw[7];
+    double tw = -1, tn = -1;
+    EXPECT_OK(cf_lsa_solve_dense(&ws, cost, n, xw, &tw), "lsa in a workspace");
+    EXPECT(tw == total && memcmp(xw, x, (size_t)n * sizeof x[0]) == 0,
+           "lsa trial %d (n = %d): the workspace's assignment differs (total %g vs %g)", trial, n,
+           tw, total);
+    EXPECT_OK(cf_lsa_solve_dense(&ws, cost, n, NULL, &tn), "lsa in a workspace, no result");
+    EXPECT(tn == total, "lsa trial %d: total without a result array %g vs %g", trial, tn, total);
     checked++;
   }
+  double big[64] = {0};
+  EXPECT_FAIL_STATUS(cf_lsa_solve_dense(&ws, big, 8, NULL, NULL), CF_EINVAL, "holds up to 7",
+                     "lsa problem above the workspace");
+  cf_lsa_release(&ws);
+  cf_lsa_release(&ws); /* idempotent */
+  EXPECT(ws.block == NULL && ws.n_max == 0, "lsa workspace not cleared");
   printf("brute force: %d problems checked\n", checked);
 }
 

@@ -47,6 +47,7 @@
 
 #include "calmflow/error.h"
 #include "calmflow/flow.h"
+#include "calmflow/metrics.h"
 #include "calmflow/model.h"
 
 struct cf_cfm_cfg {
@@ -139,6 +140,7 @@ struct cf_cfm_ot {
   int64_t *blocks;        /* (size) points per rank in the last call */
   int64_t *grp, *idx;     /* (max_n) gathered condition groups, rows sorted by group */
   int64_t *sub;           /* (max_n) one group's assignment */
+  struct cf_lsa lsa;      /* the assignment solver's workspace (max_n) */
 };
 /* Local. Workspace for global batches of up to max_n points in dimension D on comm
  * (max_n^2 doubles for the cost matrix). */
@@ -146,11 +148,11 @@ cf_status cf_cfm_ot_init(struct cf_cfm_ot *ot, MPI_Comm comm, int64_t max_n, int
 void cf_cfm_ot_release(struct cf_cfm_ot *ot); /* idempotent; *ot all-zero after */
 /* Collective on ot->comm. This rank's B rows x0, x1 (B, D): gathers every rank's rows
  * (MPI_Allgatherv), builds the global cost ||x0_i - x1_j||^2 (in double, in a fixed order)
- * and solves the assignment with cf_lsa_dense on every rank, then checks that all ranks found
+ * and solves the assignment with cf_lsa_solve_dense on every rank, then checks that all ranks found
  * the same one (CF_EREMOTE if not). On return x1 holds, for each local x0 row, its assigned
  * x1 row of the global batch. Optional outputs: pair (B) the global index of that x1 row;
  * cost_ot / cost_id the global batch's total cost of the assignment / of the identity pairing
- * (sum over all rows, the same on every rank). Allocates inside cf_lsa_dense (its workspace).
+ * (sum over all rows, the same on every rank). Does not allocate (its workspace is ot's).
  * Every rank fails alike when the global batch exceeds max_n or a value is not finite. */
 cf_status cf_cfm_ot_couple(struct cf_cfm_ot *ot, int64_t B, const float *x0, float *x1,
                            int64_t *pair, double *cost_ot, double *cost_id);

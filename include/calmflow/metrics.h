@@ -89,6 +89,22 @@ cf_status cf_wasserstein_exact(const float *a, const float *b, int64_t n, int64_
  * (either output may be NULL). Costs must be finite. */
 cf_status cf_lsa_dense(const double *cost, int64_t n, int64_t *col_of_row, double *total);
 
+/* Workspace of the dense assignment solver for problems of size up to n_max (9 n_max doubles),
+ * for callers that solve one assignment per step and must not allocate in it (OT-CFM's
+ * coupling). */
+struct cf_lsa {
+  int64_t n_max;
+  size_t per;  /* bytes of one of its arrays */
+  void *block; /* the arrays */
+};
+/* Local. */
+cf_status cf_lsa_init(struct cf_lsa *lsa, int64_t n_max);
+void cf_lsa_release(struct cf_lsa *lsa); /* idempotent; *lsa all-zero after */
+/* Local. cf_lsa_dense in lsa's workspace, with no allocation (n <= lsa->n_max; lsa NULL: a
+ * workspace of its own, as cf_lsa_dense). The same assignment as cf_lsa_dense. */
+cf_status cf_lsa_solve_dense(struct cf_lsa *lsa, const double *cost, int64_t n, int64_t *col_of_row,
+                             double *total);
+
 /* Local. The V-statistic squared MMD with K = exp(-gamma ||x - y||^2). Returns NaN
  * when na < 1, nb < 1 or d < 1; does not check for NaN inputs. */
 double cf_mmd2_rbf(const float *a, int64_t na, const float *b, int64_t nb, int64_t d, double gamma);

@@ -417,7 +417,9 @@ cf_status cf_cfm_ot_init(struct cf_cfm_ot *ot, MPI_Comm comm, int64_t max_n, int
   ot->grp = p[7];
   ot->idx = p[8];
   ot->sub = p[9];
-  return CF_OK;
+  cf_status st = cf_lsa_init(&ot->lsa, max_n);
+  if (st != CF_OK) cf_cfm_ot_release(ot);
+  return st;
 }
 
 void cf_cfm_ot_release(struct cf_cfm_ot *ot) {
@@ -426,6 +428,7 @@ void cf_cfm_ot_release(struct cf_cfm_ot *ot) {
                  ot->col,    ot->blocks, ot->grp, ot->idx, ot->sub};
   for (int i = 0; i < 10; i++)
     cf_free(&p[i]);
+  cf_lsa_release(&ot->lsa);
   memset(ot, 0, sizeof *ot);
 }
 
@@ -541,7 +544,7 @@ cf_status cf_cfm_ot_couple_groups(struct cf_cfm_ot *ot, int64_t B, const float *
     CF_CHECK(finite && isfinite(id), CF_ECORRUPT,
              "cfm: OT coupling: a source or target point is not finite");
     double tg = 0;
-    CF_TRY(cf_lsa_dense(ot->cost, m, ot->sub, &tg));
+    CF_TRY(cf_lsa_solve_dense(&ot->lsa, ot->cost, m, ot->sub, &tg));
     tot += tg;
     for (int64_t p = 0; p < m; p++)
       ot->col[key[2 * (a0 + p) + 1]] = key[2 * (a0 + ot->sub[p]) + 1];

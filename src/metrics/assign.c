@@ -115,14 +115,18 @@ struct lsa_work {
   void *block;
 };
 
-static cf_status lsa_work_init(struct lsa_work *w, int64_t n, const struct lsa_cost *c) {
+/* Bytes of one workspace array for problems up to size n, rounded to a cache line. */
+static cf_status lsa_array_bytes(int64_t n, size_t *per) {
+  CF_TRY(cf_mul_size(per, (size_t)n, sizeof(double), "assignment workspace"));
+  *per = (*per + 63) & ~(size_t)63;
+  return CF_OK;
+}
+
+/* Lay the solver's eight arrays for a problem of size n over block (arrays of per bytes). */
+static void lsa_work_bind(struct lsa_work *w, int64_t n, const struct lsa_cost *c, void *block,
+                          size_t per) {
   memset(w, 0, sizeof *w);
-  size_t per, bytes;
-  CF_TRY(cf_mul_size(&per, (size_t)n, sizeof(double), "assignment workspace"));
-  per = (per + 63) & ~(size_t)63;
-  CF_TRY(cf_mul_size(&bytes, per, 8, "assignment workspace"));
-  CF_TRY(cf_alloc(&w->block, bytes, "assignment solver workspace"));
-  char *p = w->block;
+  char *p = block;
   w->n = n;
   w->c = c;
   w->v = (double *)p;
@@ -135,6 +139,16 @@ static cf_status lsa_work_init(struct lsa_work *w, int64_t n, const struct lsa_c
   w->free = (int64_t *)(p + 7 * per);
   for (int64_t j = 0; j < n; j++)
     w->colid[j] = j;
+}
+
+static cf_status lsa_work_init(struct lsa_work *w, int64_t n, const struct lsa_cost *c) {
+  size_t per, bytes;
+  void *block = NULL;
+  CF_TRY(lsa_array_bytes(n, &per));
+  CF_TRY(cf_mul_size(&bytes, per, 8, "assignment workspace"));
+  CF_TRY(cf_alloc(&block, bytes, "assignment solver workspace"));
+  lsa_work_bind(w, n, c, block, per);
+  w->block = block;
   return CF_OK;
 }
 
@@ -391,22 +405,45 @@ static cf_status lsa_augment(struct lsa_work *w, int64_t f) {
   return CF_OK;
 }
 
-/* Solve with costs from c; col_of_row (n) receives the assignment. */
+/* Run the solver on a bound workspace; col_of_row (n) receives the assignment. */
+static cf_status lsa_run(struct lsa_work *w, int64_t *col_of_row) {
+  int64_t nfree = lsa_init_duals(w);
+  nfree = lsa_row_reduction(w, nfree);
+  for (int64_t k = 0; k < nfree; k++) {
+    lsa_free_last(w);
+    CF_TRY(lsa_augment(w, w->free[k]));
+  }
+  for (int64_t i = 0; i < w->n; i++)
+    col_of_row[i] = w->colid[w->x[i]];
+  return CF_OK;
+}
+
+/* Solve with costs from c in a workspace of its own; col_of_row (n) receives the assignment. */
 static cf_status lsa_solve(int64_t n, const struct lsa_cost *c, int64_t *col_of_row) {
   struct lsa_work w;
   CF_TRY(lsa_work_init(&w, n, c));
-  int64_t nfree = lsa_init_duals(&w);
-  nfree = lsa_row_reduction(&w, nfree);
-  cf_status st = CF_OK;
-  for (int64_t k = 0; k < nfree && st == CF_OK; k++) {
-    lsa_free_last(&w);
-    st = lsa_augment(&w, w.free[k]);
-  }
-  for (int64_t i = 0; i < n && st == CF_OK; i++)
-    col_of_row[i] = w.colid[w.x[i]];
+  cf_status st = lsa_run(&w, col_of_row);
   lsa_work_release(&w);
   CF_TRY(st);
   return CF_OK;
+}
+
+cf_status cf_lsa_init(struct cf_lsa *lsa, int64_t n_max) {
+  memset(lsa, 0, sizeof *lsa);
+  CF_CHECK(n_max >= 1, CF_EINVAL, "assignment workspace for size %lld; expected at least 1",
+           (long long)n_max);
+  size_t per, bytes;
+  CF_TRY(lsa_array_bytes(n_max, &per));
+  CF_TRY(cf_mul_size(&bytes, per, 9, "assignment workspace")); /* 8 solver arrays + result */
+  CF_TRY(cf_alloc(&lsa->block, bytes, "assignment solver workspace"));
+  lsa->n_max = n_max;
+  lsa->per = per;
+  return CF_OK;
+}
+
+void cf_lsa_release(struct cf_lsa *lsa) {
+  cf_free(&lsa->block);
+  memset(lsa, 0, sizeof *lsa);
 }
 
 /* Stored matrix provider. */
@@ -423,24 +460,36 @@ static void dense_range(void *ctx, int64_t i, const int64_t *colid, int64_t lo, 
     out[p] = ci[colid[p]];
 }
 
-cf_status cf_lsa_dense(const double *cost, int64_t n, int64_t *col_of_row, double *total) {
+cf_status cf_lsa_solve_dense(struct cf_lsa *lsa, const double *cost, int64_t n, int64_t *col_of_row,
+                             double *total) {
   CF_CHECK(n >= 1, CF_EINVAL, "assignment problem has size %lld; expected at least 1",
            (long long)n);
   CF_CHECK(cost != NULL, CF_EINVAL, "assignment cost matrix is NULL");
+  CF_CHECK(lsa == NULL || n <= lsa->n_max, CF_EINVAL,
+           "assignment problem has size %lld; the workspace holds up to %lld", (long long)n,
+           (long long)(lsa ? lsa->n_max : 0));
   size_t nn;
   CF_TRY(cf_mul_size(&nn, (size_t)n, (size_t)n, "assignment cost matrix"));
   for (size_t e = 0; e < nn; e++)
     CF_CHECK(isfinite(cost[e]), CF_EINVAL, "assignment cost (%lld, %lld) is not finite",
              (long long)(e / (size_t)n), (long long)(e % (size_t)n));
-  int64_t *x = col_of_row;
-  void *own = NULL;
-  if (x == NULL) {
-    CF_TRY(cf_alloc(&own, (size_t)n * sizeof(int64_t), "assignment result"));
-    x = own;
-  }
   struct dense_ctx dc = {cost, n};
   struct lsa_cost c = {&dc, dense_range, NULL, NULL};
-  cf_status st = lsa_solve(n, &c, x);
+  int64_t *x = col_of_row;
+  void *own = NULL;
+  cf_status st;
+  if (lsa != NULL) {
+    struct lsa_work w;
+    lsa_work_bind(&w, n, &c, lsa->block, lsa->per);
+    if (x == NULL) x = (int64_t *)((char *)lsa->block + 8 * lsa->per);
+    st = lsa_run(&w, x);
+  } else {
+    if (x == NULL) {
+      CF_TRY(cf_alloc(&own, (size_t)n * sizeof(int64_t), "assignment result"));
+      x = own;
+    }
+    st = lsa_solve(n, &c, x);
+  }
   if (st == CF_OK && total != NULL) {
     double s = 0;
     for (int64_t i = 0; i < n; i++)
@@ -449,6 +498,10 @@ cf_status cf_lsa_dense(const double *cost, int64_t n, int64_t *col_of_row, doubl
   }
   cf_free(&own);
   return st;
+}
+
+cf_status cf_lsa_dense(const double *cost, int64_t n, int64_t *col_of_row, double *total) {
+  return cf_lsa_solve_dense(NULL, cost, n, col_of_row, total);
 }
 
 /* Euclidean provider: ||a_i - b_j||^p with a as (n, d) and b transposed to (d, n),
