@@ -514,6 +514,10 @@ static void test_ot(void) {
     lo[r] = 0;
   lo[g_size] = 40;
   ot_case(40, 2, lo, "one holder");
+  /* D = 21: the cost's eight-lane blocks and a tail of 5 (the cases above are all tail) */
+  for (int r = 0; r <= g_size; r++)
+    lo[r] = 30 * r / g_size;
+  ot_case(30, 21, lo, "wide rows");
 
   /* a global batch larger than the workspace fails on every rank, nobody hangs */
   struct cf_cfm_ot ot;
