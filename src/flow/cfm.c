@@ -462,11 +462,7 @@ cf_status cf_cfm_ot_couple(struct cf_cfm_ot *ot, int64_t B, const float *x0, flo
  * lanes are independent, so the compiler can keep them in vector registers (the cost matrix of
  * a D = 1000 batch of 256 is 65M of these terms a step); every run-time copy gives the same
  * bits, so every rank computes the same matrix. */
-#if defined(__x86_64__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-static double
-sqdist(const float *restrict a, const float *restrict b, int64_t D) {
+CF_CLONES static double sqdist(const float *restrict a, const float *restrict b, int64_t D) {
   double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t d = 0;
   for (; d + 8 <= D; d += 8)

@@ -74,12 +74,6 @@ typedef float vm_f4 __attribute__((vector_size(4 * sizeof(float))));
 #undef VMT
 #endif
 
-#if defined(__x86_64__) && !defined(__clang__)
-#define CF_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CF_CLONES
-#endif
-
 /* gb (out) += the column sums of dy (M, out), row by row in order (every column's sum is the
  * same sequence of additions as a scalar loop). */
 CF_CLONES static void cf_colsum_add(const float *dy, int64_t M, int64_t out, float *gb) {

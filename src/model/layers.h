@@ -19,6 +19,15 @@
 #include "calmflow/ring.h"
 
 #define CF_LN_EPS 1e-5
+
+/* A function compiled twice, for AVX2 and for the baseline, the copy picked at run time (GCC on
+ * x86-64). Only for code whose result must not depend on the copy: no reassociation, and no
+ * fused multiply-add (neither copy enables FMA). */
+#if defined(__x86_64__) && !defined(__clang__)
+#define CF_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CF_CLONES
+#endif
 /* Rows of queries handled per attention block; keys beyond the block's last row are skipped
  * (causal), so roughly half the score matrix is never computed. */
 #define CF_ATTN_CHUNK 64
