@@ -964,6 +964,28 @@ static void test_model(enum cf_head head, int dropout, float lsmin, float lsmax,
            "vae loss fields %g %g %g %g", l.loss, l.nll, l.recon, l.kl);
   printf("  loss %.6f recon %.6f kl %.6f nll %.6f\n", l.loss, l.recon, l.kl, l.nll);
   head_formulas(&m, &c, &l, label);
+  /* The gradient norm and its NaN / Inf check in one pass: the norm against a plain sum, and a
+   * non-finite element at either end of the arena (first and last tensor) seen. */
+  {
+    int fin = -1;
+    double q = cf_model_grad_sqnorm(&m, &fin), want = 0;
+    for (size_t i = 0; i < m.n_params; i++)
+      want += (double)m.grads[i] * (double)m.grads[i];
+    EXPECT(fin == 1 && fabs(q - want) <= 1e-12 * want,
+           "%s: grad sqnorm %.17g (finite %d), plain %.17g", label, q, fin, want);
+    const size_t at[2] = {0, m.n_params - 1};
+    const float bad[3] = {NAN, INFINITY, -INFINITY};
+    for (int a = 0; a < 2; a++)
+      for (int k = 0; k < 3; k++) {
+        float keep = m.grads[at[a]];
+        m.grads[at[a]] = bad[k];
+        fin = -1;
+        (void)cf_model_grad_sqnorm(&m, &fin);
+        EXPECT(fin == 0, "%s: gradient %g at element %zu not flagged", label, (double)bad[k],
+               at[a]);
+        m.grads[at[a]] = keep;
+      }
+  }
   /* A backward consumes its forward: a second one is refused. Backward adds: a second
    * forward and backward doubles the gradients. */
   float *g1 = cf_test_floats(m.n_params);

@@ -121,7 +121,7 @@ static void run(enum cf_head head) {
                           &loss);
     if (st == CF_OK) st = cf_model_backward(&m);
     if (st == CF_OK) {
-      double norm = sqrt(cf_model_grad_sqnorm(&m));
+      double norm = sqrt(cf_model_grad_sqnorm(&m, NULL));
       cf_clip_apply(m.grads, m.n_params, norm, tc.clip);
       cf_optim_step(&opt, &tc, m.params, m.grads, cf_train_lr(&tc, step));
     }

@@ -87,6 +87,9 @@ void cf_cfm_release(struct cf_cfm *m); /* idempotent; *m all-zero after */
 /* Local. Deterministic initialization from seed (see above); the same at any layout. */
 void cf_cfm_init_weights(struct cf_cfm *m, uint64_t seed);
 void cf_cfm_zero_grad(struct cf_cfm *m);
+/* Local. Sum of squares of m->grads (every rank holds the whole network); *finite (may be
+ * NULL) = 1 when every element is finite, from the same pass. */
+double cf_cfm_grad_sqnorm(const struct cf_cfm *m, int *finite);
 /* Local. Look up a tensor by name (NULL if absent). */
 const struct cf_tensor_info *cf_cfm_find(const struct cf_cfm *m, const char *name);
 

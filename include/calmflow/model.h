@@ -256,8 +256,10 @@ int cf_model_last(const struct cf_model *m);
 int64_t cf_model_local_tokens(const struct cf_model *m);
 /* Local. Sum of squares of the gradients this rank counts for the global gradient norm: its
  * blocks of tensor-split tensors, replicated tensors on tensor rank 0 only. Summed over the
- * model group (grid.mp) it is the squared norm of the whole model's gradient. */
-double cf_model_grad_sqnorm(const struct cf_model *m);
+ * model group (grid.mp) it is the squared norm of the whole model's gradient. In the same pass,
+ * *finite (may be NULL) = 1 when every gradient element this rank holds (all of m->grads,
+ * replicated tensors included) is finite, 0 when one is NaN or Inf. */
+double cf_model_grad_sqnorm(const struct cf_model *m, int *finite);
 void cf_model_release(struct cf_model *m); /* idempotent; *m all-zero after */
 
 /* Local. Decoder outputs per point: D (vae), 2D (gauss, cvae), K(1 + 2D) (gmm); fm: D (its

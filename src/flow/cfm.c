@@ -225,6 +225,12 @@ void cf_cfm_zero_grad(struct cf_cfm *m) {
   if (m != NULL && m->grads != NULL) memset(m->grads, 0, m->n_params * sizeof(float));
 }
 
+double cf_cfm_grad_sqnorm(const struct cf_cfm *m, int *finite) {
+  double s = cf_sqsum(m->grads, m->n_params);
+  if (finite) *finite = isfinite(s) != 0;
+  return s;
+}
+
 const struct cf_tensor_info *cf_cfm_find(const struct cf_cfm *m, const char *name) {
   if (m == NULL || name == NULL) return NULL;
   for (int t = 0; t < m->n_tensors; t++)

@@ -198,6 +198,19 @@ CF_CLONES void cf_layernorm_affine(const float *xhat, int64_t M, int64_t n, cons
   }
 }
 
+CF_CLONES double cf_sqsum(const float *x, size_t n) {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++)
+      lane[k] += (double)x[i + k] * (double)x[i + k];
+  for (; i < n; i++)
+    s += (double)x[i] * (double)x[i];
+  for (int k = 0; k < 8; k++)
+    s += lane[k];
+  return s;
+}
+
 CF_CLONES void cf_mul(const float *a, const float *b, float *y, size_t n) {
   size_t k = 0;
   for (; k + VM_W <= n; k += VM_W)

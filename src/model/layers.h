@@ -32,6 +32,12 @@
  * (causal), so roughly half the score matrix is never computed. */
 #define CF_ATTN_CHUNK 64
 
+/* Sum of squares of x (n) in double: eight running sums (lane k over i = k, k + 8, ...), then
+ * the tail, then the lanes in order; the same bits from every run-time copy. Finite exactly
+ * when every element is (a sum of squares of floats cannot overflow a double below 10^200
+ * elements), so one pass gives a gradient's norm and its NaN / Inf check. */
+double cf_sqsum(const float *x, size_t n);
+
 /* ---- kernels ---- */
 
 /* y (M, out) = x (M, in) W^T + b, or y += ... when accumulate (b may be NULL). */

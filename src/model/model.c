@@ -754,27 +754,18 @@ int64_t cf_model_local_tokens(const struct cf_model *m) {
 
 /* Local. The sum of squares of g (n) in double, kept in 8 interleaved partial sums so that the
  * loop vectorizes without reassociation (memory bound: the whole gradient is read once). */
-static double sqsum(const float *g, size_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; j++)
-      acc[j] += (double)g[i + j] * (double)g[i + j];
-  for (; i < n; i++)
-    s += (double)g[i] * (double)g[i];
-  for (int j = 0; j < 8; j++)
-    s += acc[j];
-  return s;
-}
-
-double cf_model_grad_sqnorm(const struct cf_model *m) {
+double cf_model_grad_sqnorm(const struct cf_model *m, int *finite) {
   const struct cf_model_impl *im = m->impl;
   double s = 0;
+  int ok = 1;
   for (int t = 0; t < m->n_tensors; t++) {
     const struct cf_tensor_info *ti = &m->tensors[t];
-    if (!ti->held || (ti->split == CF_SPLIT_NONE && im->tp_rank != 0)) continue;
-    s += sqsum(m->grads + ti->offset, ti->numel);
+    if (!ti->held) continue;
+    double q = cf_sqsum(m->grads + ti->offset, ti->numel);
+    ok &= isfinite(q) != 0;
+    if (ti->split != CF_SPLIT_NONE || im->tp_rank == 0) s += q;
   }
+  if (finite) *finite = ok;
   return s;
 }
 

@@ -198,19 +198,6 @@ static cf_status load(const struct cf_grid *grid, const char *path, struct cf_le
   return st;
 }
 
-/* Local. 1 when none of x (n) is NaN or Inf: the largest magnitude bit pattern stays below the
- * exponent-all-ones pattern (an integer max, which vectorizes; no floating-point exceptions). */
-static int all_finite(const float *x, size_t n) {
-  uint32_t worst = 0;
-  for (size_t i = 0; i < n; i++) {
-    uint32_t b;
-    memcpy(&b, &x[i], sizeof b);
-    b &= 0x7fffffffu;
-    worst = b > worst ? b : worst;
-  }
-  return worst < 0x7f800000u;
-}
-
 /* Local. The fault-injection value sites of a step (fault.h): nan_grad poisons the first
  * gradient element of the range this rank updates, nan_loss this rank's share of the loss. */
 static cf_status poison(struct cf_learner *L, size_t at, double *loss) {
@@ -319,8 +306,10 @@ cf_status cf_train_loop(const struct cf_grid *g, const struct cf_train_cfg *tc,
     /* The numerical guard: each rank flags a non-finite share of the loss and a non-finite
      * element anywhere in its gradient after the reduction; the flags ride on the loss
      * all-reduce, so every rank of every group sees the same counts and takes the same branch */
+    int grad_finite = 0;
+    double sq = L->grad_sqnorm(L->ctx, &grad_finite);
     part[5] = !isfinite(part[0]);
-    part[6] = !all_finite(L->grads, L->n_params);
+    part[6] = !grad_finite;
     cf_watchdog_enter("loss_allreduce", -1);
     part[4] = g_stop_signal != 0;
     int e_part = MPI_Allreduce(MPI_IN_PLACE, part, 7, MPI_DOUBLE, MPI_SUM, comm);
@@ -360,7 +349,6 @@ cf_status cf_train_loop(const struct cf_grid *g, const struct cf_train_cfg *tc,
     } else {
       nan_run = 0;
       PetscLogEventBegin(ev_opt, 0, 0, 0, 0);
-      double sq = L->grad_sqnorm(L->ctx);
       cf_watchdog_enter("grad_norm_allreduce", -1);
       int e_norm = MPI_Allreduce(MPI_IN_PLACE, &sq, 1, MPI_DOUBLE, MPI_SUM, L->norm_comm);
       cf_watchdog_leave();

@@ -29,7 +29,9 @@ struct cf_learner {
    * gradient must have been handed to red (cf_reducer_begin, cf_reducer_ready) on return;
    * the loop finishes the reduction. Collective as the method needs. */
   cf_status (*step)(void *ctx, int64_t step, struct cf_reducer *red, double part[4]);
-  double (*grad_sqnorm)(void *ctx); /* this rank's share of the squared gradient norm */
+  /* This rank's share of the squared gradient norm; *finite = 1 when every element of its
+   * grads (all n_params, counted in the norm or not) is finite: one pass over them a step. */
+  double (*grad_sqnorm)(void *ctx, int *finite);
 };
 
 /* Collective on the grid. Train L for tc->steps steps into run_dir, from resume (a checkpoint

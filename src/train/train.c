@@ -235,8 +235,8 @@ static void learner_zero_grad(void *ctx) {
   cf_model_zero_grad(((struct step_ctx *)ctx)->m);
 }
 
-static double learner_grad_sqnorm(void *ctx) {
-  return cf_model_grad_sqnorm(((struct step_ctx *)ctx)->m);
+static double learner_grad_sqnorm(void *ctx, int *finite) {
+  return cf_model_grad_sqnorm(((struct step_ctx *)ctx)->m, finite);
 }
 
 static cf_status learner_step(void *ctx, int64_t step, struct cf_reducer *red, double part[4]) {

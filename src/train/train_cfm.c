@@ -28,12 +28,8 @@ static void cfm_zero_grad(void *ctx) {
   cf_cfm_zero_grad(((struct cfm_ctx *)ctx)->m);
 }
 
-static double cfm_grad_sqnorm(void *ctx) {
-  const struct cf_cfm *m = ((struct cfm_ctx *)ctx)->m;
-  double s = 0;
-  for (size_t i = 0; i < m->n_params; i++)
-    s += (double)m->grads[i] * (double)m->grads[i];
-  return s;
+static double cfm_grad_sqnorm(void *ctx, int *finite) {
+  return cf_cfm_grad_sqnorm(((struct cfm_ctx *)ctx)->m, finite);
 }
 
 /* Collective on the data-parallel ranks (the OT coupling gathers the global batch). */
