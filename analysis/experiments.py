@@ -2,7 +2,7 @@
 """experiments.py: the comparison of calmflow 5 (docs/results.md), end to end.
 
 Usage: analysis/experiments.py [--size ci|small|medium|full] [--groups toy2d,highdim,budget,budgethd,trajtok]
-                               [--methods m1,m2] [--ranks R] [--merge DIR1,DIR2] [--binary build/calmflow] [--out DIR]
+                               [--methods m1,m2] [--pairs SRC:TGT,...] [--seeds K] [--ranks R] [--merge DIR1,DIR2] [--binary build/calmflow] [--out DIR]
                                [--results docs/results.md] [--config configs/experiments.json]
 
 For every group, pair of distributions (source -> target), dimension, method and seed of the
@@ -113,6 +113,9 @@ def main():
     ap.add_argument("--groups", default="",
                     help="comma-separated (default: every group of the config)")
     ap.add_argument("--methods", default="", help="only these methods (comma-separated)")
+    ap.add_argument("--pairs", default="",
+                    help="only these pairs of the groups, SOURCE:TARGET (comma-separated), to "
+                         "split a group over processes (joined with --merge)")
     ap.add_argument("--seeds", type=int, default=0,
                     help="run seeds 0 .. K-1 instead of the size's count (a pilot; the table "
                          "says how many)")
@@ -158,6 +161,14 @@ def main():
     for g in groups:
         if g not in cfg["groups"]:
             print(f"experiments: error: --groups: unknown group '{g}'", file=sys.stderr)
+            return 1
+    pairs = [tuple(x.split(":")) for x in a.pairs.split(",") if x]
+    known = {tuple(pr) for g in groups for pr in cfg["groups"][g]["pairs"]}
+    for pr in pairs:
+        if pr not in known:
+            print(f"experiments: error: --pairs: '{':'.join(pr)}' is not a SOURCE:TARGET pair of "
+                  f"the groups run ({', '.join(sorted(':'.join(k) for k in known))})",
+                  file=sys.stderr)
             return 1
     out = a.out or f"runs/experiments-{a.size}"
     if a.merge:
@@ -234,6 +245,8 @@ def main():
         for opt, key in sweep.items():  # one option varied at a time, the others at default
             sweep_points += [{opt: v} for v in size[key]]
         for src, tgt in g["pairs"]:
+            if pairs and (src, tgt) not in pairs:
+                continue
             for dim in dims:
                 for sp in sweep_points:
                     trained = {}  # method -> (run_dir, summary, params) for seed-matched CFM
@@ -378,6 +391,10 @@ def make_table(rows, size, a):
         g, s, t, d, sw = k
         sweep = json.loads(sw)
         title = f"### {g}: {s} -> {t}, D = {d}" + "".join(f", {o} = {v}" for o, v in sweep.items())
+        nk = len({r["seed"] for r in rows if (r["group"], r["source"], r["target"], r["dim"],
+                                             json.dumps(r["sweep"])) == k})
+        if nk != ns:  # a pilot, or runs joined with --merge
+            title += f" ({nk} seed{'s' if nk != 1 else ''})"
         lines += [title, "",
                   "| method | tau | W2 | W2 / floor | MMD | MMD multi | params | train s | sample s "
                   "| NFE | loss t1 | loss t>=2 | attn past / unif. |",

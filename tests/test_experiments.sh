@@ -109,4 +109,8 @@ PYEOF
   --out "$T/s" >"$T/s.log" 2>&1 && fail "experiments.py took --seeds -1"
 [ "$(wc -l <"$T/s.log")" = 1 ] && grep -q '^experiments: error: --seeds' "$T/s.log" ||
   { cat "$T/s.log"; fail "experiments.py: no one-line error for --seeds -1"; }
+/usr/bin/python3 "$src/analysis/experiments.py" --size ci --groups d1000 --pairs normal:moons \
+  --binary "$CF" --out "$T/s" >"$T/s.log" 2>&1 && fail "experiments.py took a pair not in the group"
+[ "$(wc -l <"$T/s.log")" = 1 ] && grep -q '^experiments: error: --pairs' "$T/s.log" ||
+  { cat "$T/s.log"; fail "experiments.py: no one-line error for --pairs normal:moons"; }
 echo "test_experiments: ok"
