@@ -752,8 +752,8 @@ int64_t cf_model_local_tokens(const struct cf_model *m) {
   return ((const struct cf_model_impl *)m->impl)->Tx;
 }
 
-/* Local. The sum of squares of g (n) in double, kept in 8 interleaved partial sums so that the
- * loop vectorizes without reassociation (memory bound: the whole gradient is read once). */
+/* One cf_sqsum per held tensor: each tensor's sum tells whether it is finite, the counted ones
+ * add up to the norm; the gradient is read once. */
 double cf_model_grad_sqnorm(const struct cf_model *m, int *finite) {
   const struct cf_model_impl *im = m->impl;
   double s = 0;
