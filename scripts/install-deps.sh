@@ -3,8 +3,9 @@
 # Does nothing (and needs no network) when everything is already present. Slurm and munge are
 # for the `slurm` tests, which start their own throw-away cluster (tests/slurm/cluster.sh) and
 # need no system-wide Slurm configuration.
-# Usage: ./scripts/install-deps.sh [--torch]   (--torch adds python3-torch, used only
-# to regenerate tests/reference dumps; neither the build nor the tests need it)
+# Usage: ./scripts/install-deps.sh [--torch]   (--torch adds python3-scipy, used only to
+# regenerate tests/reference dumps; python3-torch is always installed: test_neox_load.py
+# computes its independent reference forward with it)
 set -euo pipefail
 
 pkgs=(
@@ -16,10 +17,10 @@ pkgs=(
   libscalapack-openmpi-dev
   libopenblas-dev liblapacke-dev
   libcjson-dev libyaml-dev
-  python3-numpy python3-h5py python3-matplotlib
+  python3-numpy python3-h5py python3-matplotlib python3-torch
   slurmctld slurmd slurm-client munge
 )
-[ "${1:-}" = "--torch" ] && pkgs+=(python3-torch python3-scipy)
+[ "${1:-}" = "--torch" ] && pkgs+=(python3-scipy)
 
 missing=()
 for p in "${pkgs[@]}"; do
