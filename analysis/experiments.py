@@ -391,16 +391,15 @@ def make_table(rows, size, a):
         g, s, t, d, sw = k
         sweep = json.loads(sw)
         title = f"### {g}: {s} -> {t}, D = {d}" + "".join(f", {o} = {v}" for o, v in sweep.items())
-        nk = len({r["seed"] for r in rows if (r["group"], r["source"], r["target"], r["dim"],
-                                             json.dumps(r["sweep"])) == k})
+        sel = [r for r in rows if (r["group"], r["source"], r["target"], r["dim"],
+                                   json.dumps(r["sweep"])) == k]
+        nk = len({r["seed"] for r in sel})
         if nk != ns:  # a pilot, or runs joined with --merge
             title += f" ({nk} seed{'s' if nk != 1 else ''})"
         lines += [title, "",
                   "| method | tau | W2 | W2 / floor | MMD | MMD multi | params | train s | sample s "
                   "| NFE | loss t1 | loss t>=2 | attn past / unif. |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        sel = [r for r in rows if (r["group"], r["source"], r["target"], r["dim"],
-                                   json.dumps(r["sweep"])) == k]
         seen = []
         for r in sel:
             mk = (r["method"], r.get("tau"))
