@@ -29,15 +29,17 @@
 # during it (bench/lib.sh); REPS reps, medians. The sgemm peak (bench/sgemm_peak.c, one
 # thread, 512^3) is measured at the start and the end.
 #
-# Usage: bench/perf.sh [--quick | --full | --big] [build dir (default build-perf)]
+# Usage: bench/perf.sh [--quick | --full | --big | --all] [build dir (default build-perf)]
 #   --quick  2 layers H 64 and H 256, D 2, S 1, P 8, 2 reps of 8 steps (about 2 minutes);
 #            writes docs/bench/perf/quick.{json,csv,md}, leaves docs/performance.md alone
+#   --all    --full, then --big: the whole grid and docs/performance.md from the two (about an
+#            hour on a quiet 2-core machine)
 #   --full   (default) 2 layers H 64 (2 heads: calmflow's default) and H 256 (8 heads),
-#            D 2 and 100, S 1 and 4, P 1 and 8, 3 reps of 12 steps, 2-thread variants at D 100,
-#            rollout at D 2; docs/bench/perf/full.*, then docs/performance.md
-#   --big    12 layers H 768 (12 heads), 8 paths per step, D 100, S 1 and 4, P 1 and 8, 2 reps
-#            of 4 steps, no 2-thread variants, rollout at D 100; docs/bench/perf/big.*, then
-#            docs/performance.md (from full and big, whichever exist)
+#            D 2, 100 and 1000, S 1 and 4, P 1 and 8, 3 reps of 12 steps, 2-thread variants
+#            at D 100, rollout at D 2; docs/bench/perf/full.*, then docs/performance.md
+#   --big    12 layers H 768 (12 heads), 8 paths per step, D 2, 100 and 1000, S 1 and 4, P 1
+#            and 8, 2 reps of 4 steps, no 2-thread variants, rollout at D 100;
+#            docs/bench/perf/big.*, then docs/performance.md (from full and big, whichever exist)
 #   env: any of SIZES ("layers:H:heads[:paths]" ...), DS, SS, PS, N, BATCH, REPS, STEPS, WARM,
 #        THREADS2_DS, ROLL_DS, ROLL_BUDGET (s per torch rollout run), ROLL_MIN_BATCH (8
 #        sequences per rollout batch at least), KINDS ("train rollout"), MEMORY (0/1), PROFILE
@@ -57,8 +59,9 @@ export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=1
 MODE=full
 case ${1:-} in
   --quick | --full | --big) MODE=${1#--}; shift ;;
+  --all) shift; bash "$0" --full "$@" && bash "$0" --big "$@"; return ;;
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-  -*) echo "perf.sh: error: unknown option '$1' (expected --quick, --full or --big)" >&2; exit 2 ;;
+  -*) echo "perf.sh: error: unknown option '$1' (expected --quick, --full, --big or --all)" >&2; exit 2 ;;
 esac
 BUILD=${1:-build-perf}
 CF=$BUILD/calmflow
@@ -76,9 +79,9 @@ PY=/usr/bin/python3
 case $MODE in
   quick) d_sizes="2:64:2 2:256:8" d_ds=2 d_ss=1 d_ps=8 d_reps=2 d_steps=8 d_t2=2 d_roll=2 d_mem=0
     d_prof="" ;;
-  full) d_sizes="2:64:2 2:256:8" d_ds="2 100" d_ss="1 4" d_ps="1 8" d_reps=3 d_steps=12 d_t2=100
+  full) d_sizes="2:64:2 2:256:8" d_ds="2 100 1000" d_ss="1 4" d_ps="1 8" d_reps=3 d_steps=12 d_t2=100
     d_roll=2 d_mem=1 d_prof="2:64:2 2:256:8" ;;
-  big) d_sizes="12:768:12:8" d_ds=100 d_ss="1 4" d_ps="1 8" d_reps=2 d_steps=4 d_t2="" d_roll=100
+  big) d_sizes="12:768:12:8" d_ds="2 100 1000" d_ss="1 4" d_ps="1 8" d_reps=2 d_steps=4 d_t2="" d_roll=100
     d_mem=0 d_prof="" ;;
 esac
 SIZES=${SIZES:-$d_sizes}

@@ -336,7 +336,10 @@ def cmd_report(a):
     first = next((r for r in R if r["mode"] == "full"), R[-1])  # baseline, N, disturbed
     L = ["# Performance: calmflow against the same network in PyTorch", ""]
     how = lambda m: "--" + m.split("-")[0] + (f" TAG={m.split('-', 1)[1]}" if "-" in m else "")
-    L += [f"Measured by `bench/perf.sh` ({', '.join(how(r['mode']) for r in R)}) on "
+    modes = [r["mode"] for r in R]
+    cmd = ("`bench/perf.sh --all` (--full, then --big)" if modes == ["full", "big"] else
+           f"`bench/perf.sh` ({', '.join(how(m) for m in modes)})")
+    L += [f"Measured by {cmd} on "
           f"{first['cpu']}, {first['cores']} cores, shared with other jobs; "
           + "; ".join(f"{r['mode']}: {r['date']}, commit {r['commit']}, sgemm peak "
                       f"{r['peak_gflops']:.1f} GFLOP/s (1 thread, best of "
