@@ -297,13 +297,19 @@ def group(sym):
 
 
 def cpu_name():
+    """The model name, with the family and model numbers when the name alone does not tell the
+    generation (AMD EPYC, family 25: Zen 3 and 4; 26: Zen 5) and whether AVX-512 is there."""
+    info = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
     except OSError:
         pass
-    return "unknown"
+    if "model name" not in info:
+        return "unknown"
+    avx = "AVX-512" if "avx512f" in info.get("flags", "").split() else "no AVX-512"
+    return f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, {avx})"
 
 
 # ---------------------------------------------------------------- report
@@ -316,6 +322,19 @@ def num(x):
 
 def fmt_ms(s):
     return f"{1000 * s:.1f}" if s < 10 else f"{s:.1f} s"
+
+
+def blas_core(sg):
+    """The OpenBLAS kernel set the sgemm peak ran (calmflow and torch load the same library in the
+    same environment), and whether OPENBLAS_CORETYPE chose it; empty for runs that did not record
+    it."""
+    core = sg[0].get("core") if sg else None
+    if not core:
+        return ""
+    env = sg[0].get("coretype_env")
+    return (f", OpenBLAS {core} kernels" +
+            (f" (OPENBLAS_CORETYPE={env} in the environment, for calmflow and torch alike)"
+             if env else " (detected)"))
 
 
 def cmd_report(a):
@@ -343,9 +362,9 @@ def cmd_report(a):
           f"{first['cpu']}, {first['cores']} cores, shared with other jobs; "
           + "; ".join(f"{r['mode']}: {r['date']}, commit {r['commit']}, sgemm peak "
                       f"{r['peak_gflops']:.1f} GFLOP/s (1 thread, best of "
-                      + " / ".join(f"{s['gflops']:.1f}" for s in r["sgemm"]) + "), load average "
-                      f"after {r['loadavg_after'][0]}" for r in R) + " (commit: the one checked "
-          "out when the run started).",
+                      + " / ".join(f"{s['gflops']:.1f}" for s in r["sgemm"]) + ")"
+                      + blas_core(r["sgemm"]) + f", load average after {r['loadavg_after'][0]}"
+                      for r in R) + " (commit: the one checked out when the run started).",
           "Raw results (every run, every step time): `docs/bench/perf/<mode>.json` and `.csv`. "
           "Binary: " + "; ".join(dict.fromkeys(binary(r["build"]) for r in R)) + ".", ""]
     L += ["calmflow: `calmflow train` built Release (-O2, OpenBLAS 0.3.21 pthread), "

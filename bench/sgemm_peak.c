@@ -2,7 +2,9 @@
  * to get a model FLOP utilisation (MFU).
  *
  * Times C = A B (n x n x n, row-major, cblas_sgemm) in rounds of enough calls to last at least
- * 50 ms and prints the best round as one JSON line {"n": .., "rounds": .., "gflops": ..}.
+ * 50 ms and prints the best round as one JSON line {"n": .., "rounds": .., "gflops": .., ...},
+ * with the OpenBLAS kernel set that ran ("core": openblas_get_corename()) and OPENBLAS_CORETYPE
+ * (set: the kernels were chosen by it, not by detecting the CPU).
  * Run it with OPENBLAS_NUM_THREADS=1 for the per-core figure.
  * Usage: sgemm_peak [n (512)] [rounds (7)]
  */
@@ -53,9 +55,11 @@ int main(int argc, char **argv) {
     double el = now_s() - t0, rate = flops * (double)calls / el;
     if (rate > best) best = rate;
   }
+  const char *forced = getenv("OPENBLAS_CORETYPE");
   printf("{\"n\": %ld, \"rounds\": %ld, \"calls_per_round\": %ld, \"gflops\": %.3f, "
-         "\"check\": %g}\n",
-         n, rounds, calls, best / 1e9, (double)c[nn / 2]);
+         "\"check\": %g, \"core\": \"%s\", \"coretype_env\": \"%s\"}\n",
+         n, rounds, calls, best / 1e9, (double)c[nn / 2], openblas_get_corename(),
+         forced != NULL ? forced : "");
   free(a);
   free(b);
   free(c);
