@@ -715,8 +715,9 @@ def targets(ids, rids, get, first, R):
                    f"{'met' if ok else 'NOT met'}; {min(dp)[0]:.2f}x ({min(dp)[1]}) to "
                    f"{max(dp)[0]:.2f}x ({max(dp)[1]})"
                    + (f"; calmflow's heap {min(hp):.2f}x to {max(hp):.2f}x, the rest is "
-                      "MPI's (the non-blocking gradient all-reduce's temporaries and "
-                      "shared-memory segments, which grow with -par_bucket_mb)" if hp else "")
+                      "MPI's (its shared-memory segments, and the non-blocking gradient "
+                      "all-reduce's temporaries: at most 4 buckets of -par_bucket_mb in flight "
+                      "since 2026-11-30, the whole gradient before)" if hp else "")
                    + ".")
     ms = next((r["memory_sh"] for r in R if r.get("memory_sh")), None)
     if ms:

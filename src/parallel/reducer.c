@@ -3,6 +3,7 @@
 
 #include "calmflow/commstat.h"
 #include "calmflow/mpichunk.h"
+#include "calmflow/watchdog.h"
 
 #include <string.h>
 
@@ -24,20 +25,39 @@ cf_status cf_reducer_init(struct cf_reducer *r, MPI_Comm comm, float *buf, size_
 void cf_reducer_begin(struct cf_reducer *r) {
   r->hi = r->n;
   r->nreq = 0;
+  r->nwaited = 0;
+}
+
+/* wait for the oldest bucket in flight (its time counts as data-parallel wait); inside
+ * backward, so bracketed for the watchdog as cf_reducer_finish's wait is by its caller */
+static cf_status wait_oldest(struct cf_reducer *r) {
+  double t0 = cf_commstat_now();
+  cf_watchdog_enter("grad_allreduce", -1);
+  int e = MPI_Wait(&r->req[r->nwaited], MPI_STATUS_IGNORE);
+  cf_watchdog_leave();
+  if (r->size > 1) cf_commstat_add(CF_COMM_DP, 0.0, cf_commstat_now() - t0);
+  CF_MPI(e);
+  r->nwaited++;
+  return CF_OK;
 }
 
 static cf_status start(struct cf_reducer *r, size_t lo) {
   size_t cnt = r->hi - lo;
-  const size_t most = cf_mpi_chunk(); /* MPI counts are int: split very large ranges */
+  /* a range final at once (a whole layer's gradients) goes out in buckets, so that the in-flight
+   * bound holds MPI's temporaries to a few buckets; MPI counts are int besides */
+  const size_t chunk = cf_mpi_chunk(), most = r->bucket < chunk ? r->bucket : chunk;
   while (cnt > 0) {
     size_t piece = cnt > most ? most : cnt;
     if (r->nreq == CF_REDUCER_MAX_BUCKETS) { /* no request left (tiny chunks): the rest now */
       piece = cnt;
       CF_MPI(cf_mpi_allreduce(MPI_IN_PLACE, r->buf + r->hi - piece, piece, MPI_FLOAT, MPI_SUM,
                               r->comm));
-    } else
+    } else {
+      if (r->nreq - r->nwaited >= CF_REDUCER_IN_FLIGHT) CF_TRY(wait_oldest(r));
       CF_MPI(MPI_Iallreduce(MPI_IN_PLACE, r->buf + r->hi - piece, (int)piece, MPI_FLOAT, MPI_SUM,
                             r->comm, &r->req[r->nreq++]));
+      if (r->nreq - r->nwaited > r->most_in_flight) r->most_in_flight = r->nreq - r->nwaited;
+    }
     r->hi -= piece;
     cnt -= piece;
     r->bytes += (double)piece * sizeof(float);
@@ -50,9 +70,9 @@ static cf_status start(struct cf_reducer *r, size_t lo) {
 cf_status cf_reducer_ready(void *reducer, size_t offset) {
   struct cf_reducer *r = reducer;
   if (offset < r->hi && r->hi - offset >= r->bucket) CF_TRY(start(r, offset));
-  if (r->nreq > 0) { /* give MPI a chance to progress the buckets already started */
+  if (r->nreq > r->nwaited) { /* give MPI a chance to progress the buckets in flight */
     int done;
-    CF_MPI(MPI_Testall(r->nreq, r->req, &done, MPI_STATUSES_IGNORE));
+    CF_MPI(MPI_Testall(r->nreq - r->nwaited, r->req + r->nwaited, &done, MPI_STATUSES_IGNORE));
   }
   return CF_OK;
 }
@@ -60,9 +80,10 @@ cf_status cf_reducer_ready(void *reducer, size_t offset) {
 cf_status cf_reducer_finish(struct cf_reducer *r) {
   if (r->hi > 0) CF_TRY(start(r, 0));
   double t0 = cf_commstat_now();
-  int e = MPI_Waitall(r->nreq, r->req, MPI_STATUSES_IGNORE);
+  int e = MPI_Waitall(r->nreq - r->nwaited, r->req + r->nwaited, MPI_STATUSES_IGNORE);
   if (r->size > 1) cf_commstat_add(CF_COMM_DP, 0.0, cf_commstat_now() - t0);
   CF_MPI(e);
   r->nreq = 0;
+  r->nwaited = 0;
   return CF_OK;
 }
