@@ -309,7 +309,8 @@ def cpu_name():
     if "model name" not in info:
         return "unknown"
     avx = "AVX-512" if "avx512f" in info.get("flags", "").split() else "no AVX-512"
-    return f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, {avx})"
+    return (f"{info['model name']} (family {info.get('cpu family', '?')} "
+            f"model {info.get('model', '?')}, {avx})")
 
 
 # ---------------------------------------------------------------- report
