@@ -85,6 +85,11 @@ expect par-cp-short "-par_cp" 2 "${TR[@]}" -par_cp 2 -flow_time_points 2 -flow_t
 expect par-ffn "-net_ffn 31 is not divisible by -par_tp 2" 2 "${TR[@]}" -par_tp 2 -net_ffn 31
 expect par-nohist "-flow_history 0 with -par_cp 2" 2 "${TR[@]}" -par_cp 2 -flow_history 0
 expect bad-history "option -flow_history" 1 "${TR[@]}" -flow_history 2
+expect selffeed-steps "option -train_selffeed_steps: expected 0..14" 1 "${TR[@]}" -train_selffeed_steps 15
+expect selffeed-prob "option -train_selffeed_prob" 1 "${TR[@]}" -train_selffeed_prob 1.5
+expect selffeed-path "needs -flow_path bridge or straight" 1 "${TR[@]}" -train_selffeed_steps 2 -flow_path noisy
+expect selffeed-pp "expected -par_pp 1, got 2" 2 "${TR[@]}" -train_selffeed_steps 2 -par_pp 2 -train_microbatches 2
+expect selffeed-cfm "-model cfm has no history to feed" 1 "${TR[@]}" -train_selffeed_steps 2 -model cfm
 [ -e "$R" ] && { echo "FAIL bad options created the run directory"; fails=$((fails + 1)); }
 expect no-ckpt "no checkpoint" 1 sample -run_dir "$T/empty" -sample_out "$T/s.h5"
 expect eval-missing "option -eval_a" 1 eval -eval_b "$T/good.h5"

@@ -16,17 +16,19 @@
 #include <stdint.h>
 
 enum cf_rng_domain {
-  CF_RNG_X0 = 1,       /* source points x0 */
-  CF_RNG_X1 = 2,       /* target points x1 (synthetic) or data index */
-  CF_RNG_PATH = 3,     /* path noise (bridge, noisy, ve) */
-  CF_RNG_LATENT = 4,   /* vae latent noise during training */
-  CF_RNG_SAMPLE = 5,   /* head noise during rollout */
-  CF_RNG_INIT = 6,     /* weight initialization (index = tensor id) */
-  CF_RNG_DATA = 7,     /* `calmflow data` generators */
-  CF_RNG_EVAL = 8,     /* evaluation subsampling */
-  CF_RNG_HEAD = 9,     /* fm / cvae head noise during training (cf_head_train_noise) */
-  CF_RNG_CONTEXT = 10, /* -flow_context_noise on the teacher-forced inputs */
-  CF_RNG_DROPOUT = 64  /* + site id (< 4096) */
+  CF_RNG_X0 = 1,             /* source points x0 */
+  CF_RNG_X1 = 2,             /* target points x1 (synthetic) or data index */
+  CF_RNG_PATH = 3,           /* path noise (bridge, noisy, ve) */
+  CF_RNG_LATENT = 4,         /* vae latent noise during training */
+  CF_RNG_SAMPLE = 5,         /* head noise during rollout */
+  CF_RNG_INIT = 6,           /* weight initialization (index = tensor id) */
+  CF_RNG_DATA = 7,           /* `calmflow data` generators */
+  CF_RNG_EVAL = 8,           /* evaluation subsampling */
+  CF_RNG_HEAD = 9,           /* fm / cvae head noise during training (cf_head_train_noise) */
+  CF_RNG_CONTEXT = 10,       /* -flow_context_noise on the teacher-forced inputs */
+  CF_RNG_SELFFEED = 11,      /* -train_selffeed: which points, the bridge continuation */
+  CF_RNG_SELFFEED_HEAD = 12, /* -train_selffeed: head noise of the own-rollout passes */
+  CF_RNG_DROPOUT = 64        /* + site id (< 4096) */
 };
 
 struct cf_rng {

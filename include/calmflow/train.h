@@ -62,10 +62,12 @@ struct cf_train_cfg {
   size_t bucket; /* floats per gradient all-reduce bucket (reducer.h) */
   int zero;      /* 1: ZeRO-1, AdamW moments sharded over the data-parallel ranks */
   enum cf_nan_policy nan_policy;
-  int64_t nan_max_skips; /* skip: the most consecutive steps skipped; one more stops the run */
-  int quiet;             /* no progress lines */
-  const char *init_hf;   /* a Hugging Face GPT-NeoX directory whose backbone replaces the
-                            initial blocks (neox.h; not on resume); NULL or "": none */
+  int64_t nan_max_skips;  /* skip: the most consecutive steps skipped; one more stops the run */
+  int64_t selffeed_steps; /* own-rollout passes before each forward (selffeed.h); 0: none */
+  double selffeed_prob;   /* share of the history that takes the own-rollout inputs */
+  int quiet;              /* no progress lines */
+  const char *init_hf;    /* a Hugging Face GPT-NeoX directory whose backbone replaces the
+                             initial blocks (neox.h; not on resume); NULL or "": none */
   const struct cf_prompt_data *prompt; /* CaLMFlow with text prompts (the target distribution
                                           is then the points, sorted by group); NULL: none */
 };

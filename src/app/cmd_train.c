@@ -17,6 +17,7 @@
 #include "calmflow/grid.h"
 #include "calmflow/mem.h"
 #include "calmflow/neox.h"
+#include "calmflow/selffeed.h"
 #include "calmflow/watchdog.h"
 
 /* Rank 0's descriptor of <run_dir>/.lock, whose fcntl write lock marks the directory as in use.
@@ -461,6 +462,8 @@ cf_status cf_app_train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
   CF_TRY(cf_opt_real(o, "train_clip", 0, 1e12, &tc->clip));
   CF_TRY(cf_nan_policy_parse(cf_opt_str(o, "train_nan_policy"), &tc->nan_policy));
   CF_TRY(cf_opt_int(o, "train_nan_max_skips", 0, big, &tc->nan_max_skips));
+  CF_TRY(cf_opt_int(o, "train_selffeed_steps", 0, big, &tc->selffeed_steps));
+  CF_TRY(cf_opt_real(o, "train_selffeed_prob", 0, 1, &tc->selffeed_prob));
   CF_TRY(cf_opt_real(o, "flow_kl_weight", 0, 1e6, &tc->kl_weight));
   CF_TRY(cf_opt_bool(o, "train_quiet", &tc->quiet));
   double mb;
@@ -543,6 +546,10 @@ cf_status cf_cmd_train(MPI_Comm comm) {
     memset(&mc, 0, sizeof mc);
     mc.D = cc.D;
     CF_TRY(cf_app_layout_data_only(o, "-model cfm is split by data parallelism only"));
+    CF_CHECK(tc.selffeed_steps == 0, CF_EINVAL,
+             "option -train_selffeed_steps: -model cfm has no history to feed (expected 0, got "
+             "%lld)",
+             (long long)tc.selffeed_steps);
     CF_CHECK(tc.batch >= world, CF_ETOPO,
              "option -train_batch: %lld points per step cannot feed %d ranks", (long long)tc.batch,
              world);
@@ -550,6 +557,11 @@ cf_status cf_cmd_train(MPI_Comm comm) {
     CF_TRY(cf_app_model_cfg(o, &mc, &fc));
     CF_TRY(cf_app_layout(o, world, &mc, tc.microbatches, par));
     CF_TRY(cf_train_cfg_check(&tc, &mc, world / (par[0] * par[1] * par[2])));
+    CF_TRY(cf_selffeed_check(&fc, tc.selffeed_steps, tc.selffeed_prob));
+    CF_CHECK(tc.selffeed_steps == 0 || par[1] == 1, CF_ETOPO,
+             "option -train_selffeed_steps: the own-rollout passes need the whole model on each "
+             "rank (expected -par_pp 1, got %d)",
+             par[1]);
   }
   int overwrite;
   CF_TRY(cf_opt_bool(o, "run_overwrite", &overwrite));

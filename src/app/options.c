@@ -150,6 +150,13 @@ static const struct optdef {
      "exit code 4, no checkpoint of it) or skip (warn and go on with the next step)"},
     {"train_nan_max_skips", "10", TR,
      "skip: the most consecutive steps skipped; one more ends the run as stop does"},
+    {"train_selffeed_steps", "0", TR,
+     "scheduled sampling against the rollout's exposure bias: m forward passes put the model's "
+     "own m-step rollout into the history it trains on (0: teacher forcing; bridge or straight "
+     "paths, -par_pp 1; docs/results.md)"},
+    {"train_selffeed_prob", "0.5", TR,
+     "with -train_selffeed_steps: the share of points whose input is the model's own, their "
+     "targets the bridge from there to the path's endpoint"},
     {"train_log_every", "10", TR, "log.jsonl line every k steps"},
     {"train_ckpt_every", "0", TR, "checkpoint every k steps (0: only at the end)"},
     {"train_ckpt_keep", "3", TR, "checkpoints kept in run_dir/ckpt"},

@@ -12,6 +12,7 @@
 #include "calmflow/mpichunk.h"
 #include "calmflow/neox.h"
 #include "calmflow/reducer.h"
+#include "calmflow/selffeed.h"
 #include "calmflow/train.h"
 #include "calmflow/watchdog.h"
 #include "train/loop.h"
@@ -100,9 +101,10 @@ struct step_ctx {
   struct cf_reducer *red;
   struct loop_bufs *lb;
   struct pipe *p;
+  struct cf_selffeed *sf; /* -train_selffeed_*: own-rollout inputs (steps 0: none) */
   int64_t step;
   double n_pts;
-  PetscLogEvent ev_fwd, ev_bwd;
+  PetscLogEvent ev_fwd, ev_bwd, ev_sf;
   double part[4]; /* loss, recon, kl, nll of this rank (last stage, tensor rank 0) */
 };
 
@@ -150,6 +152,13 @@ static cf_status step_forward(struct step_ctx *c, int64_t i) {
   if ((p->first || p->last) && c->tc->prompt == NULL)
     cf_flow_batch(c->fc, c->src, c->tgt, c->tc->seed, (uint32_t)c->step, (uint64_t)s0, b, c->lb->z,
                   c->lb->y, c->lb->work);
+  if (c->sf->steps > 0) { /* whole model on this rank (cf_selffeed_init) */
+    PetscLogEventBegin(c->ev_sf, 0, 0, 0, 0);
+    cf_status sst = cf_selffeed_apply(c->sf, c->m, c->fc, c->tc->seed, (uint32_t)c->step,
+                                      (uint64_t)s0, b, c->lb->ids, c->lb->z, c->lb->y);
+    PetscLogEventEnd(c->ev_sf, 0, 0, 0, 0);
+    CF_TRY(sst);
+  }
   if (p->first || p->last) {
     if (p->last && mc->head == CF_HEAD_VAE)
       for (int64_t k = 0; k < b; k++) {
@@ -369,10 +378,13 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
     CF_TRY(cf_alloc((void **)&lb.ids, (size_t)(pp.mb * tc->prompt->L) * sizeof(int32_t),
                     "prompt ids"));
   PetscClassId cid;
-  PetscLogEvent ev_fwd, ev_bwd;
+  PetscLogEvent ev_fwd, ev_bwd, ev_sf;
   CF_PETSC(PetscClassIdRegister("calmflow", &cid));
   CF_PETSC(PetscLogEventRegister("cfForward", cid, &ev_fwd));
   CF_PETSC(PetscLogEventRegister("cfBackward", cid, &ev_bwd));
+  CF_PETSC(PetscLogEventRegister("cfSelfFeed", cid, &ev_sf));
+  struct cf_selffeed sf;
+  CF_TRY(cf_selffeed_init(&sf, &m, pp.mb, tc->selffeed_steps, tc->selffeed_prob));
   struct step_ctx sc = {.tc = tc,
                         .mc = mc,
                         .fc = fc,
@@ -381,9 +393,11 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
                         .m = &m,
                         .lb = &lb,
                         .p = &pp,
+                        .sf = &sf,
                         .n_pts = (double)Bs * (double)((N - 1) * P),
                         .ev_fwd = ev_fwd,
-                        .ev_bwd = ev_bwd};
+                        .ev_bwd = ev_bwd,
+                        .ev_sf = ev_sf};
   struct cf_learner L = {.kind = "calmflow",
                          .n_params = m.n_params,
                          .params = m.params,
@@ -403,6 +417,7 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
     st = train_diag(&sc, pp.mb, &res->diag);
     if (st != CF_OK) cf_train_diag_release(&res->diag);
   }
+  cf_selffeed_release(&sf);
   cf_arena_release(&ar);
   cf_free((void **)&lb.ids);
   cf_free((void **)&reqs);
