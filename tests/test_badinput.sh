@@ -87,6 +87,7 @@ expect par-nohist "-flow_history 0 with -par_cp 2" 2 "${TR[@]}" -par_cp 2 -flow_
 expect bad-history "option -flow_history" 1 "${TR[@]}" -flow_history 2
 expect selffeed-steps "option -train_selffeed_steps: expected 0..14" 1 "${TR[@]}" -train_selffeed_steps 15
 expect selffeed-prob "option -train_selffeed_prob" 1 "${TR[@]}" -train_selffeed_prob 1.5
+expect selffeed-cands "option -train_selffeed_cands" 1 "${TR[@]}" -train_selffeed_cands 0
 expect selffeed-path "needs -flow_path bridge or straight" 1 "${TR[@]}" -train_selffeed_steps 2 -flow_path noisy
 expect selffeed-pp "expected -par_pp 1, got 2" 2 "${TR[@]}" -train_selffeed_steps 2 -par_pp 2 -train_microbatches 2
 expect selffeed-cfm "-model cfm has no history to feed" 1 "${TR[@]}" -train_selffeed_steps 2 -model cfm

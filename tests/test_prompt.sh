@@ -6,7 +6,8 @@
 #  1. training with -data_prompt "a myoblast in {media} medium" and GPT-2's tokenizer
 #     (tests/data/bpe): two prompt groups, the resolved -net_prompt_len / _vocab / _pad in
 #     config.yaml and the checkpoint, prompt.wte.weight (50257 x H) in `ckpt info`; training
-#     at 2 ranks (-par_tp 2, -par_pp 2, -par_cp 2) gives the 1-rank losses of every step;
+#     at 2 ranks (-par_tp 2, -par_pp 2, -par_cp 2) gives the 1-rank losses of every step, and
+#     so does self-feeding (-train_selffeed_steps 1) at -par_tp 2;
 #  2. sampling: -sample_prompt "a myoblast in GM medium" lands around (3, 3) and -sample_cond
 #     media=DM around (-3, -3), the samples file records the prompt and its ids; the same
 #     samples at -par_pp 2 (bit for bit) and -par_tp 2 / -par_cp 2 (round-off), and with
@@ -79,6 +80,20 @@ print(f"training {sys.argv[3]}: 4 losses within {err:.1e} of 1 rank")
 assert err < 1e-5, (a, b)
 PYEOF
 done
+
+# self-feeding on a prompt model: the own-rollout passes prefill the prompt, the endpoints come
+# from each sequence's group; the same losses at 1 rank and at 2 tensor-parallel ranks
+SF="-train_selffeed_steps 1 -train_steps 4 -train_log_every 1"
+run "$CF" train $NET $BPE -data_prompt "$TMPL" $SF -run_dir "$T/sf1"
+run mpiexec -n 2 "$CF" train $NET $BPE -data_prompt "$TMPL" $SF -par_tp 2 -run_dir "$T/sf2"
+$PY - "$T/sf1/log.jsonl" "$T/sf2/log.jsonl" "$T/l1/log.jsonl" <<'PYEOF' || fail "self-feeding"
+import json, sys
+a, b, tf = ([json.loads(l)["loss"] for l in open(f)] for f in sys.argv[1:4])
+err = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+print(f"self-feeding on prompts, -par_tp 2: 4 losses within {err:.1e} of 1 rank")
+assert len(a) == len(b) == 4 and err < 1e-5, (a, b)
+assert a[1:] != tf[1:], "self-feeding changed nothing"
+PYEOF
 
 # 2. sampling
 S="-run_dir $T/run -sample_n 200 -sample_batch 16 -sample_quiet 1"

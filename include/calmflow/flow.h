@@ -98,6 +98,16 @@ void cf_flow_batch(const struct cf_flow_cfg *f, const struct cf_dist *src,
                    const struct cf_dist *tgt, uint64_t seed, uint32_t step, uint64_t seq0,
                    int64_t B, float *z, float *y, float *work);
 
+/* Local. An endpoint x1 (D) given the source point x0 and the point u at time t in (0, 1) under
+ * the paths' law with independent endpoints. Bridge paths with sigma > 0: one of the K
+ * candidates cand (K, D) (draws from the target distribution), candidate i with probability
+ * w_i / sum w, w_i = exp(-|u - (1 - t) x0 - t c_i|^2 / (2 sigma^2 t (1 - t))): the one whose
+ * cumulative weight interval holds uniform * sum (uniform in [0, 1); self-normalized importance
+ * sampling of p(x1 | x0, x_t = u)). Other paths (and sigma 0): the line's through x0 and u,
+ * (u - (1 - t) x0) / t. w (K) scratch. */
+void cf_flow_endpoint(const struct cf_flow_cfg *f, double t, const float *x0, const float *u,
+                      const float *cand, int64_t K, double uniform, double *w, float *x1);
+
 /* Local. The rollout's update: next point from the current one and the head's output y (D). */
 void cf_flow_advance(const struct cf_flow_cfg *f, const float *cur, const float *y, float *next);
 

@@ -28,6 +28,7 @@ enum cf_rng_domain {
   CF_RNG_CONTEXT = 10,       /* -flow_context_noise on the teacher-forced inputs */
   CF_RNG_SELFFEED = 11,      /* -train_selffeed: which points, the bridge continuation */
   CF_RNG_SELFFEED_HEAD = 12, /* -train_selffeed: head noise of the own-rollout passes */
+  CF_RNG_SELFFEED_X1 = 13,   /* -train_selffeed: candidate endpoints of the targets */
   CF_RNG_DROPOUT = 64        /* + site id (< 4096) */
 };
 

@@ -65,6 +65,7 @@ struct cf_train_cfg {
   int64_t nan_max_skips;  /* skip: the most consecutive steps skipped; one more stops the run */
   int64_t selffeed_steps; /* own-rollout passes before each forward (selffeed.h); 0: none */
   double selffeed_prob;   /* share of the history that takes the own-rollout inputs */
+  int64_t selffeed_cands; /* candidate endpoints per path for the targets */
   int quiet;              /* no progress lines */
   const char *init_hf;    /* a Hugging Face GPT-NeoX directory whose backbone replaces the
                              initial blocks (neox.h; not on resume); NULL or "": none */

@@ -464,6 +464,7 @@ cf_status cf_app_train_cfg(const struct cf_opts *o, struct cf_train_cfg *tc) {
   CF_TRY(cf_opt_int(o, "train_nan_max_skips", 0, big, &tc->nan_max_skips));
   CF_TRY(cf_opt_int(o, "train_selffeed_steps", 0, big, &tc->selffeed_steps));
   CF_TRY(cf_opt_real(o, "train_selffeed_prob", 0, 1, &tc->selffeed_prob));
+  CF_TRY(cf_opt_int(o, "train_selffeed_cands", 1, 1 << 20, &tc->selffeed_cands));
   CF_TRY(cf_opt_real(o, "flow_kl_weight", 0, 1e6, &tc->kl_weight));
   CF_TRY(cf_opt_bool(o, "train_quiet", &tc->quiet));
   double mb;
@@ -557,7 +558,7 @@ cf_status cf_cmd_train(MPI_Comm comm) {
     CF_TRY(cf_app_model_cfg(o, &mc, &fc));
     CF_TRY(cf_app_layout(o, world, &mc, tc.microbatches, par));
     CF_TRY(cf_train_cfg_check(&tc, &mc, world / (par[0] * par[1] * par[2])));
-    CF_TRY(cf_selffeed_check(&fc, tc.selffeed_steps, tc.selffeed_prob));
+    CF_TRY(cf_selffeed_check(&fc, tc.selffeed_steps, tc.selffeed_prob, tc.selffeed_cands));
     CF_CHECK(tc.selffeed_steps == 0 || par[1] == 1, CF_ETOPO,
              "option -train_selffeed_steps: the own-rollout passes need the whole model on each "
              "rank (expected -par_pp 1, got %d)",

@@ -155,8 +155,12 @@ static const struct optdef {
      "own m-step rollout into the history it trains on (0: teacher forcing; bridge or straight "
      "paths, -par_pp 1; docs/results.md)"},
     {"train_selffeed_prob", "0.5", TR,
-     "with -train_selffeed_steps: the share of points whose input is the model's own, their "
-     "targets the bridge from there to the path's endpoint"},
+     "with -train_selffeed_steps: the share of points whose input is the model's own; their "
+     "targets continue the paths' law from there (bridge to an endpoint drawn given x0 and "
+     "the point)"},
+    {"train_selffeed_cands", "256", TR,
+     "with -train_selffeed_steps on bridge paths: candidate endpoints per path, drawn from the "
+     "target distribution and weighted by the bridge's likelihood of the point"},
     {"train_log_every", "10", TR, "log.jsonl line every k steps"},
     {"train_ckpt_every", "0", TR, "checkpoint every k steps (0: only at the end)"},
     {"train_ckpt_keep", "3", TR, "checkpoints kept in run_dir/ckpt"},

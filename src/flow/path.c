@@ -145,6 +145,37 @@ void cf_flow_batch(const struct cf_flow_cfg *f, const struct cf_dist *src,
   }
 }
 
+void cf_flow_endpoint(const struct cf_flow_cfg *f, double t, const float *x0, const float *u,
+                      const float *cand, int64_t K, double uniform, double *w, float *x1) {
+  const int64_t D = f->D;
+  if (f->path != CF_PATH_BRIDGE || f->sigma == 0 || K < 1) {
+    for (int64_t d = 0; d < D; d++)
+      x1[d] = (float)((u[d] - (1.0 - t) * x0[d]) / t);
+    return;
+  }
+  const double inv = 1.0 / (2.0 * f->sigma * f->sigma * t * (1.0 - t));
+  double most = -INFINITY, sum = 0, acc = 0;
+  for (int64_t i = 0; i < K; i++) {
+    const float *c = cand + i * D;
+    double e = 0;
+    for (int64_t d = 0; d < D; d++) {
+      double r = u[d] - (1.0 - t) * x0[d] - t * c[d];
+      e += r * r;
+    }
+    w[i] = -e * inv;
+    if (w[i] > most) most = w[i];
+  }
+  for (int64_t i = 0; i < K; i++)
+    sum += w[i] = exp(w[i] - most);
+  const double pick = uniform * sum;
+  int64_t i = 0;
+  for (; i + 1 < K; i++) {
+    acc += w[i];
+    if (pick < acc) break;
+  }
+  memcpy(x1, cand + i * D, (size_t)D * sizeof(float));
+}
+
 void cf_flow_advance(const struct cf_flow_cfg *f, const float *cur, const float *y, float *next) {
   for (int64_t d = 0; d < f->D; d++)
     next[d] = f->predict == CF_PREDICT_NEXT ? y[d] : cur[d] + y[d] / (float)(f->N - 1);

@@ -7,12 +7,16 @@
 #include "calmflow/rng.h"
 #include "calmflow/selffeed.h"
 
-cf_status cf_selffeed_check(const struct cf_flow_cfg *f, int64_t steps, double prob) {
+cf_status cf_selffeed_check(const struct cf_flow_cfg *f, int64_t steps, double prob,
+                            int64_t cands) {
   CF_CHECK(steps >= 0 && steps <= f->N - 2, CF_EINVAL,
            "option -train_selffeed_steps: expected 0..%lld (time points - 2), got %lld",
            (long long)(f->N - 2), (long long)steps);
   CF_CHECK(prob >= 0 && prob <= 1, CF_EINVAL,
            "option -train_selffeed_prob: expected a share in [0, 1], got %g", prob);
+  CF_CHECK(cands >= 1 && cands <= (1 << 20), CF_EINVAL,
+           "option -train_selffeed_cands: expected 1..1048576 candidate endpoints, got %lld",
+           (long long)cands);
   CF_CHECK(steps == 0 || f->path == CF_PATH_BRIDGE || f->path == CF_PATH_STRAIGHT, CF_EINVAL,
            "option -train_selffeed_steps: needs -flow_path bridge or straight (the path continued "
            "from the model's point is a bridge), got %s",
@@ -28,15 +32,18 @@ static void layout(struct cf_selffeed *s, const struct cf_model_cfg *mc) {
   s->eps = cf_arena_floats(&s->ar, (size_t)(B * J * cf_head_noise_width(mc)));
   s->yh = cf_arena_floats(&s->ar, (size_t)(B * J * mc->D));
   s->x1 = cf_arena_floats(&s->ar, (size_t)mc->D);
+  s->cand = cf_arena_floats(&s->ar, (size_t)(s->cands * mc->D));
+  s->logw = (double *)cf_arena_floats(&s->ar, (size_t)(2 * s->cands));
   /* a prompt model's padding sequences repeat sequence 0's ids: (B, L) int32 in floats */
   s->ids = (int32_t *)cf_arena_floats(&s->ar, (size_t)(B * mc->prompt_len + 1));
 }
 
 cf_status cf_selffeed_init(struct cf_selffeed *s, const struct cf_model *m, int64_t B,
-                           int64_t steps, double prob) {
+                           int64_t steps, double prob, int64_t cands) {
   memset(s, 0, sizeof *s);
   s->steps = steps;
   s->prob = prob;
+  s->cands = cands;
   s->B = B;
   if (steps == 0) return CF_OK;
   const struct cf_model_cfg *mc = &m->cfg;
@@ -94,7 +101,8 @@ static cf_status one_pass(struct cf_selffeed *s, const struct cf_model *m,
 
 cf_status cf_selffeed_apply(struct cf_selffeed *s, const struct cf_model *m,
                             const struct cf_flow_cfg *f, uint64_t seed, uint32_t step,
-                            uint64_t seq0, int64_t b, const int32_t *ids, float *z, float *y) {
+                            const struct cf_dist *tgt, uint64_t seq0, int64_t b, const int32_t *ids,
+                            float *z, float *y) {
   if (s->steps == 0) return CF_OK;
   const struct cf_model_cfg *mc = &m->cfg;
   const int64_t N = mc->N, P = mc->P, D = mc->D, J = N * P, B = s->B, L = mc->prompt_len;
@@ -111,20 +119,34 @@ cf_status cf_selffeed_apply(struct cf_selffeed *s, const struct cf_model *m,
     s->in = s->nxt;
     s->nxt = t;
   }
-  const double sig = f->path == CF_PATH_BRIDGE ? f->sigma : 0.0, n1 = (double)(N - 1);
+  const double n1 = (double)(N - 1);
   for (int64_t k = 0; k < b; k++)
     for (int64_t p = 0; p < P; p++) {
       const uint64_t g = (seq0 + (uint64_t)k) * (uint64_t)P + (uint64_t)p;
       const struct cf_rng q = {seed, CF_RNG_SELFFEED, step, g};
       float *zk = z + k * J * D, *yk = y + k * J * D;
-      const int64_t jl = (N - 2) * P + p; /* the last target leads to x1 exactly */
-      cf_flow_advance(f, zk + jl * D, yk + jl * D, s->x1);
+      int drawn = 0; /* the path's candidates, drawn when its first point changes */
       for (int64_t t = 1; t + 1 < N; t++) {
         if (cf_rng_uniform1(&q, ((uint64_t)1 << 40) + (uint64_t)t) >= s->prob) continue;
+        if (!drawn && f->path == CF_PATH_BRIDGE && f->sigma > 0) {
+          for (int64_t i = 0; i < s->cands; i++) {
+            struct cf_rng r1 = {seed, CF_RNG_SELFFEED_X1, step,
+                                g * (uint64_t)s->cands + (uint64_t)i};
+            cf_dist_draw(&tgt[k], &r1, s->cand + i * D);
+          }
+          drawn = 1;
+        }
         const int64_t j = t * P + p;
-        float *u = zk + j * D, *yt = yk + j * D;
+        float *u = zk + j * D;
         memcpy(u, s->in + (k * J + j) * D, (size_t)D * sizeof(float));
-        const double left = n1 - (double)t, sd = sig * sqrt((left - 1.0) / (left * n1));
+        cf_flow_endpoint(
+            f, (double)t / n1, zk + p * D, u, s->cand, s->cands,
+            cf_rng_uniform1(&q, ((uint64_t)1 << 40) + ((uint64_t)1 << 30) + (uint64_t)t), s->logw,
+            s->x1);
+        const double left = n1 - (double)t, sd = f->path == CF_PATH_BRIDGE
+                                                     ? f->sigma * sqrt((left - 1.0) / (left * n1))
+                                                     : 0.0;
+        float *yt = yk + j * D;
         for (int64_t d = 0; d < D; d++) {
           double nxt = u[d] + (s->x1[d] - u[d]) / left;
           if (sd > 0) nxt += sd * cf_rng_normal1(&q, (uint64_t)(t * D + d));

@@ -101,7 +101,8 @@ struct step_ctx {
   struct cf_reducer *red;
   struct loop_bufs *lb;
   struct pipe *p;
-  struct cf_selffeed *sf; /* -train_selffeed_*: own-rollout inputs (steps 0: none) */
+  struct cf_selffeed *sf;  /* -train_selffeed_*: own-rollout inputs (steps 0: none) */
+  struct cf_dist *seq_tgt; /* (mb) the micro-batch's sequences' target distributions */
   int64_t step;
   double n_pts;
   PetscLogEvent ev_fwd, ev_bwd, ev_sf;
@@ -128,6 +129,7 @@ static void prompt_batch(const struct step_ctx *c, int64_t s0, int64_t b) {
     }
     struct cf_dist grp;
     cf_dist_points(&grp, c->tgt->x + pd->start[lo] * D, pd->start[lo + 1] - pd->start[lo], D);
+    c->seq_tgt[k] = grp;
     cf_flow_batch(c->fc, c->src, &grp, c->tc->seed, (uint32_t)c->step, (uint64_t)(s0 + k), 1,
                   c->lb->z + k * J * D, c->lb->y + k * J * D, c->lb->work);
     memcpy(c->lb->ids + k * L, pd->ids + lo * L, (size_t)L * sizeof(int32_t));
@@ -155,7 +157,7 @@ static cf_status step_forward(struct step_ctx *c, int64_t i) {
   if (c->sf->steps > 0) { /* whole model on this rank (cf_selffeed_init) */
     PetscLogEventBegin(c->ev_sf, 0, 0, 0, 0);
     cf_status sst = cf_selffeed_apply(c->sf, c->m, c->fc, c->tc->seed, (uint32_t)c->step,
-                                      (uint64_t)s0, b, c->lb->ids, c->lb->z, c->lb->y);
+                                      c->seq_tgt, (uint64_t)s0, b, c->lb->ids, c->lb->z, c->lb->y);
     PetscLogEventEnd(c->ev_sf, 0, 0, 0, 0);
     CF_TRY(sst);
   }
@@ -384,7 +386,12 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
   CF_PETSC(PetscLogEventRegister("cfBackward", cid, &ev_bwd));
   CF_PETSC(PetscLogEventRegister("cfSelfFeed", cid, &ev_sf));
   struct cf_selffeed sf;
-  CF_TRY(cf_selffeed_init(&sf, &m, pp.mb, tc->selffeed_steps, tc->selffeed_prob));
+  CF_TRY(
+      cf_selffeed_init(&sf, &m, pp.mb, tc->selffeed_steps, tc->selffeed_prob, tc->selffeed_cands));
+  struct cf_dist *seq_tgt = NULL; /* every sequence's targets, a prompt's group set per batch */
+  CF_TRY(cf_alloc((void **)&seq_tgt, (size_t)pp.mb * sizeof *seq_tgt, "target distributions"));
+  for (int64_t k = 0; k < pp.mb; k++)
+    seq_tgt[k] = *tgt;
   struct step_ctx sc = {.tc = tc,
                         .mc = mc,
                         .fc = fc,
@@ -394,6 +401,7 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
                         .lb = &lb,
                         .p = &pp,
                         .sf = &sf,
+                        .seq_tgt = seq_tgt,
                         .n_pts = (double)Bs * (double)((N - 1) * P),
                         .ev_fwd = ev_fwd,
                         .ev_bwd = ev_bwd,
@@ -418,6 +426,7 @@ cf_status cf_train_run(const struct cf_grid *g, const struct cf_train_cfg *tc,
     if (st != CF_OK) cf_train_diag_release(&res->diag);
   }
   cf_selffeed_release(&sf);
+  cf_free((void **)&seq_tgt);
   cf_arena_release(&ar);
   cf_free((void **)&lb.ids);
   cf_free((void **)&reqs);
