@@ -112,6 +112,17 @@ static void batch(const struct setup *s, int64_t b, uint64_t seq0, float *z, flo
   free(work);
 }
 
+/* A teacher-forced batch of b sequences from 0, then one self-feeding pass (prob 1, `cands`
+ * candidates) over it. */
+static void fed_batch(struct setup *s, int64_t b, int64_t cands, float *z, float *y,
+                      const char *what) {
+  batch(s, b, 0, z, y);
+  struct cf_selffeed sf;
+  EXPECT_OK(cf_selffeed_init(&sf, &s->m, b, 1, 1.0, cands), what);
+  EXPECT_OK(cf_selffeed_apply(&sf, &s->m, &s->f, 5, 3, s->tgts, 0, b, NULL, z, y), what);
+  cf_selffeed_release(&sf);
+}
+
 /* prob 1, m passes: inputs against the reference rollout, targets against the bridge. */
 static void check_full(enum cf_head head, int64_t S, enum cf_predict pred, int64_t steps,
                        const char *what) {
@@ -247,10 +258,7 @@ static void check_straight(void) {
   const int64_t b = 2, N = s.mc.N, P = s.mc.P, D = s.mc.D, J = s.J;
   const size_t n = (size_t)(b * J * D);
   float *z = cf_test_floats(n), *y = cf_test_floats(n);
-  batch(&s, b, 0, z, y);
-  struct cf_selffeed sf;
-  EXPECT_OK(cf_selffeed_init(&sf, &s.m, b, 1, 1.0, 64), "straight init");
-  EXPECT_OK(cf_selffeed_apply(&sf, &s.m, &s.f, 5, 3, s.tgts, 0, b, NULL, z, y), "straight apply");
+  fed_batch(&s, b, 64, z, y, "straight");
   double dev = 0;
   for (int64_t k = 0; k < b; k++)
     for (int64_t p = 0; p < P; p++) {
@@ -263,7 +271,6 @@ static void check_straight(void) {
         }
     }
   EXPECT(dev < 1e-5, "straight: the velocity targets leave the line through x0 by %g", dev);
-  cf_selffeed_release(&sf);
   free(z), free(y);
   cf_model_release(&s.m);
 }
@@ -279,10 +286,7 @@ static void check_groups(void) {
   for (int64_t k = 0; k < b; k++)
     cf_dist_points(&s.tgts[k], pts + k * D, 1, D);
   float *z = cf_test_floats(n), *y = cf_test_floats(n);
-  batch(&s, b, 0, z, y);
-  struct cf_selffeed sf;
-  EXPECT_OK(cf_selffeed_init(&sf, &s.m, b, 1, 1.0, 8), "groups init");
-  EXPECT_OK(cf_selffeed_apply(&sf, &s.m, &s.f, 5, 3, s.tgts, 0, b, NULL, z, y), "groups apply");
+  fed_batch(&s, b, 8, z, y, "groups");
   double off = 0;
   for (int64_t k = 0; k < b; k++)
     for (int64_t p = 0; p < P; p++) {
@@ -291,7 +295,6 @@ static void check_groups(void) {
         off = fmax(off, fabs(z[o + d] + y[o + d] / (double)(N - 1) - pts[k * D + d]));
     }
   EXPECT(off < 1e-5, "groups: a last step lands %g away from its sequence's target point", off);
-  cf_selffeed_release(&sf);
   free(z), free(y);
   cf_model_release(&s.m);
 }
