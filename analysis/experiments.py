@@ -268,6 +268,9 @@ def main():
                                 o.update(size["net"])
                             o.update(m)
                             o.update(sp)
+                            if "train_selffeed_steps" in o:  # at most N - 2 own steps (ci: N 6)
+                                o["train_selffeed_steps"] = min(o["train_selffeed_steps"],
+                                                                o["flow_time_points"] - 2)
                             if "flow_trajectories" in o and o["train_batch"] % o["flow_trajectories"]:
                                 o["train_batch"] -= o["train_batch"] % o["flow_trajectories"]
                             row = {"group": gname, "source": src, "target": tgt, "dim": dim,
