@@ -14,13 +14,16 @@
  * the paths' law gives next from there. On a bridge path x_t = (1 - t) x0 + t x1 + sigma B_t,
  * given x0 and x_t the rest of the history tells nothing more about x1, so the target draws an
  * endpoint x1 from p(x1 | x0, u) (self-normalized importance sampling over `cands` candidates
- * drawn from the target distribution for the path: weights
+ * drawn from the target distribution for the path, as cf_flow_batch draws x1 independently of
+ * x0: weights
  * exp(-|u - (1 - t) x0 - t c|^2 / (2 sigma^2 t (1 - t)))) and takes the bridge's next point from
  * (t, u) to x1: u + (x1 - u) / r + sigma sqrt((r - 1) / (r (N - 1))) xi, r = N - 1 - t steps
  * left (xi: the stream's normals at elements t*D + d). On a straight path x1 is the line's
  * through x0 and u. The target thus never uses the path's own x1, which the model's draws do
- * not follow (taking it instead teaches the model to read x1 from the older history, a
- * dependence the paths do not have: docs/results.md measured it worse).
+ * not follow (taking it would teach the model to read x1 from the older history, a dependence
+ * the paths do not have; docs/results.md measured it worse). In high dimension the
+ * weights concentrate on the nearest candidate (few candidates lie near u), so the endpoint's
+ * law is then only roughly the posterior; -train_selffeed_cands trades cost for it.
  *
  * Random draws: the head noise of point t in pass r of path g is stream
  * {seed, CF_RNG_SELFFEED_HEAD, step, (g*N + t)*N + r} (cf_head_noise), candidate i of path g
