@@ -90,6 +90,8 @@ open(f"{w}/unknown.yaml", "w").write("train:\n  stpes: 5\n")
 open(f"{w}/cycle.yaml", "w").write("train: &t\n  steps: 5\n  <<: *t\n")  # PETSc recursed forever
 open(f"{w}/list.yaml", "w").write("- train_steps\n- 5\n")
 open(f"{w}/badkey.yaml", "w").write("train:\n  steps: 5\n9lives: 1\n")
+# a prefix PETSc reads as a number ("-nan" then ' '): refused before PETSc sees it
+open(f"{w}/numkey.yaml", "w").write("defaults: &d\n  steps: 5\nnan x: *d\n")
 # GPT-NeoX model directories (docs/pretrained.md) with sound config.json: weights not a
 # safetensors file, and one NaN among otherwise good weights
 import json, struct
@@ -154,6 +156,8 @@ ck yaml-not-mapping 1 "cannot load options file '$W/list.yaml': line 1: not a ma
   -- "${TR[@]}" -options_file_yaml "$W/list.yaml"
 ck yaml-bad-key 1 "cannot load options file '$W/badkey.yaml': line 3: key '9lives' is not an option name" 1 \
   -- "${TR[@]}" -options_file_yaml "$W/badkey.yaml"
+ck yaml-number-key 1 "cannot load options file '$W/numkey.yaml': line 3: key 'nan x' is not an option name" 1 \
+  -- "${TR[@]}" -options_file_yaml "$W/numkey.yaml"
 ck no-value 1 "option -train_lr: expected a finite number, got ''" 1 -- "${TR[@]}" -train_lr
 ck value-not-utf8 1 "option -data_name: its value is not valid UTF-8 text \(byte 4\)" 1 \
   -- data -data_out "$W/x.h5" -data_name $'moo\xffns'

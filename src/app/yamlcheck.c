@@ -7,6 +7,7 @@
  * expected. Stricter than PETSc where its own handling is unsafe: nesting deeper than
  * CF_YAML_DEPTH, keys that cannot be option names, "!include". */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
 
@@ -27,9 +28,23 @@ static cf_status bad(const struct walk *w, const yaml_node_t *n, const char *wha
                 w->file, (size_t)n->start_mark.line + 1, what);
 }
 
+static int alnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+/* A key starts with a letter, and "-key_" must not read as a number followed by anything but
+ * '_', a letter or a digit: PETSc refuses such an option prefix ("nan x", "inf-": strtod takes
+ * "-nan", "-inf") half-way through loading (PetscOptionsPrefixPush), leaking its parser. */
 static int key_ok(const char *k) {
-  if (!((k[0] >= 'a' && k[0] <= 'z') || (k[0] >= 'A' && k[0] <= 'Z'))) return 0;
-  return strlen(k) <= CF_YAML_KEY;
+  const size_t n = strlen(k);
+  if (!((k[0] >= 'a' && k[0] <= 'z') || (k[0] >= 'A' && k[0] <= 'Z')) || n > CF_YAML_KEY) return 0;
+  char buf[CF_YAML_KEY + 3], *end;
+  buf[0] = '-';
+  memcpy(buf + 1, k, n);
+  buf[n + 1] = '_';
+  buf[n + 2] = '\0';
+  (void)strtod(buf, &end);
+  return end == buf || *end == '_' || alnum(*end);
 }
 
 static cf_status layer(struct walk *w, yaml_node_t *node, int depth);
