@@ -1,6 +1,7 @@
 /* selffeed.c: training inputs from the model's own rollout (selffeed.h): forward-only passes
- * through the KV-cached sampling path, then a random share of the history replaced and its
- * targets continued as bridges to the paths' endpoints. */
+ * through the KV-cached sampling path, then a random share of the history replaced, each
+ * replaced point's target the bridge step to an endpoint drawn given x0 and that point
+ * (cf_flow_endpoint). */
 #include <math.h>
 #include <string.h>
 

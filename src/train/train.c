@@ -1,4 +1,5 @@
-/* train.c: training the CaLMFlow model (see train.h): batches from flow, forward and backward
+/* train.c: training the CaLMFlow model (see train.h): batches from flow (their history
+ * optionally the model's own rollout, selffeed.h), forward and backward
  * through this rank's part of the model in the 1F1B pipeline schedule, the gradients handed
  * to the reducer as layers finish; the shared loop (loop.c) does the rest. Nothing is
  * allocated inside a step. */
