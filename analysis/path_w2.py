@@ -37,8 +37,11 @@ except ImportError as e:
     sys.exit(1)
 
 
+PROG = "path_w2"  # the error lines' name (oracle_head.py uses this Runner too)
+
+
 def fail(msg):
-    print(f"path_w2: error: {msg}", file=sys.stderr)
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
     sys.exit(1)
 
 
