@@ -20,7 +20,8 @@ run() { "$@" >"$T/log" 2>&1 || { cat "$T/log"; fail "command failed: $*"; }; }
 
 COMMON=(-train_steps 20 -train_batch 48 -flow_trajectories 4 -flow_time_points 6
         -flow_spatial_tokens 2 -net_hidden 16 -net_heads 2 -net_layers 2 -train_log_every 1
-        -train_quiet 1 -data_source 8gaussians -train_warmup 5 -seed 3 -par_bucket_mb 0.002)
+        -train_quiet 1 -data_source 8gaussians -train_warmup 5 -seed 3 -par_bucket_mb 0.002
+        -net_dropout 0.1)
 for head in gauss vae; do
   for np in 1 2 3; do
     run mpiexec -n $np "$CF" train "${COMMON[@]}" -flow_head $head -run_dir "$T/$head-np$np"

@@ -19,7 +19,7 @@ fail() { echo "FAIL $*"; exit 1; }
 COMMON=(-train_steps 5 -train_batch 16 -flow_trajectories 2 -flow_time_points 5
         -flow_spatial_tokens 2 -net_hidden 16 -net_heads 4 -net_layers 4 -train_log_every 1
         -train_quiet 1 -data_source 8gaussians -train_warmup 2 -seed 5 -train_microbatches 4
-        -par_bucket_mb 0.002 -train_ckpt_every 0)
+        -par_bucket_mb 0.002 -train_ckpt_every 0 -net_dropout 0.1)
 run() { # name ranks options...
   local name=$1 np=$2
   shift 2

@@ -128,7 +128,9 @@ static const struct optdef {
     {"net_ffn", "0", TR, "MLP width (0: 4 H)"},
     {"net_rotary_pct", "0.25", TR, "fraction of each head's dimensions with rotary embedding"},
     {"net_rotary_base", "10000", TR, "rotary base: dimension pair i turns by pos * base^(-2i/rot)"},
-    {"net_dropout", "0.1", TR, "dropout in the encoder, head and decoder MLPs"},
+    {"net_dropout", "0", TR,
+     "dropout in the encoder, head and decoder MLPs (the paper's recipe: 0.1, which samples "
+     "worse)"},
     {"net_logstd_min", "-7", TR, "gauss head: lower clamp of the log-std"},
     {"net_logstd_max", "5", TR, "gauss head: upper clamp of the log-std"},
     {"train_steps", "2000", TR, "optimizer steps"},
