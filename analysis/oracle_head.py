@@ -199,10 +199,7 @@ def main():
                 fa = R.put(f"gen-{tag}", x.astype(np.float32))
                 fb = experiments.data_file(R, a.target, 2, 810000 + seed, n)
                 fr = experiments.data_file(R, a.target, 2, 820000 + seed, n)
-                mj = os.path.join(a.out, "sets", f"metrics-{tag}.json")
-                R.calmflow(["eval", "-eval_a", fa, "-eval_b", fb, "-eval_ref", fr,
-                            "-eval_sinkhorn_max", 0, "-eval_out", mj])
-                m = json.load(open(mj))
+                m = R.w2(fa, fb, fr, tag)
                 for key in ("w2", "w2_floor", "w2_ratio"):
                     row[key].append(m[key])
             rows.append(row)

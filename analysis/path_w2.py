@@ -95,6 +95,14 @@ class Runner(experiments.Runner):
         with h5py.File(experiments.data_file(self, name, D, seed, n), "r") as h:
             return h["x"][...]
 
+    def w2(self, fa, fb, fr, tag):
+        """`calmflow eval`'s exact W2 of set fa against fb and its floor (fr against fb): the
+        metrics dict, also kept as sets/metrics-{tag}.json."""
+        mj = os.path.join(self.out, "sets", f"metrics-{tag}.json")
+        self.calmflow(["eval", "-eval_a", fa, "-eval_b", fb, "-eval_ref", fr,
+                       "-eval_sinkhorn_max", 0, "-eval_out", mj])
+        return json.load(open(mj))
+
     def put(self, name, x):
         import h5py
         f = os.path.join(self.out, "sets", name + ".h5")
@@ -170,10 +178,7 @@ def main():
             fa = R.put(f"gen-{tag}", traj[:, k, :].astype(np.float32))
             fb = R.put(f"ref{j}-t{k}", ref[k].astype(np.float32))
             fr = R.put(f"ref2{j}-t{k}", ref2[k].astype(np.float32))
-            mj = os.path.join(a.out, "sets", f"metrics-{tag}.json")
-            R.calmflow(["eval", "-eval_a", fa, "-eval_b", fb, "-eval_ref", fr,
-                        "-eval_sinkhorn_max", 0, "-eval_out", mj])
-            m = json.load(open(mj))
+            m = R.w2(fa, fb, fr, tag)
             for key in ("w2", "w2_floor", "w2_ratio"):
                 row[key].append(m[key])
         rows.append(row)
